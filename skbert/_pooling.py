@@ -1,0 +1,241 @@
+"""Pooling: from token vectors to one vector per text.
+
+Two layers of functions live here, neither knowing about scikit-learn:
+
+* pure torch functions ``(hidden, mask) -> (n, d)`` that pool token vectors, and
+  :func:`layer_statistics`, which reduces every hidden state of a batch to the few
+  per-text vectors that all pooling modes need;
+* :func:`pool_statistics`, which computes any pooling mode from those statistics
+  (numpy), so that one encoding pass serves every mode and layer choice.
+
+Sums and means accumulate in float32 whatever the model's dtype; the masked maximum
+fills with the dtype's own minimum; no function writes into its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+#: The pooling modes a user can name. "mean_max" stands for ("mean", "max").
+POOLING_MODES = ("cls", "mean", "max", "mean_max", "last", "pooler")
+
+#: The per-text, per-layer vectors kept by :func:`layer_statistics`, in this order.
+STATISTICS = ("cls", "last", "sum_content", "max_content", "sum_all", "max_all")
+_STAT = {name: i for i, name in enumerate(STATISTICS)}
+
+
+def expand_pooling(pooling) -> tuple[str, ...]:
+    """Flatten a pooling spec into base modes, in output order.
+
+    Parameters
+    ----------
+    pooling : str or tuple/list of str
+        One of :data:`POOLING_MODES`, or several to concatenate.
+
+    Returns
+    -------
+    tuple of str
+        Modes among "cls", "mean", "max", "last", "pooler".
+
+    Raises
+    ------
+    ValueError
+        For an unknown, empty or repeated mode.
+    """
+    items = (pooling,) if isinstance(pooling, str) else tuple(pooling) if isinstance(pooling, (tuple, list)) else ()
+    if not items:
+        raise ValueError(f"pooling={pooling!r}: expected one of {POOLING_MODES} or a non-empty tuple of them.")
+    modes: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or item not in POOLING_MODES:
+            raise ValueError(f"pooling={pooling!r}: {item!r} is not one of {POOLING_MODES}.")
+        modes.extend(("mean", "max") if item == "mean_max" else (item,))
+    if len(set(modes)) != len(modes):
+        raise ValueError(f"pooling={pooling!r} asks for the same mode more than once.")
+    return tuple(modes)
+
+
+def pool_cls(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Return the first token's vector (BERT's [CLS]) of each row, as float32.
+
+    Parameters
+    ----------
+    hidden : Tensor of shape (n, t, d)
+    mask : Tensor of shape (n, t)
+        Unused (the first token is always real); kept for a uniform signature.
+
+    Returns
+    -------
+    Tensor of shape (n, d)
+    """
+    return hidden[:, 0].float()
+
+
+def pool_last(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Return the vector of the last real (non-padding) token of each row, as float32.
+
+    Parameters
+    ----------
+    hidden : Tensor of shape (n, t, d)
+    mask : Tensor of shape (n, t)
+        1 for real tokens, 0 for padding; padding must be on the right.
+
+    Returns
+    -------
+    Tensor of shape (n, d)
+    """
+    last = mask.long().sum(dim=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+
+
+def pool_sum(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum the vectors of the tokens where ``mask`` is set, accumulating in float32.
+
+    Parameters
+    ----------
+    hidden : Tensor of shape (n, t, d)
+    mask : Tensor of shape (n, t)
+        Which tokens count.
+
+    Returns
+    -------
+    Tensor of shape (n, d)
+    """
+    weights = mask.to(torch.float32).unsqueeze(1)  # (n, 1, t)
+    return torch.bmm(weights, hidden.float()).squeeze(1)
+
+
+def pool_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average the vectors of the tokens where ``mask`` is set, in float32.
+
+    A row with no such token gives zeros.
+
+    Parameters
+    ----------
+    hidden : Tensor of shape (n, t, d)
+    mask : Tensor of shape (n, t)
+
+    Returns
+    -------
+    Tensor of shape (n, d)
+    """
+    counts = mask.to(torch.float32).sum(dim=1, keepdim=True).clamp(min=1.0)
+    return pool_sum(hidden, mask) / counts
+
+
+def pool_max(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over the tokens where ``mask`` is set, as float32.
+
+    Masked-out positions are filled with the dtype's minimum, so a row with no
+    such token gives that minimum.
+
+    Parameters
+    ----------
+    hidden : Tensor of shape (n, t, d)
+    mask : Tensor of shape (n, t)
+
+    Returns
+    -------
+    Tensor of shape (n, d)
+    """
+    fill = torch.finfo(hidden.dtype).min
+    return hidden.masked_fill(~mask.bool().unsqueeze(-1), fill).amax(dim=1).float()
+
+
+def layer_statistics(
+    hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor, special_mask: torch.Tensor
+) -> torch.Tensor:
+    """Reduce every hidden state of a batch to what every pooling mode needs.
+
+    Parameters
+    ----------
+    hidden_states : sequence of Tensor of shape (n, t, d)
+        All hidden states, embedding layer first.
+    attention_mask : Tensor of shape (n, t)
+        1 for real tokens, 0 for padding (on the right).
+    special_mask : Tensor of shape (n, t)
+        1 for special tokens such as [CLS] and [SEP].
+
+    Returns
+    -------
+    Tensor of shape (n, len(STATISTICS), len(hidden_states), d), float32
+        For each text and layer: the first token, the last real token, the sum and
+        maximum over non-special real tokens, and the sum and maximum over all real
+        tokens.
+    """
+    real = attention_mask.bool()
+    content = real & ~special_mask.bool()
+    per_layer = []
+    for hidden in hidden_states:
+        per_layer.append(
+            torch.stack(
+                [
+                    pool_cls(hidden, real),
+                    pool_last(hidden, real),
+                    pool_sum(hidden, content),
+                    pool_max(hidden, content),
+                    pool_sum(hidden, real),
+                    pool_max(hidden, real),
+                ],
+                dim=1,
+            )
+        )
+    return torch.stack(per_layer, dim=2)
+
+
+def pool_statistics(
+    statistics: np.ndarray,
+    n_content: np.ndarray,
+    n_all: np.ndarray,
+    pooler: np.ndarray | None,
+    mode: str,
+    layer_indices: tuple[int, ...],
+    include_special_tokens: bool,
+) -> np.ndarray:
+    """Compute one pooling mode for the selected layers from :func:`layer_statistics`.
+
+    Parameters
+    ----------
+    statistics : ndarray of shape (n, len(STATISTICS), n_hidden_states, d)
+    n_content : ndarray of shape (n,)
+        Number of non-special real tokens per text.
+    n_all : ndarray of shape (n,)
+        Number of real tokens per text.
+    pooler : ndarray of shape (n, d) or None
+        The model's pooler output (needed only for mode "pooler").
+    mode : {"cls", "mean", "max", "last", "pooler"}
+    layer_indices : tuple of int
+        Hidden-state indices to take.
+    include_special_tokens : bool
+        Whether mean and max count special tokens. A text with no other token
+        (an empty string) falls back to its special tokens, so it never pools to
+        nothing.
+
+    Returns
+    -------
+    ndarray of shape (n, len(layer_indices), d), float32
+    """
+    idx = list(layer_indices)
+    if mode == "cls":
+        return statistics[:, _STAT["cls"], idx]
+    if mode == "last":
+        return statistics[:, _STAT["last"], idx]
+    if mode == "pooler":
+        if pooler is None:
+            raise ValueError("pooling='pooler' needs the model's pooler output, which is not available.")
+        return pooler[:, None, :]
+    if mode not in ("mean", "max"):
+        raise ValueError(f"unknown pooling mode {mode!r}")
+    everything = statistics[:, _STAT[f"{'sum' if mode == 'mean' else 'max'}_all"], idx]
+    if mode == "mean":
+        everything = everything / n_all[:, None, None].astype(np.float32)
+    if include_special_tokens:
+        return everything.astype(np.float32, copy=False)
+    content = statistics[:, _STAT[f"{'sum' if mode == 'mean' else 'max'}_content"], idx]
+    if mode == "mean":
+        content = content / np.maximum(n_content, 1)[:, None, None].astype(np.float32)
+    has_content = (n_content > 0)[:, None, None]
+    return np.where(has_content, content, everything).astype(np.float32, copy=False)
