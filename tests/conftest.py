@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random BERTs saved to disk, so the real loading code runs.
+
+Tests never reach a model hub: the offline switches below are set before
+transformers is imported.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import string  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from support import TEXTS, WORDS  # noqa: E402
+
+
+def _write_tiny_bert(path, *, pooler=True, seed=0, layers=3):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list(string.ascii_lowercase + string.digits)
+    vocab = specials + chars + ["##" + c for c in chars] + list(".,!?'-") + WORDS
+    vocab = list(dict.fromkeys(vocab))
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(str(path / "vocab.txt"), do_lower_case=True, model_max_length=64)
+    tokenizer.save_pretrained(path)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(seed)
+    BertModel(config, add_pooling_layer=pooler).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """Path of a 3-layer, 32-wide random BERT with a pooler and a WordPiece tokenizer."""
+    return _write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_no_pooler(tmp_path_factory):
+    """Like ``tiny_bert`` but saved without pooler weights."""
+    return _write_tiny_bert(tmp_path_factory.mktemp("tiny_bert_no_pooler"), pooler=False, seed=1)
+
+
+@pytest.fixture
+def texts():
+    return list(TEXTS)
+
+
+@pytest.fixture(scope="session")
+def rng():
+    return np.random.default_rng(0)

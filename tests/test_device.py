@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from skbert._device import resolve_device, resolve_dtype
+from support import HAS_CUDA
+
+
+def test_auto_device_prefers_cuda_then_cpu():
+    expected = "cuda" if HAS_CUDA else "cpu"
+    if not HAS_CUDA and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        expected = "mps"
+    assert resolve_device("auto").type == expected
+
+
+def test_explicit_devices():
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="is not a device"):
+        resolve_device("gpu please")
+    if not HAS_CUDA:
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_precision():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    assert resolve_dtype("float16", cpu) == torch.float16
+    assert resolve_dtype("float32", cpu) == torch.float32
+    with pytest.raises(ValueError, match="precision='int4'"):
+        resolve_dtype("int4", cpu)
+
+
+def test_half_precision_compute_still_outputs_float32(tiny_bert):
+    from numpy.testing import assert_allclose
+
+    from skbert import BertEmbedder
+
+    texts = ["the river bank", "money in the bank", ""]
+    full = BertEmbedder(tiny_bert, device="cpu", precision="float32").fit_transform(texts)
+    half = BertEmbedder(tiny_bert, device="cpu", precision="bfloat16").fit_transform(texts)
+    assert half.dtype == "float32"
+    cos = (full * half).sum(1) / (abs(full**2).sum(1) ** 0.5 * abs(half**2).sum(1) ** 0.5)
+    assert_allclose(cos, 1.0, atol=5e-3)

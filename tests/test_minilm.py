@@ -1,0 +1,55 @@
+"""Real-model tests with the offline all-MiniLM-L6-v2 package."""
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from skbert import BertEmbedder
+from support import MINILM_ID, minilm
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A bank is a financial institution that accepts deposits from the public.",
+    "",
+    "We walked along the bank of the river at dawn.",
+    "skbert turns texts into contextual embeddings inside scikit-learn pipelines, "
+    "so that grid searches over pooling modes and layers are easy to run.",
+    "Hi",
+]
+
+
+@minilm
+def test_parity_with_sentence_transformers():
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    from skbert._models import resolve_source
+
+    reference = sentence_transformers.SentenceTransformer(resolve_source(MINILM_ID).location, device="cpu")
+    want = reference.encode(SENTENCES, normalize_embeddings=True, convert_to_numpy=True)
+    embedder = BertEmbedder(MINILM_ID, pooling="mean", include_special_tokens=True, normalize=True, batch_size=4)
+    got = embedder.fit_transform(SENTENCES)
+    assert got.shape == want.shape == (len(SENTENCES), 384)
+    cosine = (got * want).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cosine.min() >= 0.99999, cosine
+
+
+@minilm
+def test_similar_sentences_are_closer_than_unrelated_ones():
+    X = BertEmbedder(MINILM_ID, normalize=True).fit_transform(
+        ["I deposited money at the bank.", "The bank gave me a loan.", "Penguins live in Antarctica."]
+    )
+    similarity = X @ X.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.1
+
+
+@minilm
+def test_every_layer_and_mode_is_finite_and_distinct():
+    embedder = BertEmbedder(MINILM_ID, pooling=("cls", "mean", "max", "last", "pooler"), layers=-1)
+    X = embedder.fit_transform(SENTENCES)
+    assert X.shape == (len(SENTENCES), 5 * 384) and np.all(np.isfinite(X))
+    blocks = np.split(X, 5, axis=1)
+    for i in range(5):
+        for j in range(i + 1, 5):
+            assert not np.allclose(blocks[i], blocks[j])
+    all_layers = BertEmbedder(MINILM_ID, layers="all").fit_transform(SENTENCES[:2])
+    assert all_layers.shape == (2, 7 * 384)
+    assert_allclose(all_layers[:, -384:], BertEmbedder(MINILM_ID).fit_transform(SENTENCES[:2]), atol=1e-5)

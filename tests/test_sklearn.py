@@ -1,0 +1,184 @@
+"""BertEmbedder as a scikit-learn citizen: checks, pipelines, searches, pickling."""
+
+import pickle
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from numpy.testing import assert_allclose
+from sklearn.base import clone
+from sklearn.compose import ColumnTransformer
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.utils import estimator_checks as checks
+
+from skbert import BertEmbedder
+from skbert import _models
+
+RTOL, ATOL = 1e-4, 2e-5
+
+SKLEARN_CHECKS = [
+    "check_estimator_cloneable",
+    "check_estimator_repr",
+    "check_no_attributes_set_in_init",
+    "check_do_not_raise_errors_in_init_or_set_params",
+    "check_mixin_order",
+    "check_parameters_default_constructible",
+    "check_get_params_invariance",
+    "check_set_params",
+    "check_param_validation",
+    "check_transformers_unfitted",
+    "check_get_feature_names_out_error",
+]
+
+
+@pytest.mark.parametrize("check", SKLEARN_CHECKS)
+def test_sklearn_check(check):
+    getattr(checks, check)("BertEmbedder", BertEmbedder())
+
+
+def test_init_does_no_work(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("loaded a model in __init__")
+
+    monkeypatch.setattr(_models, "load_model", forbidden)
+    embedder = BertEmbedder("no/such-model", layers=99, pooling="nope", device="nope")
+    assert embedder.get_params()["layers"] == 99
+
+
+def test_tags_declare_text_input():
+    tags = BertEmbedder().__sklearn_tags__()
+    assert tags.input_tags.string and tags.input_tags.one_d_array and not tags.input_tags.two_d_array
+    assert not tags.target_tags.required
+
+
+# ---- data-dependent checks, ported to text ------------------------------------------
+
+
+def test_fit_returns_self_and_is_idempotent(tiny_bert, texts):
+    embedder = BertEmbedder(tiny_bert)
+    assert embedder.fit(texts) is embedder
+    first = embedder.transform(texts)
+    second = embedder.fit(texts).transform(texts)
+    assert_allclose(first, second, rtol=RTOL, atol=ATOL)
+
+
+def test_fit_does_not_change_parameters(tiny_bert, texts):
+    embedder = BertEmbedder(tiny_bert, layers=[0, -1], pooling=("cls", "mean"))
+    before = joblib.hash(embedder.get_params())
+    embedder.fit(texts)
+    assert joblib.hash(embedder.get_params()) == before
+    assert embedder.layers == [0, -1]
+
+
+def test_subset_and_order_invariance(tiny_bert, texts):
+    embedder = BertEmbedder(tiny_bert, batch_size=2).fit(texts)
+    full = embedder.transform(texts)
+    assert_allclose(embedder.transform(texts[2:5]), full[2:5], rtol=RTOL, atol=ATOL)
+    for i, text in enumerate(texts):
+        assert_allclose(embedder.transform([text])[0], full[i], rtol=RTOL, atol=ATOL)
+    assert_allclose(embedder.transform(texts[::-1]), full[::-1], rtol=RTOL, atol=ATOL)
+
+
+def test_refit_resets_state(tiny_bert, tiny_bert_no_pooler, texts):
+    embedder = BertEmbedder(tiny_bert, layers=-1).fit(texts)
+    assert embedder.layer_indices_ == (3,)
+    embedder.set_params(layers="all").fit(texts)
+    assert embedder.layer_indices_ == (0, 1, 2, 3)
+    assert embedder.transform(texts).shape == (len(texts), 32 * 4)
+    embedder.set_params(model_name=tiny_bert_no_pooler, layers=-1).fit(texts)
+    assert embedder.model_location_ == tiny_bert_no_pooler
+    other = BertEmbedder(tiny_bert_no_pooler).fit_transform(texts)
+    assert_allclose(embedder.transform(texts), other, rtol=RTOL, atol=ATOL)
+
+
+def test_clone_then_refit_gives_the_same_result(tiny_bert, texts):
+    embedder = BertEmbedder(tiny_bert, pooling="max", layers=(1, 2)).fit(texts)
+    copy = clone(embedder)
+    assert not hasattr(copy, "layer_indices_")
+    assert_allclose(copy.fit_transform(texts), embedder.transform(texts), rtol=RTOL, atol=ATOL)
+
+
+def test_clones_share_one_loaded_model(tiny_bert, texts):
+    a = BertEmbedder(tiny_bert).fit(texts)
+    b = clone(a).set_params(pooling="max", layers=0).fit(texts)
+    assert a._load() is b._load()
+    assert a._load().model is b._load().model
+
+
+def test_unfitted_transform_raises(tiny_bert, texts):
+    with pytest.raises(NotFittedError):
+        BertEmbedder(tiny_bert).transform(texts)
+
+
+def test_pickle_round_trip_leaves_the_weights_out(tiny_bert, texts):
+    embedder = BertEmbedder(tiny_bert, pooling="mean_max", layers="all").fit(texts)
+    expected = embedder.transform(texts)
+    blob = pickle.dumps(embedder)
+    assert len(blob) < 5_000  # parameters and a few fitted numbers; no tensors
+    restored = pickle.loads(blob)
+    assert_allclose(restored.transform(texts), expected, rtol=RTOL, atol=ATOL)
+    assert_allclose(joblib.load(_dump(embedder)).transform(texts), expected, rtol=RTOL, atol=ATOL)
+
+
+def _dump(obj):
+    import io
+
+    buffer = io.BytesIO()
+    joblib.dump(obj, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_a_pickle_made_on_a_gpu_machine_loads_on_a_cpu_one(tiny_bert, texts):
+    """Simulate a GPU fit: the fitted state says cuda/bfloat16; here device='auto' means CPU."""
+    embedder = BertEmbedder(tiny_bert).fit(texts)
+    expected = embedder.transform(texts)
+    embedder.device_, embedder.precision_ = "cuda:0", "bfloat16"
+    restored = pickle.loads(pickle.dumps(embedder))
+    assert restored.device_ == "cpu" and restored.precision_ == "float32"
+    assert_allclose(restored.transform(texts), expected, rtol=RTOL, atol=ATOL)
+
+
+# ---- composition -------------------------------------------------------------------
+
+
+def _labelled(texts_per_class=6):
+    river = ["the river bank", "water in the stream", "fish in the river", "we sat at the water",
+             "the muddy stream bank", "the old river"]
+    money = ["money in the bank", "she paid the loan", "a new account", "deposit the money",
+             "the bank loan was paid", "money for the house"]
+    X = river[:texts_per_class] + money[:texts_per_class]
+    y = [0] * texts_per_class + [1] * texts_per_class
+    return X, np.array(y)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_pipeline_in_grid_search(tiny_bert, n_jobs):
+    X, y = _labelled()
+    pipe = make_pipeline(BertEmbedder(tiny_bert), LogisticRegression(max_iter=200))
+    grid = {"bertembedder__pooling": ["cls", "mean", "max"], "bertembedder__layers": [-1, 0, "all"]}
+    search = GridSearchCV(pipe, grid, cv=2, n_jobs=n_jobs, error_score="raise").fit(X, y)
+    assert len(search.cv_results_["params"]) == 9
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    best = search.best_estimator_.named_steps["bertembedder"]
+    assert best.pooling in ("cls", "mean", "max")
+    assert search.predict(X).shape == (12,)
+
+
+def test_column_transformer_with_a_scalar_text_column(tiny_bert):
+    X, y = _labelled()
+    frame = pd.DataFrame({"text": X, "length": [len(t) for t in X]}, index=range(100, 112))
+    columns = ColumnTransformer([("bert", BertEmbedder(tiny_bert), "text"), ("num", "passthrough", ["length"])])
+    out = columns.fit_transform(frame)
+    assert out.shape == (12, 33)
+    assert_allclose(out[:, :32], BertEmbedder(tiny_bert).fit_transform(X), rtol=RTOL, atol=ATOL)
+    columns.set_output(transform="pandas")
+    named = columns.fit_transform(frame)
+    assert list(named.index) == list(frame.index)
+    assert named.columns[0] == "bert__mean_layer3_0" and named.columns[-1] == "num__length"
+    pipe = make_pipeline(columns, LogisticRegression(max_iter=200)).fit(frame, y)
+    assert pipe.score(frame, y) >= 0.5
