@@ -1,7 +1,8 @@
 """skbert: contextual BERT embeddings as a scikit-learn transformer."""
 
 from ._embedder import BertEmbedder
+from ._tokens import TokenEmbedding, TokenEmbeddings
 
 __version__ = "0.1.0"
 
-__all__ = ["BertEmbedder", "__version__"]
+__all__ = ["BertEmbedder", "TokenEmbedding", "TokenEmbeddings", "__version__"]

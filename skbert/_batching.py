@@ -1,9 +1,19 @@
-"""Tokenising texts and cutting them into length-sorted, padded batches.
+"""Tokenising texts, fitting them into the model's window, and batching the windows.
 
-Texts are tokenised in bulk by the (fast) tokenizer without padding, sorted by
-token length, and grouped so that each batch is padded only to its own longest
-text. Every batch carries the input positions of its rows, so results can be put
-back in input order.
+Texts are tokenised in bulk by the fast (Rust) tokenizer, untruncated. Each text then
+becomes one or more *windows* of at most ``max_length`` tokens, by the long-text
+strategy:
+
+- ``"truncate"``: the first tokens;
+- ``"head_tail"``: the first quarter of the window from the start of the text, the
+  rest from its end;
+- ``"chunk"``: overlapping windows that cover the whole text. Every token is
+  *counted* in exactly one window, the one where it has the most context on both
+  sides, so sums, maxima and counts over windows combine exactly.
+
+A text that fits gives one window with every token, whatever the strategy.
+Windows are sorted by length and grouped under a row cap and a token budget, so
+each batch is padded only to its own longest window.
 """
 
 from __future__ import annotations
@@ -13,102 +23,262 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+LONG_TEXT_STRATEGIES = ("truncate", "head_tail", "chunk")
+
 
 @dataclass
-class TokenizedTexts:
-    """Token ids of several texts, unpadded.
+class TokenizedText:
+    """One text's tokens, special tokens included, untruncated.
 
     Attributes
     ----------
-    input_ids : list of list of int
-        Each text's ids, special tokens included.
-    special_mask : list of list of int
-        1 where a token is a special token ([CLS], [SEP], ...).
-    lengths : ndarray of shape (n,)
-        Number of tokens per text.
+    ids : ndarray of int64, shape (t,)
+    special : ndarray of bool, shape (t,)
+    offsets : ndarray of int64, shape (t, 2), or None
+        Character span of each token in the text ((0, 0) for special tokens);
+        None when the tokenizer cannot tell (slow tokenizers).
     """
 
-    input_ids: list
-    special_mask: list
-    lengths: np.ndarray
+    ids: np.ndarray
+    special: np.ndarray
+    offsets: np.ndarray | None
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int) -> TokenizedTexts:
-    """Tokenise texts with special tokens, truncating each to ``max_length`` tokens.
+class TextTokenizer:
+    """Bulk tokenisation without truncation or padding.
+
+    Uses a private copy of the fast tokenizer's Rust backend (so the shared
+    tokenizer's settings are never changed); falls back to the Python tokenizer.
 
     Parameters
     ----------
     tokenizer : transformers.PreTrainedTokenizerBase
-    texts : list of str
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+        self._backend = None
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self._backend = Tokenizer.from_str(backend.to_str())
+            self._backend.no_truncation()
+            self._backend.no_padding()
+
+    @property
+    def has_offsets(self) -> bool:
+        """Whether character offsets are available."""
+        return self._backend is not None
+
+    def __call__(self, texts: list[str]) -> list[TokenizedText]:
+        """Tokenise texts, special tokens added.
+
+        Parameters
+        ----------
+        texts : list of str
+
+        Returns
+        -------
+        list of TokenizedText
+        """
+        if self._backend is not None:
+            return [
+                TokenizedText(
+                    np.asarray(enc.ids, dtype=np.int64),
+                    np.asarray(enc.special_tokens_mask, dtype=bool),
+                    np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2),
+                )
+                for enc in self._backend.encode_batch(texts, add_special_tokens=True)
+            ]
+        encoded = self.tokenizer(
+            texts, add_special_tokens=True, truncation=False, padding=False, return_special_tokens_mask=True
+        )
+        return [
+            TokenizedText(np.asarray(ids, dtype=np.int64), np.asarray(special, dtype=bool), None)
+            for ids, special in zip(encoded["input_ids"], encoded["special_tokens_mask"])
+        ]
+
+
+@dataclass
+class Window:
+    """A slice of one text that the model sees in one forward pass.
+
+    Attributes
+    ----------
+    text : int
+        Position of the text among those being encoded.
+    index : int
+        Window number within the text (0 first).
+    is_last : bool
+        Whether this is the text's last window.
+    token_indices : ndarray of int64
+        Which of the text's tokens the window holds, in order.
+    counted : ndarray of bool
+        Which of those tokens this window counts (each token of the text is
+        counted in at most one window).
+    """
+
+    text: int
+    index: int
+    is_last: bool
+    token_indices: np.ndarray
+    counted: np.ndarray
+
+
+def _ends(special: np.ndarray) -> tuple[int, int]:
+    """Number of leading and trailing special tokens around the text's own tokens."""
+    content = np.flatnonzero(~special)
+    if content.size == 0:
+        return len(special), 0
+    return int(content[0]), int(len(special) - 1 - content[-1])
+
+
+def plan_windows(special: np.ndarray, max_length: int, strategy: str, stride: int) -> list[tuple]:
+    """Cut one text's tokens into windows.
+
+    Parameters
+    ----------
+    special : ndarray of bool, shape (t,)
+        Special-token mask of the untruncated text.
     max_length : int
-        Longest result in tokens, special tokens included.
+        Most tokens per window, special tokens included.
+    strategy : {"truncate", "head_tail", "chunk"}
+    stride : int
+        With ``"chunk"``: how many tokens consecutive windows share.
 
     Returns
     -------
-    TokenizedTexts
+    list of (token_indices, counted)
+        As in :class:`Window`.
     """
-    encoded = tokenizer(
-        texts,
-        add_special_tokens=True,
-        truncation=True,
-        max_length=max_length,
-        padding=False,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-        return_special_tokens_mask=True,
-    )
-    ids = encoded["input_ids"]
-    lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
-    return TokenizedTexts(ids, encoded["special_tokens_mask"], lengths)
+    n = len(special)
+    if n <= max_length:
+        return [(np.arange(n), np.ones(n, dtype=bool))]
+    prefix, suffix = _ends(special)
+    width = max_length - prefix - suffix
+    if width < 1:
+        raise ValueError(f"max_length={max_length} leaves no room for text between {prefix + suffix} special tokens.")
+    head = np.arange(prefix)
+    tail = np.arange(n - suffix, n)
+    content = np.arange(prefix, n - suffix)
+    if strategy == "truncate":
+        keep = np.concatenate([head, content[:width], tail])
+        return [(keep, np.ones(len(keep), dtype=bool))]
+    if strategy == "head_tail":
+        first = width // 4
+        keep = np.concatenate([head, content[:first], content[len(content) - (width - first) :], tail])
+        return [(keep, np.ones(len(keep), dtype=bool))]
+    if strategy != "chunk":
+        raise ValueError(f"long_text={strategy!r} is not one of {LONG_TEXT_STRATEGIES}.")
+    if not 0 <= stride < width:
+        raise ValueError(f"stride={stride} must be at least 0 and below the {width} text tokens a window holds.")
+    spans, start = [], 0
+    while True:
+        spans.append((start, min(start + width, len(content))))
+        if start + width >= len(content):
+            break
+        start += width - stride
+    windows = []
+    for k, (start, end) in enumerate(spans):
+        # a token shared with a neighbour goes to the window where it is farther from the edge
+        own_start = start if k == 0 else (start + spans[k - 1][1]) // 2
+        own_end = end if k == len(spans) - 1 else (spans[k + 1][0] + end) // 2
+        positions = np.arange(start, end)
+        counted = np.concatenate(
+            [
+                np.full(prefix, k == 0),
+                (positions >= own_start) & (positions < own_end),
+                np.full(suffix, k == len(spans) - 1),
+            ]
+        )
+        windows.append((np.concatenate([head, content[start:end], tail]), counted))
+    return windows
 
 
-def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+def make_windows(tokenized: list[TokenizedText], max_length: int, strategy: str, stride: int) -> list[Window]:
+    """Plan the windows of several texts.
+
+    Parameters
+    ----------
+    tokenized : list of TokenizedText
+    max_length, strategy, stride
+        As in :func:`plan_windows`.
+
+    Returns
+    -------
+    list of Window
+        Grouped by text, in text order.
+    """
+    windows = []
+    for position, text in enumerate(tokenized):
+        planned = plan_windows(text.special, max_length, strategy, stride)
+        for k, (indices, counted) in enumerate(planned):
+            windows.append(Window(position, k, k == len(planned) - 1, indices, counted))
+    return windows
+
+
+def length_sorted_batches(lengths: np.ndarray, batch_size: int, token_budget: int | None = None) -> list[np.ndarray]:
     """Group positions into batches of similar length, longest first.
 
     Parameters
     ----------
     lengths : ndarray of shape (n,)
-        Token count of each text.
+        Token count of each window.
     batch_size : int
-        Most texts in one batch.
+        Most windows in one batch.
+    token_budget : int or None
+        Most padded tokens (rows x longest) in one batch; a window longer than the
+        budget still gets a batch of its own.
 
     Returns
     -------
     list of ndarray of int
         Positions into ``lengths``; together they cover every position once.
     """
-    order = np.argsort(-lengths, kind="stable")
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        rows = batch_size if token_budget is None else max(1, min(batch_size, token_budget // max(longest, 1)))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
 
 
-def collate(tokenized: TokenizedTexts, positions: np.ndarray, pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Pad the texts at ``positions`` to their longest, on the right.
+def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Pad some windows to their longest, on the right.
 
     Parameters
     ----------
-    tokenized : TokenizedTexts
-    positions : ndarray of int
-        Which texts go in the batch, in batch order.
+    tokenized : list of TokenizedText
+        The texts the windows index into.
+    windows : list of Window
+        The batch, in batch order.
     pad_token_id : int
 
     Returns
     -------
     dict
-        ``input_ids``, ``attention_mask`` and ``special_mask``, each a
-        ``(len(positions), longest)`` int64 tensor on the CPU.
+        ``input_ids``, ``attention_mask``, ``special_mask`` and ``counted_mask``,
+        each a ``(len(windows), longest)`` int64 tensor on the CPU.
     """
-    width = int(tokenized.lengths[positions].max())
-    n = len(positions)
+    width = max(len(w.token_indices) for w in windows)
+    n = len(windows)
     input_ids = np.full((n, width), pad_token_id, dtype=np.int64)
     attention_mask = np.zeros((n, width), dtype=np.int64)
     special_mask = np.zeros((n, width), dtype=np.int64)
-    for row, pos in enumerate(positions):
-        length = tokenized.lengths[pos]
-        input_ids[row, :length] = tokenized.input_ids[pos]
+    counted_mask = np.zeros((n, width), dtype=np.int64)
+    for row, window in enumerate(windows):
+        text = tokenized[window.text]
+        length = len(window.token_indices)
+        input_ids[row, :length] = text.ids[window.token_indices]
         attention_mask[row, :length] = 1
-        special_mask[row, :length] = tokenized.special_mask[pos]
+        special_mask[row, :length] = text.special[window.token_indices]
+        counted_mask[row, :length] = window.counted
     return {
         "input_ids": torch.from_numpy(input_ids),
         "attention_mask": torch.from_numpy(attention_mask),
         "special_mask": torch.from_numpy(special_mask),
+        "counted_mask": torch.from_numpy(counted_mask),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -10,11 +11,13 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._batching import LONG_TEXT_STRATEGIES
 from ._device import PRECISIONS, resolve_device, resolve_dtype
-from ._encoding import iter_encoded
+from ._encoding import EncodingReport, iter_statistics, iter_token_vectors, text_tokenizer
 from ._layers import LAYER_AGGREGATIONS, LAYER_PRESETS, aggregate_layers, describe_layers, resolve_layers
 from ._models import LoadedModel, load_model
 from ._pooling import POOLING_MODES, expand_pooling, pool_statistics
+from ._tokens import WORD_POOLING, TokenEmbedding, TokenEmbeddings, find_word, pool_pieces, tokens_in_span
 from ._validation import validate_texts
 
 
@@ -66,8 +69,25 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     normalize : bool, default=False
         Scale each output row to unit L2 norm.
     max_length : int or None, default=None
-        Most tokens per text, [CLS] and [SEP] included; longer texts are truncated.
-        None means the model's limit (512 for BERT).
+        Most tokens the model sees at once, [CLS] and [SEP] included. None means
+        the model's limit (512 for BERT). ``long_text`` says what happens to longer
+        texts.
+    long_text : {"truncate", "head_tail", "chunk"}, default="truncate"
+        What to do with a text longer than ``max_length`` tokens:
+
+        - ``"truncate"``: keep its first tokens (a warning says how many texts were
+          cut);
+        - ``"head_tail"``: keep its start (a quarter of the window) and its end (the
+          rest), which often serves classification better;
+        - ``"chunk"``: encode it in overlapping windows that cover it all. Mean and
+          max pool over every token of the text exactly (each token counted once,
+          from the window where it has the most context); ``"cls"`` and
+          ``"pooler"`` come from the first window and ``"last"`` from the last.
+
+        A text that fits gives the same result under all three.
+    stride : int or None, default=None
+        With ``long_text="chunk"``, how many tokens consecutive windows share.
+        None means a quarter of a window's text tokens.
     batch_size : int, default=32
         Most texts per forward pass. Texts are sorted by length first, so each
         batch is padded only to its own longest text.
@@ -102,6 +122,14 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         The compute dtype's name.
     model_location_ : str
         The folder or model id the weights were loaded from.
+    stride_ : int
+        The window overlap in force for ``long_text="chunk"``.
+    n_long_texts_ : int
+        After ``transform``: how many texts of the last call were longer than
+        ``max_length_`` tokens.
+    n_truncated_ : int
+        After ``transform``: how many texts of the last call lost tokens (long texts
+        under ``"truncate"`` or ``"head_tail"``).
 
     Examples
     --------
@@ -122,6 +150,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         "include_special_tokens": ["boolean"],
         "normalize": ["boolean"],
         "max_length": [Interval(Integral, 2, None, closed="left"), None],
+        "long_text": [StrOptions(set(LONG_TEXT_STRATEGIES))],
+        "stride": [Interval(Integral, 0, None, closed="left"), None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str],
         "precision": [StrOptions(set(PRECISIONS))],
@@ -139,6 +169,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         include_special_tokens=False,
         normalize=False,
         max_length=None,
+        long_text="truncate",
+        stride=None,
         batch_size=32,
         device="auto",
         precision="auto",
@@ -152,6 +184,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         self.include_special_tokens = include_special_tokens
         self.normalize = normalize
         self.max_length = max_length
+        self.long_text = long_text
+        self.stride = stride
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
@@ -201,11 +235,19 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                 f"max_length={self.max_length} exceeds the {loaded.max_positions} tokens model "
                 f"{self.model_name!r} accepts."
             )
+        max_length = loaded.max_positions if self.max_length is None else int(self.max_length)
+        window = max_length - loaded.tokenizer.num_special_tokens_to_add(pair=False)
+        stride = window // 4 if self.stride is None else int(self.stride)
+        if self.long_text == "chunk" and stride >= window:
+            raise ValueError(
+                f"stride={stride} must be below the {window} text tokens a window of max_length={max_length} holds."
+            )
         self.n_layers_ = loaded.n_layers
         self.hidden_size_ = loaded.hidden_size
         self.layer_indices_ = indices
         self.pooling_modes_ = modes
-        self.max_length_ = loaded.max_positions if self.max_length is None else int(self.max_length)
+        self.max_length_ = max_length
+        self.stride_ = stride
         self.device_ = str(loaded.device)
         self.precision_ = str(loaded.dtype).removeprefix("torch.")
         self.model_location_ = loaded.source.location
@@ -229,16 +271,40 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         texts = validate_texts(X)
         loaded = self._load()
         output = np.empty((len(texts), self._n_features_out()), dtype=np.float32)
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(texts), unit="text", desc="skbert", disable=not self.show_progress) as bar:
-            for batch in iter_encoded(loaded, texts, self.max_length_, self.batch_size):
+        report = EncodingReport()
+        with self._progress(len(texts)) as bar:
+            for batch in iter_statistics(loaded, texts, report=report, **self._encoding_options()):
                 output[batch.positions] = self._pool(batch)
                 bar.update(len(batch.positions))
+        self._record(report)
         if self.normalize:
             norms = np.linalg.norm(output, axis=1, keepdims=True)
             output /= np.maximum(norms, np.finfo(np.float32).tiny)
         return output
+
+    def _encoding_options(self) -> dict:
+        return {
+            "max_length": self.max_length_,
+            "long_text": self.long_text,
+            "stride": self.stride_,
+            "batch_size": self.batch_size,
+        }
+
+    def _progress(self, total: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, unit="text", desc="skbert", disable=not self.show_progress)
+
+    def _record(self, report: EncodingReport) -> None:
+        self.n_long_texts_ = report.n_long
+        self.n_truncated_ = report.n_truncated
+        if self.long_text == "truncate" and report.n_truncated:
+            warnings.warn(
+                f"{report.n_truncated} of {report.n_texts} texts were longer than max_length="
+                f"{self.max_length_} tokens and were truncated; long_text='chunk' covers them whole.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _pool(self, batch) -> np.ndarray:
         blocks = [
@@ -257,6 +323,120 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
             for mode in self.pooling_modes_
         ]
         return np.concatenate(blocks, axis=1)
+
+    # -- token level -------------------------------------------------------------------
+
+    def transform_tokens(self, X) -> TokenEmbeddings:
+        """Embed every token of each text, in context.
+
+        Uses the fitted ``layers`` and ``layer_aggregation``; ``pooling`` and
+        ``normalize`` do not apply. Under ``long_text="truncate"`` or
+        ``"head_tail"`` only the kept tokens come back; under ``"chunk"`` every
+        token does, with its vector from the window where it has the most context.
+
+        Parameters
+        ----------
+        X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
+
+        Returns
+        -------
+        TokenEmbeddings
+            A list with one :class:`~skbert.TokenEmbedding` per text, in input
+            order (``.tokens``, ``.offsets``, ``.vectors``, ``.special_mask``);
+            ``.to_frame()`` gives one long DataFrame with a ``text_id`` column.
+
+        Examples
+        --------
+        >>> from skbert import BertEmbedder
+        >>> embedder = BertEmbedder("sentence-transformers/all-MiniLM-L6-v2").fit(["a"])
+        >>> record = embedder.transform_tokens(["Riverbanks flood."])[0]
+        >>> record.tokens
+        ['[CLS]', 'river', '##bank', '##s', 'flood', '.', '[SEP]']
+        >>> record.offsets[1:4].tolist(), record.vectors.shape
+        ([[0, 5], [5, 9], [9, 10]], (7, 384))
+        """
+        check_is_fitted(self)
+        texts = validate_texts(X)
+        return TokenEmbeddings(self._token_records(texts), self._token_feature_names(), getattr(X, "index", None))
+
+    def embed_words(self, texts, words, *, pooling="mean") -> np.ndarray:
+        """Embed one word per text, in the context of that text.
+
+        Parameters
+        ----------
+        texts : list, tuple, ndarray or pandas Series of str
+        words : sequence of str or (int, int), one per text
+            A string stands for its first whole-word, case-insensitive occurrence in
+            the text; a ``(start, end)`` pair is a character span.
+        pooling : {"mean", "first", "last"}, default="mean"
+            How the word's WordPiece vectors combine.
+
+        Returns
+        -------
+        ndarray of shape (n_texts, n_token_features), float32
+            Rows in input order, from the fitted ``layers`` and ``layer_aggregation``.
+
+        Raises
+        ------
+        ValueError
+            If a word does not occur in its text, or its span covers no token (for
+            example because the text was truncated); the message names the row.
+
+        Examples
+        --------
+        >>> from skbert import BertEmbedder
+        >>> embedder = BertEmbedder("sentence-transformers/all-MiniLM-L6-v2").fit(["a"])
+        >>> embedder.embed_words(["The river bank flooded.", "I paid at the bank."], ["bank", "bank"]).shape
+        (2, 384)
+        """
+        check_is_fitted(self)
+        texts = validate_texts(texts)
+        if pooling not in WORD_POOLING:
+            raise ValueError(f"pooling={pooling!r} is not one of {WORD_POOLING}.")
+        if isinstance(words, str) or len(words) != len(texts):
+            raise ValueError(
+                f"words must hold one word or span per text: got {len(texts)} texts and "
+                f"{'a single string' if isinstance(words, str) else len(words)} words."
+            )
+        spans = [find_word(text, word, row) for row, (text, word) in enumerate(zip(texts, list(words)))]
+        output = np.empty((len(texts), len(self._token_feature_names())), dtype=np.float32)
+        for row, record in enumerate(self._token_records(texts)):
+            pieces = tokens_in_span(record.offsets, record.special_mask, spans[row])
+            if pieces.size == 0:
+                raise ValueError(
+                    f"row {row}: span {spans[row]} ({texts[row][slice(*spans[row])]!r}) covers no token"
+                    + (" that the model saw (the text was truncated)" if len(record) < self.max_length_ else "")
+                    + "."
+                )
+            output[row] = pool_pieces(record.vectors[pieces], pooling)
+        return output
+
+    def _token_records(self, texts: list[str]) -> list[TokenEmbedding]:
+        loaded = self._load()
+        if not text_tokenizer(loaded).has_offsets:
+            raise ValueError(f"token-level output needs a fast tokenizer with offsets; {self.model_name!r} has none.")
+        records: list = [None] * len(texts)
+        report = EncodingReport()
+        with self._progress(len(texts)) as bar:
+            for position, tokenized, kept, vectors in iter_token_vectors(
+                loaded, texts, self.layer_indices_, report=report, **self._encoding_options()
+            ):
+                records[position] = TokenEmbedding(
+                    tokens=loaded.tokenizer.convert_ids_to_tokens(tokenized.ids[kept].tolist()),
+                    offsets=tokenized.offsets[kept],
+                    vectors=aggregate_layers(vectors.transpose(1, 0, 2), self.layer_aggregation),
+                    special_mask=tokenized.special[kept],
+                )
+                bar.update(1)
+        self._record(report)
+        return records
+
+    def _token_feature_names(self) -> list[str]:
+        return [
+            f"{label}_{j}"
+            for label in describe_layers(self.layer_indices_, self.layer_aggregation)
+            for j in range(self.hidden_size_)
+        ]
 
     # -- feature names -------------------------------------------------------------
 

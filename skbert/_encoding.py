@@ -1,21 +1,67 @@
-"""Running the encoder over texts, batch by batch, down to per-layer statistics.
+"""Running the encoder over texts, window by window, down to what the caller keeps.
+
+Two products come out of the same tokenising, windowing and batching:
+
+- :func:`iter_statistics`: per text, the per-layer statistics that every pooling
+  mode is computed from (:func:`~skbert._pooling.layer_statistics`);
+- :func:`iter_token_vectors`: per text, one vector per token from chosen layers.
 
 Memory stays bounded however many texts come in: texts are tokenised a chunk at a
-time, and each batch's hidden states are reduced on the device to
-:func:`~skbert._pooling.layer_statistics` before the next batch runs.
+time, and each batch's hidden states are reduced on the device before the next
+batch runs. On a CUDA out-of-memory error a batch is split in half and retried;
+the results are the same as without the error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ._batching import collate, length_sorted_batches, tokenize
+from ._batching import (
+    TextTokenizer,
+    TokenizedText,
+    Window,
+    collate,
+    length_sorted_batches,
+    make_windows,
+)
 from ._models import LoadedModel
-from ._pooling import layer_statistics
+from ._pooling import combine_windows, layer_statistics
+
+CHUNK_SIZE = 4096
+
+
+@dataclass
+class EncodingReport:
+    """Counts of what an encoding call did.
+
+    Attributes
+    ----------
+    n_texts : int
+        Texts tokenised.
+    n_long : int
+        Texts longer than ``max_length`` tokens.
+    n_truncated : int
+        Texts that lost tokens (long texts under ``"truncate"`` or ``"head_tail"``).
+    n_windows : int
+        Rows run through the model.
+    n_tokens : int
+        Real (non-padding) tokens run through the model.
+    n_oom_splits : int
+        Batches split in half after a CUDA out-of-memory error.
+    """
+
+    n_texts: int = 0
+    n_long: int = 0
+    n_truncated: int = 0
+    n_windows: int = 0
+    n_tokens: int = 0
+    n_oom_splits: int = 0
 
 
 @dataclass
@@ -25,14 +71,14 @@ class EncodedBatch:
     Attributes
     ----------
     positions : ndarray of shape (b,)
-        Input positions of the rows.
+        Input positions of the texts.
     statistics : ndarray of shape (b, len(STATISTICS), n_layers + 1, d), float32
     n_content : ndarray of shape (b,)
-        Non-special real tokens per text.
+        Non-special tokens counted per text.
     n_all : ndarray of shape (b,)
-        Real tokens per text.
+        Tokens counted per text.
     pooler : ndarray of shape (b, d) or None
-        The model's pooler output, if it has one.
+        The model's pooler output (first window), if it has one.
     """
 
     positions: np.ndarray
@@ -42,63 +88,265 @@ class EncodedBatch:
     pooler: np.ndarray | None
 
 
-def encode_batch(loaded: LoadedModel, batch: dict[str, torch.Tensor]) -> tuple:
-    """Run the model on one padded batch and reduce it to statistics.
+_TOKENIZERS: dict[int, tuple[object, TextTokenizer]] = {}
+_TOKENIZERS_LOCK = threading.Lock()
+
+
+def text_tokenizer(loaded: LoadedModel) -> TextTokenizer:
+    """The bulk tokenizer for a loaded model, made once per process."""
+    with _TOKENIZERS_LOCK:
+        entry = _TOKENIZERS.get(id(loaded.tokenizer))
+        if entry is None or entry[0] is not loaded.tokenizer:
+            entry = (loaded.tokenizer, TextTokenizer(loaded.tokenizer))
+            _TOKENIZERS[id(loaded.tokenizer)] = entry
+        return entry[1]
+
+
+def _is_oom(error: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", ())
+    return (oom and isinstance(error, oom)) or "out of memory" in str(error).lower()
+
+
+def _to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in tensors.items()}
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
+def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor]):
+    """Run the model on a padded batch on its device; returns the model output and the moved masks."""
+    on_device = _to_device(batch, loaded.device)
+    output = loaded.model(
+        input_ids=on_device["input_ids"],
+        attention_mask=on_device["attention_mask"],
+        output_hidden_states=True,
+        return_dict=True,
+    )
+    return output, on_device
+
+
+def run_batches(
+    loaded: LoadedModel,
+    tokenized: list[TokenizedText],
+    windows: list[Window],
+    reduce: Callable,
+    report: EncodingReport,
+) -> Iterator[tuple[list[Window], object]]:
+    """Run ``reduce(output, masks)`` on one batch of windows, halving it on CUDA OOM.
 
     Parameters
     ----------
     loaded : LoadedModel
-    batch : dict
-        As made by :func:`~skbert._batching.collate`.
+    tokenized : list of TokenizedText
+    windows : list of Window
+        One batch.
+    reduce : callable
+        ``reduce(model_output, masks_on_device) -> result``, run under inference mode.
+    report : EncodingReport
+        Updated with the rows and tokens run and any split.
 
-    Returns
-    -------
-    statistics : ndarray, float32
-    n_content, n_all : ndarray of int
-    pooler : ndarray or None
+    Yields
+    ------
+    (windows, result)
+        For the batch, or for each half of it after an out-of-memory error.
     """
-    device = loaded.device
-    input_ids = batch["input_ids"].to(device)
-    attention_mask = batch["attention_mask"].to(device)
-    special_mask = batch["special_mask"].to(device)
-    with torch.inference_mode():
-        output = loaded.model(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=True
-        )
-        statistics = layer_statistics(output.hidden_states, attention_mask, special_mask)
-        pooler = getattr(output, "pooler_output", None) if loaded.has_pooler else None
-        statistics = statistics.cpu().numpy()
-        pooler = None if pooler is None else pooler.float().cpu().numpy()
-    n_all = batch["attention_mask"].sum(dim=1).numpy()
-    n_content = (batch["attention_mask"] * (1 - batch["special_mask"])).sum(dim=1).numpy()
-    return statistics, n_content, n_all, pooler
+    pad_id = loaded.tokenizer.pad_token_id
+    batch = collate(tokenized, windows, 0 if pad_id is None else pad_id)
+    try:
+        with torch.inference_mode():
+            result = reduce(*_forward(loaded, batch))
+    except (RuntimeError, MemoryError) as error:
+        if len(windows) == 1 or not _is_oom(error) or loaded.device.type != "cuda":
+            raise
+        result = None  # leave the except block first, so its traceback frees the batch's tensors
+    if result is None:
+        torch.cuda.empty_cache()
+        report.n_oom_splits += 1
+        half = len(windows) // 2
+        yield from run_batches(loaded, tokenized, windows[:half], reduce, report)
+        yield from run_batches(loaded, tokenized, windows[half:], reduce, report)
+        return
+    report.n_windows += len(windows)
+    report.n_tokens += int(batch["attention_mask"].sum())
+    yield windows, result
 
 
-def iter_encoded(
-    loaded: LoadedModel, texts: list[str], max_length: int, batch_size: int, chunk_size: int = 4096
+def _chunks(loaded, texts, max_length, long_text, stride, report) -> Iterator[tuple[int, list, list[Window]]]:
+    """Tokenise and window texts a chunk at a time; on a GPU the next chunk is prepared meanwhile."""
+    tokenizer = text_tokenizer(loaded)
+
+    def prepare(start):
+        tokenized = tokenizer(texts[start : start + CHUNK_SIZE])
+        return start, tokenized, make_windows(tokenized, max_length, long_text, stride)
+
+    starts = range(0, len(texts), CHUNK_SIZE)
+    if loaded.device.type == "cpu" or len(starts) == 1:
+        prepared = map(prepare, starts)
+    else:  # overlap tokenisation of the next chunk with the GPU's work on this one
+        pool = ThreadPoolExecutor(max_workers=1)
+        futures = iter([pool.submit(prepare, s) for s in starts[:2]])
+        prepared = _prefetching(pool, futures, prepare, starts)
+    for start, tokenized, windows in prepared:
+        long = sum(len(t.ids) > max_length for t in tokenized)
+        report.n_texts += len(tokenized)
+        report.n_long += long
+        report.n_truncated += long if long_text != "chunk" else 0
+        yield start, tokenized, windows
+
+
+def _prefetching(pool, first, prepare, starts):
+    pending = list(first)
+    try:
+        for k in range(len(starts)):
+            result = pending.pop(0).result()
+            if k + 2 < len(starts):
+                pending.append(pool.submit(prepare, starts[k + 2]))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _batches_of(windows: list[Window], batch_size: int, token_budget: int | None) -> list[list[Window]]:
+    lengths = np.fromiter((len(w.token_indices) for w in windows), dtype=np.int64, count=len(windows))
+    return [[windows[i] for i in batch] for batch in length_sorted_batches(lengths, batch_size, token_budget)]
+
+
+def iter_statistics(
+    loaded: LoadedModel,
+    texts: list[str],
+    *,
+    max_length: int,
+    long_text: str = "truncate",
+    stride: int = 0,
+    batch_size: int = 32,
+    token_budget: int | None = None,
+    report: EncodingReport | None = None,
 ) -> Iterator[EncodedBatch]:
-    """Encode texts and yield their statistics batch by batch (not in input order).
+    """Encode texts and yield their per-layer statistics (in no particular order).
 
     Parameters
     ----------
     loaded : LoadedModel
     texts : list of str
     max_length : int
-        Tokens per text at most, special tokens included; longer texts are truncated.
+        Tokens per window at most, special tokens included.
+    long_text : {"truncate", "head_tail", "chunk"}
+        What to do with texts longer than ``max_length``.
+    stride : int
+        Tokens shared by consecutive windows under ``"chunk"``.
     batch_size : int
-        Texts per forward pass at most.
-    chunk_size : int, default=4096
-        Texts tokenised and length-sorted together.
+        Windows per forward pass at most.
+    token_budget : int or None
+        Padded tokens per forward pass at most.
+    report : EncodingReport, optional
+        Filled in with counts.
 
     Yields
     ------
     EncodedBatch
     """
-    pad_id = loaded.tokenizer.pad_token_id
-    pad_id = 0 if pad_id is None else pad_id
-    for start in range(0, len(texts), chunk_size):
-        chunk = texts[start : start + chunk_size]
-        tokenized = tokenize(loaded.tokenizer, chunk, max_length)
-        for positions in length_sorted_batches(tokenized.lengths, batch_size):
-            statistics, n_content, n_all, pooler = encode_batch(loaded, collate(tokenized, positions, pad_id))
-            yield EncodedBatch(positions + start, statistics, n_content, n_all, pooler)
+    report = EncodingReport() if report is None else report
+
+    def reduce(output, masks):
+        statistics = layer_statistics(
+            output.hidden_states, masks["attention_mask"], masks["special_mask"], masks["counted_mask"]
+        )
+        pooler = getattr(output, "pooler_output", None) if loaded.has_pooler else None
+        return statistics.cpu().numpy(), None if pooler is None else pooler.float().cpu().numpy()
+
+    for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report):
+        n_windows = np.zeros(len(tokenized), dtype=np.int64)
+        for window in windows:
+            n_windows[window.text] += 1
+        partial: dict[int, list] = {}
+        for batch in _batches_of(windows, batch_size, token_budget):
+            for done, (statistics, pooler) in run_batches(loaded, tokenized, batch, reduce, report):
+                counted = [w.counted for w in done]
+                content = [w.counted & ~tokenized[w.text].special[w.token_indices] for w in done]
+                n_all = np.array([c.sum() for c in counted])
+                n_content = np.array([c.sum() for c in content])
+                whole = np.array([n_windows[w.text] == 1 for w in done])
+                if whole.any():
+                    rows = np.flatnonzero(whole)
+                    yield EncodedBatch(
+                        np.array([done[r].text + start for r in rows]),
+                        statistics[rows],
+                        n_content[rows],
+                        n_all[rows],
+                        None if pooler is None else pooler[rows],
+                    )
+                for row in np.flatnonzero(~whole):
+                    window = done[row]
+                    parts = partial.setdefault(window.text, [])
+                    parts.append((window.index, statistics[row], n_content[row], n_all[row], pooler, row))
+                    if len(parts) == n_windows[window.text]:
+                        parts.sort(key=lambda part: part[0])
+                        first = parts[0]
+                        yield EncodedBatch(
+                            np.array([window.text + start]),
+                            combine_windows(np.stack([p[1] for p in parts]))[None],
+                            np.array([sum(p[2] for p in parts)]),
+                            np.array([sum(p[3] for p in parts)]),
+                            None if first[4] is None else first[4][first[5]][None],
+                        )
+                        del partial[window.text]
+
+
+def iter_token_vectors(
+    loaded: LoadedModel,
+    texts: list[str],
+    layer_indices: tuple[int, ...],
+    *,
+    max_length: int,
+    long_text: str = "truncate",
+    stride: int = 0,
+    batch_size: int = 32,
+    token_budget: int | None = None,
+    report: EncodingReport | None = None,
+) -> Iterator[tuple[int, TokenizedText, np.ndarray, np.ndarray]]:
+    """Encode texts and yield, per text, a vector per kept token from chosen layers.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+    texts : list of str
+    layer_indices : tuple of int
+        Hidden states to keep.
+    max_length, long_text, stride, batch_size, token_budget, report
+        As in :func:`iter_statistics`. Under ``"chunk"`` every token is kept, with
+        its vector from the window where it has the most context.
+
+    Yields
+    ------
+    position : int
+        The text's input position.
+    tokenized : TokenizedText
+        Its untruncated tokens.
+    token_indices : ndarray of int
+        Which of its tokens were kept, ascending.
+    vectors : ndarray of shape (len(layer_indices), len(token_indices), d), float32
+    """
+    report = EncodingReport() if report is None else report
+    selected = list(layer_indices)
+
+    def reduce(output, masks):
+        states = torch.stack([output.hidden_states[i] for i in selected], dim=1)
+        return states.float().cpu().numpy()
+
+    for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report):
+        n_windows = np.zeros(len(tokenized), dtype=np.int64)
+        for window in windows:
+            n_windows[window.text] += 1
+        partial: dict[int, list] = {}
+        for batch in _batches_of(windows, batch_size, token_budget):
+            for done, states in run_batches(loaded, tokenized, batch, reduce, report):
+                for row, window in enumerate(done):
+                    rows = np.flatnonzero(window.counted)
+                    parts = partial.setdefault(window.text, [])
+                    parts.append((window.token_indices[rows], states[row][:, rows]))
+                    if len(parts) == n_windows[window.text]:
+                        indices = np.concatenate([p[0] for p in parts])
+                        vectors = np.concatenate([p[1] for p in parts], axis=1)
+                        order = np.argsort(indices, kind="stable")
+                        yield window.text + start, tokenized[window.text], indices[order], vectors[:, order]
+                        del partial[window.text]

@@ -146,7 +146,10 @@ def pool_max(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def layer_statistics(
-    hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor, special_mask: torch.Tensor
+    hidden_states: Sequence[torch.Tensor],
+    attention_mask: torch.Tensor,
+    special_mask: torch.Tensor,
+    counted_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reduce every hidden state of a batch to what every pooling mode needs.
 
@@ -158,16 +161,20 @@ def layer_statistics(
         1 for real tokens, 0 for padding (on the right).
     special_mask : Tensor of shape (n, t)
         1 for special tokens such as [CLS] and [SEP].
+    counted_mask : Tensor of shape (n, t), optional
+        Which real tokens the sums and maxima cover (for a window of a long text,
+        the tokens it owns); all real tokens by default.
 
     Returns
     -------
     Tensor of shape (n, len(STATISTICS), len(hidden_states), d), float32
-        For each text and layer: the first token, the last real token, the sum and
-        maximum over non-special real tokens, and the sum and maximum over all real
-        tokens.
+        For each row and layer: the first token, the last real token, the sum and
+        maximum over counted non-special tokens, and the sum and maximum over all
+        counted tokens.
     """
     real = attention_mask.bool()
-    content = real & ~special_mask.bool()
+    counted = real if counted_mask is None else counted_mask.bool() & real
+    content = counted & ~special_mask.bool()
     per_layer = []
     for hidden in hidden_states:
         per_layer.append(
@@ -177,13 +184,38 @@ def layer_statistics(
                     pool_last(hidden, real),
                     pool_sum(hidden, content),
                     pool_max(hidden, content),
-                    pool_sum(hidden, real),
-                    pool_max(hidden, real),
+                    pool_sum(hidden, counted),
+                    pool_max(hidden, counted),
                 ],
                 dim=1,
             )
         )
     return torch.stack(per_layer, dim=2)
+
+
+def combine_windows(statistics: np.ndarray) -> np.ndarray:
+    """Merge the statistics of one text's windows, in window order, into one.
+
+    Sums add and maxima take the maximum, which is exact because each token is
+    counted in one window only; the first token comes from the first window and
+    the last token from the last.
+
+    Parameters
+    ----------
+    statistics : ndarray of shape (n_windows, len(STATISTICS), n_hidden_states, d)
+
+    Returns
+    -------
+    ndarray of shape (len(STATISTICS), n_hidden_states, d)
+    """
+    merged = np.empty_like(statistics[0])
+    merged[_STAT["cls"]] = statistics[0, _STAT["cls"]]
+    merged[_STAT["last"]] = statistics[-1, _STAT["last"]]
+    for name in ("sum_content", "sum_all"):
+        merged[_STAT[name]] = statistics[:, _STAT[name]].sum(axis=0)
+    for name in ("max_content", "max_all"):
+        merged[_STAT[name]] = statistics[:, _STAT[name]].max(axis=0)
+    return merged
 
 
 def pool_statistics(

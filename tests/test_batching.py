@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 from transformers import AutoTokenizer
 
-from skbert._batching import collate, length_sorted_batches, tokenize
+from skbert._batching import TextTokenizer, collate, length_sorted_batches, make_windows, plan_windows
 
 
 def test_batches_cover_every_position_once_sorted_by_length():
@@ -13,15 +14,86 @@ def test_batches_cover_every_position_once_sorted_by_length():
     assert list(lengths[flat]) == sorted(lengths, reverse=True)
 
 
-def test_tokenize_and_collate_pad_on_the_right(tiny_bert):
+def test_token_budget_limits_padded_tokens_per_batch():
+    lengths = np.array([100, 10, 10, 10, 10, 10, 50, 50, 300])
+    batches = length_sorted_batches(lengths, batch_size=64, token_budget=100)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(9))
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * lengths[batch].max() <= 100
+    assert [len(b) for b in batches] == [1, 1, 2, 5]  # 300 alone, 100 alone, 2x50, 5x10
+
+
+def _special(n):
+    mask = np.zeros(n, dtype=bool)
+    mask[[0, n - 1]] = True
+    return mask
+
+
+def test_a_text_that_fits_is_one_whole_window_under_every_strategy():
+    for strategy in ("truncate", "head_tail", "chunk"):
+        [(indices, counted)] = plan_windows(_special(10), 10, strategy, 2)
+        assert indices.tolist() == list(range(10)) and counted.all()
+
+
+def test_truncate_and_head_tail_keep_the_specials():
+    n = 30  # [CLS] + 28 tokens + [SEP]
+    [(keep, counted)] = plan_windows(_special(n), 10, "truncate", 0)
+    assert keep.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 29] and counted.all()
+    [(keep, _)] = plan_windows(_special(n), 10, "head_tail", 0)
+    assert keep.tolist() == [0, 1, 2, 23, 24, 25, 26, 27, 28, 29]  # 8 text tokens: 2 head, 6 tail
+
+
+@pytest.mark.parametrize("n, max_length, stride", [(30, 10, 2), (30, 10, 0), (11, 10, 7), (200, 16, 5), (9, 4, 1)])
+def test_chunk_windows_count_every_token_exactly_once(n, max_length, stride):
+    windows = plan_windows(_special(n), max_length, "chunk", stride)
+    counts = np.zeros(n, dtype=int)
+    for indices, counted in windows:
+        assert len(indices) <= max_length
+        assert indices[0] == 0 and indices[-1] == n - 1  # every window is [CLS] ... [SEP]
+        counts[indices[counted]] += 1
+    assert counts.tolist() == [1] * n
+    # consecutive windows overlap by `stride` text tokens
+    for (a, _), (b, _) in zip(windows, windows[1:]):
+        assert len(set(a[1:-1]) & set(b[1:-1])) == stride or b[-2] == n - 2
+
+
+def test_chunk_gives_a_shared_token_to_the_window_where_it_has_more_context():
+    # 20 text tokens, windows of 8 text tokens, overlap 4: windows [0,8), [4,12), ...
+    windows = plan_windows(_special(22), 10, "chunk", 4)
+    first, second = windows[0], windows[1]
+    owned_first = set(first[0][first[1]].tolist()) - {0}
+    owned_second = set(second[0][second[1]].tolist())
+    # shared text tokens 4..7 (token ids 5..8): 5, 6 stay with the first window, 7, 8 go to the second
+    assert {5, 6} <= owned_first and {7, 8} <= owned_second and not (owned_first & owned_second)
+
+
+def test_bad_stride_and_window():
+    with pytest.raises(ValueError, match="stride=8 must be"):
+        plan_windows(_special(30), 10, "chunk", 8)
+    with pytest.raises(ValueError, match="no room for text"):
+        plan_windows(_special(30), 2, "truncate", 0)
+
+
+def test_tokenizer_and_collate_pad_on_the_right(tiny_bert):
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     texts = ["the river bank", "", "money " * 40]
-    tokenized = tokenize(tokenizer, texts, max_length=10)
-    assert list(tokenized.lengths) == [5, 2, 10]
-    assert tokenized.input_ids[1] == [tokenizer.cls_token_id, tokenizer.sep_token_id]
-    batch = collate(tokenized, np.array([2, 0, 1]), tokenizer.pad_token_id)
+    tokenized = TextTokenizer(tokenizer)(texts)
+    assert [len(t.ids) for t in tokenized] == [5, 2, 42]
+    assert tokenized[1].ids.tolist() == [tokenizer.cls_token_id, tokenizer.sep_token_id]
+    assert tokenized[0].offsets.tolist() == [[0, 0], [0, 3], [4, 9], [10, 14], [0, 0]]
+    windows = make_windows(tokenized, 10, "truncate", 0)
+    batch = collate(tokenized, [windows[2], windows[0], windows[1]], tokenizer.pad_token_id)
     assert batch["input_ids"].shape == (3, 10)
     assert batch["attention_mask"].sum(1).tolist() == [10, 5, 2]
     assert batch["input_ids"][1, 5:].tolist() == [tokenizer.pad_token_id] * 5
     assert batch["special_mask"][1].tolist() == [1, 0, 0, 0, 1] + [0] * 5
     assert batch["input_ids"][0, -1].item() == tokenizer.sep_token_id  # truncation keeps [SEP]
+    assert batch["counted_mask"].tolist() == batch["attention_mask"].tolist()
+
+
+def test_the_shared_tokenizer_is_not_changed(tiny_bert):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    tokenizer.backend_tokenizer.enable_truncation(max_length=4)
+    tokenized = TextTokenizer(tokenizer)(["the river bank of the river"])
+    assert len(tokenized[0].ids) == 8  # the private copy does not truncate
+    assert tokenizer.backend_tokenizer.truncation["max_length"] == 4
