@@ -405,7 +405,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
             if pieces.size == 0:
                 raise ValueError(
                     f"row {row}: span {spans[row]} ({texts[row][slice(*spans[row])]!r}) covers no token"
-                    + (" that the model saw (the text was truncated)" if len(record) < self.max_length_ else "")
+                    + (" that the model saw (the text was truncated)" if len(record) >= self.max_length_ else "")
                     + "."
                 )
             output[row] = pool_pieces(record.vectors[pieces], pooling)

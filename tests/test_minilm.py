@@ -53,3 +53,47 @@ def test_every_layer_and_mode_is_finite_and_distinct():
     all_layers = BertEmbedder(MINILM_ID, layers="all").fit_transform(SENTENCES[:2])
     assert all_layers.shape == (2, 7 * 384)
     assert_allclose(all_layers[:, -384:], BertEmbedder(MINILM_ID).fit_transform(SENTENCES[:2]), atol=1e-5)
+
+
+RIVER = [
+    "We sat on the bank of the river and watched the water.",
+    "The fisherman walked along the muddy bank of the stream.",
+    "Reeds grew thick on the river bank after the flood.",
+]
+MONEY = [
+    "I deposited my salary at the bank this morning.",
+    "The bank approved the loan for our new house.",
+    "She opened a savings account at the bank downtown.",
+]
+
+
+def _cosines(vectors):
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit @ unit.T
+
+
+@minilm
+def test_bank_separates_by_sense_in_context_but_not_in_the_embedding_layer():
+    texts = RIVER + MONEY
+    embedder = BertEmbedder(MINILM_ID, layers=-2).fit(texts)
+    similarity = _cosines(embedder.embed_words(texts, ["bank"] * 6))
+    same = [similarity[i, j] for i in range(6) for j in range(i + 1, 6) if (i < 3) == (j < 3)]
+    cross = [similarity[i, j] for i in range(3) for j in range(3, 6)]
+    assert min(same) > max(cross)  # every same-sense pair is closer than every cross-sense pair
+    assert np.mean(same) - np.mean(cross) > 0.05
+    layer0 = _cosines(embedder.set_params(layers=0).fit(texts).embed_words(texts, ["bank"] * 6))
+    assert layer0.min() > 0.95  # the embedding layer barely moves: same token, only the position differs
+    assert np.ptp(layer0) < np.ptp(similarity)
+
+
+@minilm
+def test_a_100k_character_text_chunks_through_the_real_model():
+    import pandas as pd
+
+    from support import DATA
+
+    text = " ".join(pd.read_csv(DATA)["text"])[:100_000]
+    embedder = BertEmbedder(MINILM_ID, pooling="mean", long_text="chunk", batch_size=16).fit(["a"])
+    whole = embedder.transform([text, text[:2000]])
+    assert np.all(np.isfinite(whole)) and embedder.n_long_texts_ == 1 and embedder.n_truncated_ == 0
+    assert _cosines(whole)[0, 1] < 0.99  # the whole text is not just its start
