@@ -357,7 +357,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         texts = validate_texts(X)
-        return TokenEmbeddings(self._token_records(texts), self._token_feature_names(), getattr(X, "index", None))
+        index = X.index if hasattr(X, "iloc") else None  # pandas input: its row labels become text ids
+        return TokenEmbeddings(self._token_records(texts), self._token_feature_names(), index)
 
     def embed_words(self, texts, words, *, pooling="mean") -> np.ndarray:
         """Embed one word per text, in the context of that text.
