@@ -88,3 +88,20 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if device.type == "mps":
         return torch.float16
     return torch.float32
+
+
+def default_token_budget(device: torch.device) -> int:
+    """Padded tokens per forward pass when none is asked for.
+
+    Small batches are faster on a CPU (they stay in cache); a GPU needs large ones
+    to fill its matrix units.
+
+    Parameters
+    ----------
+    device : torch.device
+
+    Returns
+    -------
+    int
+    """
+    return 2048 if device.type == "cpu" else 65536

@@ -12,11 +12,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._batching import LONG_TEXT_STRATEGIES
-from ._device import PRECISIONS, resolve_device, resolve_dtype
-from ._encoding import EncodingReport, iter_statistics, iter_token_vectors, text_tokenizer
+from ._cache import disk_store, encoder_fingerprint, memory_store
+from ._device import PRECISIONS, default_token_budget, resolve_device, resolve_dtype
+from ._encoding import TOTALS, EncodingReport, iter_cached_statistics, iter_statistics, iter_token_vectors, text_tokenizer
 from ._layers import LAYER_AGGREGATIONS, LAYER_PRESETS, aggregate_layers, describe_layers, resolve_layers
-from ._models import LoadedModel, load_model
-from ._pooling import POOLING_MODES, expand_pooling, pool_statistics
+from ._models import LoadedModel, load_model, model_fingerprint
+from ._pooling import POOLING_MODES, STATISTICS, expand_pooling, pool_statistics
 from ._tokens import WORD_POOLING, TokenEmbedding, TokenEmbeddings, find_word, pool_pieces, tokens_in_span
 from ._validation import validate_texts
 
@@ -88,9 +89,13 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     stride : int or None, default=None
         With ``long_text="chunk"``, how many tokens consecutive windows share.
         None means a quarter of a window's text tokens.
-    batch_size : int, default=32
-        Most texts per forward pass. Texts are sorted by length first, so each
-        batch is padded only to its own longest text.
+    batch_size : int, default=256
+        Most texts (windows) per forward pass. Texts are sorted by length first, so
+        each batch is padded only to its own longest text.
+    token_budget : int or None, default=None
+        Most padded tokens (rows x longest) per forward pass; a batch holds as many
+        texts as fit, up to ``batch_size``. None picks one for the device: 2,048 on
+        the CPU (small batches are faster there), 65,536 on a GPU.
     device : str, default="auto"
         ``"auto"`` picks CUDA when available, else MPS, else the CPU; or any torch
         device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
@@ -103,6 +108,23 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         folders. Asking for one bypasses offline packages.
     show_progress : bool, default=False
         Show a progress bar over texts during ``transform``.
+    cache : "memory", str, path-like or None, default="memory"
+        Where encoded texts are kept, so that a text is encoded once whatever
+        ``pooling``, ``layers``, ``layer_aggregation``, ``include_special_tokens`` or
+        ``normalize`` later ask of it (a grid search over those costs one encoding
+        pass). ``"memory"``: in this process, shared by every estimator and clone,
+        within ``cache_max_bytes``. A directory: on disk there (created if needed),
+        shared by processes such as ``GridSearchCV(n_jobs=2)`` workers and later
+        runs; an interrupted ``transform`` resumes from what it had stored. None:
+        no cache. Entries are keyed by the text and everything that changes its
+        numbers (weights, tokenizer, ``max_length``, ``long_text``, ``stride``,
+        device type and precision). Duplicate texts in one call are encoded once
+        either way.
+    cache_max_bytes : int, default=2147483648
+        Budget of the in-memory cache (2 GiB), least recently used entries evicted
+        first. One budget per process: the last value used applies. An entry takes
+        about ``25 * (n_layers + 1) * hidden_size`` bytes (65 kB for MiniLM, 250 kB
+        for bert-base).
 
     Attributes
     ----------
@@ -130,6 +152,12 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     n_truncated_ : int
         After ``transform``: how many texts of the last call lost tokens (long texts
         under ``"truncate"`` or ``"head_tail"``).
+    n_encoded_ : int
+        After ``transform``: how many texts of the last call the model encoded
+        (distinct texts not found in the cache).
+    n_cache_hits_ : int
+        After ``transform``: how many distinct texts of the last call came from the
+        cache.
 
     Examples
     --------
@@ -153,10 +181,13 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         "long_text": [StrOptions(set(LONG_TEXT_STRATEGIES))],
         "stride": [Interval(Integral, 0, None, closed="left"), None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "token_budget": [Interval(Integral, 1, None, closed="left"), None],
         "device": [str],
         "precision": [StrOptions(set(PRECISIONS))],
         "revision": [str, None],
         "show_progress": ["boolean"],
+        "cache": [str, os.PathLike, None],
+        "cache_max_bytes": [Interval(Integral, 0, None, closed="left")],
     }
 
     def __init__(
@@ -171,11 +202,14 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         max_length=None,
         long_text="truncate",
         stride=None,
-        batch_size=32,
+        batch_size=256,
+        token_budget=None,
         device="auto",
         precision="auto",
         revision=None,
         show_progress=False,
+        cache="memory",
+        cache_max_bytes=2 * 1024**3,
     ):
         self.model_name = model_name
         self.pooling = pooling
@@ -187,10 +221,13 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         self.long_text = long_text
         self.stride = stride
         self.batch_size = batch_size
+        self.token_budget = token_budget
         self.device = device
         self.precision = precision
         self.revision = revision
         self.show_progress = show_progress
+        self.cache = cache
+        self.cache_max_bytes = cache_max_bytes
 
     # -- model -------------------------------------------------------------------
 
@@ -270,37 +307,96 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         texts = validate_texts(X)
         loaded = self._load()
-        output = np.empty((len(texts), self._n_features_out()), dtype=np.float32)
+        positions: dict[str, int] = {}
+        inverse = np.fromiter((positions.setdefault(t, len(positions)) for t in texts), np.int64, len(texts))
+        unique = list(positions)
+        output = np.empty((len(unique), self._n_features_out()), dtype=np.float32)
         report = EncodingReport()
-        with self._progress(len(texts)) as bar:
-            for batch in iter_statistics(loaded, texts, report=report, **self._encoding_options()):
+        store = self._store(loaded)
+        if store is None:
+            batches = iter_statistics(loaded, unique, report=report, **self._encoding_options(loaded))
+        else:
+            fingerprint = self._encoder_fingerprint(loaded)
+            batches = iter_cached_statistics(
+                loaded, unique, store, fingerprint, report=report, **self._encoding_options(loaded)
+            )
+        n_tokens = np.zeros(len(unique), dtype=np.int64)
+        with self._progress(len(unique)) as bar:
+            for batch in batches:
                 output[batch.positions] = self._pool(batch)
+                n_tokens[batch.positions] = batch.n_tokens
                 bar.update(len(batch.positions))
-        self._record(report)
+        self._record(report, n_long=int((n_tokens[inverse] > self.max_length_).sum()), n_texts=len(texts))
         if self.normalize:
             norms = np.linalg.norm(output, axis=1, keepdims=True)
             output /= np.maximum(norms, np.finfo(np.float32).tiny)
-        return output
+        return output if len(unique) == len(texts) else output[inverse]
 
-    def _encoding_options(self) -> dict:
+    def _encoding_options(self, loaded: LoadedModel) -> dict:
         return {
             "max_length": self.max_length_,
             "long_text": self.long_text,
             "stride": self.stride_,
             "batch_size": self.batch_size,
+            "token_budget": self.token_budget or default_token_budget(loaded.device),
         }
+
+    # -- cache ---------------------------------------------------------------------------
+
+    def _store(self, loaded: LoadedModel):
+        if self.cache is None:
+            return None
+        if isinstance(self.cache, str) and self.cache == "memory":
+            return memory_store(self.cache_max_bytes)
+        return disk_store(self.cache, len(STATISTICS), self.cache_max_bytes)
+
+    def _encoder_fingerprint(self, loaded: LoadedModel) -> bytes:
+        return encoder_fingerprint(
+            model_fingerprint(loaded),
+            max_length=self.max_length_,
+            long_text=self.long_text,
+            stride=self.stride_,
+            device=loaded.device.type,
+            dtype=str(loaded.dtype),
+        )
+
+    def cache_info(self) -> dict:
+        """What the cache this estimator uses holds, and what encoding has cost.
+
+        Returns
+        -------
+        dict
+            ``hits`` and ``misses`` (look-ups of the store in this process),
+            ``entries``, ``bytes`` and ``max_bytes`` (its in-memory part),
+            ``evictions``, and for a disk cache ``disk_reads``, ``disk_writes`` and
+            ``corrupt`` (damaged entries found and recomputed). ``n_encoded`` is the
+            number of texts the model has encoded in this process (every estimator,
+            every call, cached or not); ``last_encoded`` and ``last_cache_hits`` are
+            those of this estimator's last call.
+        """
+        info: dict = {}
+        if self.cache is not None:
+            store = self._store(None)
+            stats = store.info() if hasattr(store, "info") else store.stats
+            info.update({k: v for k, v in stats.__dict__.items() if k != "extra"})
+        info["n_encoded"] = TOTALS.n_texts
+        info["last_encoded"] = getattr(self, "n_encoded_", None)
+        info["last_cache_hits"] = getattr(self, "n_cache_hits_", None)
+        return info
 
     def _progress(self, total: int):
         from tqdm.auto import tqdm
 
         return tqdm(total=total, unit="text", desc="skbert", disable=not self.show_progress)
 
-    def _record(self, report: EncodingReport) -> None:
-        self.n_long_texts_ = report.n_long
-        self.n_truncated_ = report.n_truncated
-        if self.long_text == "truncate" and report.n_truncated:
+    def _record(self, report: EncodingReport, n_long: int, n_texts: int) -> None:
+        self.n_encoded_ = report.n_texts
+        self.n_cache_hits_ = report.n_cache_hits
+        self.n_long_texts_ = n_long
+        self.n_truncated_ = 0 if self.long_text == "chunk" else n_long
+        if self.long_text == "truncate" and n_long:
             warnings.warn(
-                f"{report.n_truncated} of {report.n_texts} texts were longer than max_length="
+                f"{n_long} of {n_texts} texts were longer than max_length="
                 f"{self.max_length_} tokens and were truncated; long_text='chunk' covers them whole.",
                 UserWarning,
                 stacklevel=3,
@@ -420,7 +516,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         report = EncodingReport()
         with self._progress(len(texts)) as bar:
             for position, tokenized, kept, vectors in iter_token_vectors(
-                loaded, texts, self.layer_indices_, report=report, **self._encoding_options()
+                loaded, texts, self.layer_indices_, report=report, **self._encoding_options(loaded)
             ):
                 records[position] = TokenEmbedding(
                     tokens=loaded.tokenizer.convert_ids_to_tokens(tokenized.ids[kept].tolist()),
@@ -429,7 +525,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                     special_mask=tokenized.special[kept],
                 )
                 bar.update(1)
-        self._record(report)
+        self._record(report, n_long=report.n_long, n_texts=len(texts))
         return records
 
     def _token_feature_names(self) -> list[str]:

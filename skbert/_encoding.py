@@ -30,6 +30,7 @@ from ._batching import (
     length_sorted_batches,
     make_windows,
 )
+from ._cache import Entry, text_key
 from ._models import LoadedModel
 from ._pooling import combine_windows, layer_statistics
 
@@ -54,6 +55,8 @@ class EncodingReport:
         Real (non-padding) tokens run through the model.
     n_oom_splits : int
         Batches split in half after a CUDA out-of-memory error.
+    n_cache_hits : int
+        Texts served from the cache without a forward pass.
     """
 
     n_texts: int = 0
@@ -62,6 +65,11 @@ class EncodingReport:
     n_windows: int = 0
     n_tokens: int = 0
     n_oom_splits: int = 0
+    n_cache_hits: int = 0
+
+
+#: What the model has encoded in this process, over every call.
+TOTALS = EncodingReport()
 
 
 @dataclass
@@ -79,6 +87,9 @@ class EncodedBatch:
         Tokens counted per text.
     pooler : ndarray of shape (b, d) or None
         The model's pooler output (first window), if it has one.
+    n_tokens : ndarray of shape (b,)
+        Each text's full length in tokens, special tokens included, before any
+        truncation or windowing.
     """
 
     positions: np.ndarray
@@ -86,6 +97,7 @@ class EncodedBatch:
     n_content: np.ndarray
     n_all: np.ndarray
     pooler: np.ndarray | None
+    n_tokens: np.ndarray
 
 
 _TOKENIZERS: dict[int, tuple[object, TextTokenizer]] = {}
@@ -166,8 +178,10 @@ def run_batches(
         yield from run_batches(loaded, tokenized, windows[:half], reduce, report)
         yield from run_batches(loaded, tokenized, windows[half:], reduce, report)
         return
-    report.n_windows += len(windows)
-    report.n_tokens += int(batch["attention_mask"].sum())
+    n_tokens = int(batch["attention_mask"].sum())
+    for counter in (report, TOTALS):
+        counter.n_windows += len(windows)
+        counter.n_tokens += n_tokens
     yield windows, result
 
 
@@ -188,9 +202,10 @@ def _chunks(loaded, texts, max_length, long_text, stride, report) -> Iterator[tu
         prepared = _prefetching(pool, futures, prepare, starts)
     for start, tokenized, windows in prepared:
         long = sum(len(t.ids) > max_length for t in tokenized)
-        report.n_texts += len(tokenized)
-        report.n_long += long
-        report.n_truncated += long if long_text != "chunk" else 0
+        for counter in (report, TOTALS):
+            counter.n_texts += len(tokenized)
+            counter.n_long += long
+            counter.n_truncated += long if long_text != "chunk" else 0
         yield start, tokenized, windows
 
 
@@ -274,6 +289,7 @@ def iter_statistics(
                         n_content[rows],
                         n_all[rows],
                         None if pooler is None else pooler[rows],
+                        np.array([len(tokenized[done[r].text].ids) for r in rows]),
                     )
                 for row in np.flatnonzero(~whole):
                     window = done[row]
@@ -288,6 +304,7 @@ def iter_statistics(
                             np.array([sum(p[2] for p in parts)]),
                             np.array([sum(p[3] for p in parts)]),
                             None if first[4] is None else first[4][first[5]][None],
+                            np.array([len(tokenized[window.text].ids)]),
                         )
                         del partial[window.text]
 
@@ -350,3 +367,83 @@ def iter_token_vectors(
                         order = np.argsort(indices, kind="stable")
                         yield window.text + start, tokenized[window.text], indices[order], vectors[:, order]
                         del partial[window.text]
+
+
+def _from_entries(positions: list[int], entries: list[Entry]) -> EncodedBatch:
+    poolers = [entry.pooler for entry in entries]
+    return EncodedBatch(
+        np.asarray(positions),
+        np.stack([entry.statistics for entry in entries]),
+        np.array([entry.n_content for entry in entries]),
+        np.array([entry.n_all for entry in entries]),
+        None if any(p is None for p in poolers) else np.stack(poolers),
+        np.array([entry.n_tokens for entry in entries]),
+    )
+
+
+def iter_cached_statistics(
+    loaded: LoadedModel,
+    texts: list[str],
+    store,
+    fingerprint: bytes,
+    *,
+    report: EncodingReport | None = None,
+    lookup_batch: int = 1024,
+    **options,
+) -> Iterator[EncodedBatch]:
+    """Like :func:`iter_statistics`, serving what the store holds and storing the rest.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+    texts : list of str
+        Distinct texts.
+    store : MemoryStore or DiskStore
+    fingerprint : bytes
+        The encoder fingerprint the keys are made under.
+    report : EncodingReport, optional
+    lookup_batch : int, default=1024
+        Cached texts handed out per batch.
+    **options
+        Passed on to :func:`iter_statistics`.
+
+    Yields
+    ------
+    EncodedBatch
+        Cached texts first, then newly encoded ones, each entry stored as soon as
+        its batch is done (so an interrupted call resumes from there).
+    """
+    report = EncodingReport() if report is None else report
+    keys = [text_key(fingerprint, text) for text in texts]
+    missing, positions, entries = [], [], []
+    for position, key in enumerate(keys):
+        entry = store.get(key)
+        if entry is None:
+            missing.append(position)
+            continue
+        positions.append(position)
+        entries.append(entry)
+        if len(entries) == lookup_batch:
+            report.n_cache_hits += len(entries)
+            yield _from_entries(positions, entries)
+            positions, entries = [], []
+    if entries:
+        report.n_cache_hits += len(entries)
+        yield _from_entries(positions, entries)
+    if not missing:
+        return
+    missing = np.asarray(missing)
+    for batch in iter_statistics(loaded, [texts[i] for i in missing], report=report, **options):
+        batch.positions = missing[batch.positions]
+        for row, position in enumerate(batch.positions):
+            store.put(
+                keys[position],
+                Entry(
+                    batch.statistics[row].copy(),
+                    int(batch.n_content[row]),
+                    int(batch.n_all[row]),
+                    None if batch.pooler is None else batch.pooler[row].copy(),
+                    int(batch.n_tokens[row]),
+                ),
+            )
+        yield batch

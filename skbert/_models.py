@@ -15,7 +15,9 @@ of a search, share one copy of the weights.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -248,7 +250,52 @@ def load_model(
     return loaded
 
 
+_FINGERPRINTS: dict[int, tuple[LoadedModel, bytes]] = {}
+
+
+def model_fingerprint(loaded: LoadedModel) -> bytes:
+    """A digest of a loaded model's weights and tokenizer, computed once per process.
+
+    Two copies of the same model anywhere on disk, or from the hub, get the same
+    fingerprint; any change to a weight or to the tokenizer changes it.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+
+    Returns
+    -------
+    bytes
+        32 bytes.
+    """
+    with _REGISTRY_LOCK:
+        known = _FINGERPRINTS.get(id(loaded))
+        if known is not None and known[0] is loaded:
+            return known[1]
+    digest = hashlib.blake2b(digest_size=32)
+    digest.update(type(loaded.model).__name__.encode())
+    config = {k: v for k, v in loaded.model.config.to_dict().items() if not k.startswith("_")}
+    config.pop("transformers_version", None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in loaded.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    backend = getattr(loaded.tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # its truncation and padding settings change per call: leave them out
+        tokenizer_state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    else:
+        tokenizer_state = sorted(loaded.tokenizer.get_vocab().items())
+    tokenizer_state = json.dumps(tokenizer_state, sort_keys=True)
+    digest.update(type(loaded.tokenizer).__name__.encode() + tokenizer_state.encode())
+    fingerprint = digest.digest()
+    with _REGISTRY_LOCK:
+        _FINGERPRINTS[id(loaded)] = (loaded, fingerprint)
+    return fingerprint
+
+
 def clear_registry() -> None:
     """Forget every loaded model (their memory is freed once nothing else holds them)."""
     with _REGISTRY_LOCK:
         _REGISTRY.clear()
+        _FINGERPRINTS.clear()
