@@ -8,8 +8,8 @@ Two products come out of the same tokenising, windowing and batching:
 
 Memory stays bounded however many texts come in: texts are tokenised a chunk at a
 time, and each batch's hidden states are reduced on the device before the next
-batch runs. On a CUDA out-of-memory error a batch is split in half and retried;
-the results are the same as without the error.
+batch runs. On an out-of-memory error (CUDA's, in practice) a batch is split in half
+and retried; the results are the same as without the error.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def run_batches(
     reduce: Callable,
     report: EncodingReport,
 ) -> Iterator[tuple[list[Window], object]]:
-    """Run ``reduce(output, masks)`` on one batch of windows, halving it on CUDA OOM.
+    """Run ``reduce(output, masks)`` on one batch of windows, halving it on out-of-memory errors.
 
     Parameters
     ----------
@@ -168,12 +168,14 @@ def run_batches(
         with torch.inference_mode():
             result = reduce(*_forward(loaded, batch))
     except (RuntimeError, MemoryError) as error:
-        if len(windows) == 1 or not _is_oom(error) or loaded.device.type != "cuda":
+        if len(windows) == 1 or not _is_oom(error):
             raise
         result = None  # leave the except block first, so its traceback frees the batch's tensors
     if result is None:
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         report.n_oom_splits += 1
+        TOTALS.n_oom_splits += 1
         half = len(windows) // 2
         yield from run_batches(loaded, tokenized, windows[:half], reduce, report)
         yield from run_batches(loaded, tokenized, windows[half:], reduce, report)
