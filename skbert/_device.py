@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16", "int8")
 
 _DTYPES = {
     "float32": torch.float32,
@@ -67,9 +67,10 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
     Parameters
     ----------
-    precision : {"auto", "float32", "bfloat16", "float16"}
+    precision : {"auto", "float32", "bfloat16", "float16", "int8"}
         ``"auto"`` means bfloat16 on a GPU that supports it (float16 on one that
-        does not) and float32 on the CPU.
+        does not) and float32 on the CPU. ``"int8"`` computes in float32 around
+        int8 matrix products (CPU only; see :func:`~skbert._models.quantize_linear_layers`).
     device : torch.device
         The device the encoder runs on.
 
@@ -78,6 +79,10 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     torch.dtype
         The dtype of the model's weights and activations.
     """
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ValueError(f"precision='int8' runs on the CPU only; device is {device}. Use 'auto' on a GPU.")
+        return torch.float32
     if precision != "auto":
         try:
             return _DTYPES[precision]

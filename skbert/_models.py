@@ -130,6 +130,8 @@ class LoadedModel:
         Whether the model has a pooler whose weights were in the checkpoint.
     max_positions : int
         The longest input, in tokens, the model accepts.
+    quantized : bool
+        Whether its Linear layers were quantised to int8.
     """
 
     model: torch.nn.Module
@@ -141,6 +143,7 @@ class LoadedModel:
     hidden_size: int
     has_pooler: bool
     max_positions: int
+    quantized: bool = False
 
 
 _REGISTRY: dict[tuple, LoadedModel] = {}
@@ -177,7 +180,40 @@ def _max_positions(config, tokenizer) -> int:
     return min(limits)
 
 
-def _load(source: ModelSource, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """Quantise a model's Linear layers to int8 (dynamic, per output channel), in place.
+
+    The feed-forward output projections stay in float32: they carry the large
+    activation outliers of BERT-family models, and quantising them costs far more
+    accuracy than time saved (on all-MiniLM-L6-v2: mean cosine to float32 0.992
+    with them kept, 0.98 without; see ``benchmarks/results``).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        On the CPU, in float32.
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    spec = {
+        name: per_channel_dynamic_qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and not (name.endswith("output.dense") and "attention" not in name)
+        and not name.startswith("pooler")
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notice that eager-mode quantisation moves to torchao
+        return quantize_dynamic(model, spec, inplace=True)
+
+
+def _load(source: ModelSource, device: torch.device, dtype: torch.dtype, quantize: bool = False) -> LoadedModel:
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -201,6 +237,8 @@ def _load(source: ModelSource, device: torch.device, dtype: torch.dtype) -> Load
         model.pooler = None  # randomly initialised: never compute or report it
     model.eval()
     model.to(device=device, dtype=dtype)
+    if quantize:
+        quantize_linear_layers(model)
     config = model.config
     return LoadedModel(
         model=model,
@@ -212,11 +250,16 @@ def _load(source: ModelSource, device: torch.device, dtype: torch.dtype) -> Load
         hidden_size=int(config.hidden_size),
         has_pooler=has_pooler,
         max_positions=_max_positions(config, tokenizer),
+        quantized=quantize,
     )
 
 
 def load_model(
-    model_name: str | os.PathLike, revision: str | None, device: torch.device, dtype: torch.dtype
+    model_name: str | os.PathLike,
+    revision: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantize: bool = False,
 ) -> LoadedModel:
     """Load a model and tokenizer, or return the copy this process already holds.
 
@@ -230,6 +273,8 @@ def load_model(
         Where the weights go.
     dtype : torch.dtype
         The weights' dtype.
+    quantize : bool, default=False
+        Quantise the Linear layers to int8 (CPU, float32 only).
 
     Returns
     -------
@@ -241,16 +286,34 @@ def load_model(
         If the name resolves to nothing loadable; the message lists what was tried.
     """
     source = resolve_source(model_name, revision)
-    key = (source, str(device), str(dtype))
+    key = (source, str(device), str(dtype), quantize)
     with _REGISTRY_LOCK:
         loaded = _REGISTRY.get(key)
         if loaded is None:
-            loaded = _load(source, device, dtype)
+            loaded = _load(source, device, dtype, quantize)
             _REGISTRY[key] = loaded
     return loaded
 
 
 _FINGERPRINTS: dict[int, tuple[LoadedModel, bytes]] = {}
+
+
+def _digest_value(digest, value) -> None:
+    """Feed a state-dict value (a tensor, a quantised tensor, a tuple of them, or other) to a hash."""
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            _digest_value(digest, item)
+    elif isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu()
+        if tensor.is_quantized:
+            scales = tensor.q_per_channel_scales() if tensor.qscheme() in (
+                torch.per_channel_affine, torch.per_channel_symmetric) else torch.tensor([tensor.q_scale()])
+            _digest_value(digest, (tensor.int_repr(), scales))
+            return
+        digest.update(str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        digest.update(repr(value).encode())
 
 
 def model_fingerprint(loaded: LoadedModel) -> bytes:
@@ -273,14 +336,13 @@ def model_fingerprint(loaded: LoadedModel) -> bytes:
         if known is not None and known[0] is loaded:
             return known[1]
     digest = hashlib.blake2b(digest_size=32)
-    digest.update(type(loaded.model).__name__.encode())
+    digest.update(type(loaded.model).__name__.encode() + (b"int8" if loaded.quantized else b""))
     config = {k: v for k, v in loaded.model.config.to_dict().items() if not k.startswith("_")}
     config.pop("transformers_version", None)
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in loaded.model.state_dict().items():
+    for name, value in loaded.model.state_dict().items():
         digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        _digest_value(digest, value)
     backend = getattr(loaded.tokenizer, "backend_tokenizer", None)
     if backend is not None:  # its truncation and padding settings change per call: leave them out
         tokenizer_state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}

@@ -42,3 +42,25 @@ def test_half_precision_compute_still_outputs_float32(tiny_bert):
     assert half.dtype == "float32"
     cos = (full * half).sum(1) / (abs(full**2).sum(1) ** 0.5 * abs(half**2).sum(1) ** 0.5)
     assert_allclose(cos, 1.0, atol=5e-3)
+
+
+def test_int8_is_cpu_only_close_to_float32_and_cached_apart(tiny_bert):
+    import numpy as np
+
+    from skbert import BertEmbedder
+    from skbert._models import load_model
+
+    texts = ["the river bank", "money in the bank", "we sat at the water and the fish"]
+    full = BertEmbedder(tiny_bert, precision="float32").fit_transform(texts)
+    quantized = BertEmbedder(tiny_bert, precision="int8")
+    got = quantized.fit_transform(texts)
+    assert quantized.precision_ == "int8" and quantized.n_encoded_ == 3  # not served float32 entries
+    cos = (full * got).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() > 0.98 and not np.allclose(full, got)
+    model = load_model(tiny_bert, None, torch.device("cpu"), torch.float32, quantize=True).model
+    kinds = {name: type(module).__module__ for name, module in model.named_modules()}
+    assert "quantized" in kinds["encoder.layer.0.attention.self.query"]
+    assert "quantized" in kinds["encoder.layer.0.intermediate.dense"]
+    assert kinds["encoder.layer.0.output.dense"] == "torch.nn.modules.linear"  # kept in float32
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_dtype("int8", torch.device("cuda"))
