@@ -22,7 +22,7 @@ import re
 import sys
 
 SECTIONS = ["games", "sound", "graphics", "science", "net", "fonts", "mail", "database"]
-PER_SECTION = 125
+PER_SECTION = 300
 MAX_CHARS = 1200
 SKIP = re.compile(r"-(dev|doc|dbg|data|common|dbgsym)$|^lib")
 

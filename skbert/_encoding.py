@@ -126,11 +126,16 @@ def _to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[s
 
 
 def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor]):
-    """Run the model on a padded batch on its device; returns the model output and the moved masks."""
+    """Run the model on a padded batch on its device; returns the model output and the moved masks.
+
+    A batch without padding runs with no attention mask at all, which lets the
+    attention kernels take their fast, unmasked path.
+    """
+    unpadded = bool(batch["attention_mask"].all())
     on_device = _to_device(batch, loaded.device)
     output = loaded.model(
         input_ids=on_device["input_ids"],
-        attention_mask=on_device["attention_mask"],
+        attention_mask=None if unpadded else on_device["attention_mask"],
         output_hidden_states=True,
         return_dict=True,
     )
@@ -269,7 +274,12 @@ def iter_statistics(
             output.hidden_states, masks["attention_mask"], masks["special_mask"], masks["counted_mask"]
         )
         pooler = getattr(output, "pooler_output", None) if loaded.has_pooler else None
-        return statistics.cpu().numpy(), None if pooler is None else pooler.float().cpu().numpy()
+        if pooler is None:
+            return statistics.cpu().numpy(), None
+        # one device-to-host copy for the whole batch
+        flat = torch.cat([statistics.flatten(1), pooler.float()], dim=1).cpu().numpy()
+        split = statistics[0].numel()
+        return flat[:, :split].reshape(statistics.shape), flat[:, split:]
 
     for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report):
         n_windows = np.zeros(len(tokenized), dtype=np.int64)

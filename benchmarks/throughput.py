@@ -1,0 +1,179 @@
+"""Throughput: skbert against a plain Hugging Face loop and sentence-transformers, same texts, one run.
+
+Every runner embeds the same real texts with the same truncation and mean pooling
+over the last hidden state ([CLS]/[SEP] included, as sentence-transformers does),
+so the outputs are comparable (their cosine to skbert's is printed as a check).
+
+    python benchmarks/throughput.py                 # CPU: MiniLM and bert-base, short and long texts
+    python benchmarks/throughput.py --device cuda   # GPU: adds sentence-transformers at bf16, batch 256
+
+Writes benchmarks/results/throughput-<device>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from common import (
+    H100_BF16_DENSE_PEAK,
+    PeakMemory,
+    cpu_ceiling,
+    flops_per_token,
+    load_texts,
+    markdown_table,
+    model_path,
+    write_results,
+)
+
+warnings.filterwarnings("ignore")
+
+SIZES = {  # texts per (device, model, text set)
+    ("cpu", "minilm", "short"): 2000,
+    ("cpu", "minilm", "long"): 300,
+    ("cpu", "bert-base", "short"): 400,
+    ("cpu", "bert-base", "long"): 48,
+    ("cuda", "minilm", "short"): 50000,
+    ("cuda", "minilm", "long"): 8000,
+    ("cuda", "bert-base", "short"): 30000,
+    ("cuda", "bert-base", "long"): 6000,
+}
+MAX_LENGTH = {"minilm": 256, "bert-base": 512}
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(device, run):
+    run(warm=True)
+    _sync(device)
+    gc.collect()
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        output = run(warm=False)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    return np.asarray(output, dtype=np.float32), seconds, memory.mib
+
+
+def skbert_runner(path, texts, device, max_length, precision="auto"):
+    from skbert import BertEmbedder
+
+    embedder = BertEmbedder(
+        path, pooling="mean", include_special_tokens=True, max_length=max_length, cache=None, device=device,
+        precision=precision,
+    ).fit(texts[:1])
+    return lambda warm: embedder.transform(texts[:64] if warm else texts)
+
+
+def hf_loop_runner(path, texts, device, max_length):
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).to(device).eval()
+
+    def run(warm):
+        chunks = []
+        items = texts[:64] if warm else texts
+        with torch.inference_mode():
+            for start in range(0, len(items), 32):
+                batch = tokenizer(items[start : start + 32], padding=True, truncation=True, max_length=max_length,
+                                  return_tensors="pt").to(device)
+                hidden = model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                chunks.append(((hidden * mask).sum(1) / mask.sum(1)).float().cpu().numpy())
+        return np.concatenate(chunks)
+
+    return run
+
+
+def st_runner(path, texts, device, max_length, batch_size=32, dtype=None):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(path, device=device)
+    model.max_seq_length = max_length
+    if dtype is not None:
+        model.to(dtype)
+    return lambda warm: model.encode(texts[:64] if warm else texts, batch_size=batch_size, convert_to_numpy=True)
+
+
+def cosine(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def bench(model_name, kind, device, n, ceiling):
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = model_path(model_name)
+    max_length = MAX_LENGTH[model_name]
+    texts = load_texts(kind, n)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]])
+    real_tokens = int(lengths.sum())
+    flops = flops_per_token(AutoConfig.from_pretrained(path), float((lengths**2).sum() / lengths.sum()))
+    runners = {"skbert": skbert_runner(path, texts, device, max_length)}
+    if device == "cpu":
+        runners["skbert int8"] = skbert_runner(path, texts, device, max_length, precision="int8")
+    runners["HF loop (batch 32)"] = hf_loop_runner(path, texts, device, max_length)
+    runners["sentence-transformers (defaults)"] = st_runner(path, texts, device, max_length)
+    if device == "cuda":
+        runners["sentence-transformers (bf16, batch 256)"] = st_runner(
+            path, texts, device, max_length, batch_size=256, dtype=torch.bfloat16
+        )
+    results, outputs = [], {}
+    for name, run in runners.items():
+        output, seconds, memory = timed(device, run)
+        outputs[name] = output
+        results.append({
+            "model": model_name, "texts": kind, "runner": name, "n_texts": len(texts),
+            "mean_tokens": float(lengths.mean()), "seconds": seconds, "texts_per_s": len(texts) / seconds,
+            "real_tokens_per_s": real_tokens / seconds, "peak_mib": memory,
+            "share_of_ceiling": real_tokens * flops / seconds / ceiling,
+        })
+        print(f"  {model_name:9} {kind:5} {name:42} {len(texts) / seconds:9.1f} texts/s", flush=True)
+        del run
+    ours = next(r for r in results if r["runner"] == "skbert")
+    for row in results:
+        row["skbert_speedup"] = ours["texts_per_s"] / row["texts_per_s"]
+        row["min_cosine_to_skbert"] = float(cosine(outputs[row["runner"]], outputs["skbert"]).min())
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--models", default="minilm,bert-base")
+    parser.add_argument("--sets", default="short,long")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the number of texts")
+    args = parser.parse_args()
+    if args.device == "cpu":
+        ceiling, ceiling_note = cpu_ceiling(), "float32 2048x2048 matrix product, measured in this run"
+    else:
+        ceiling, ceiling_note = H100_BF16_DENSE_PEAK, "H100 SXM dense bf16 peak (989 TFLOP/s)"
+    print(f"ceiling: {ceiling / 1e9:,.0f} GFLOP/s ({ceiling_note})")
+    rows = []
+    for model_name in args.models.split(","):
+        for kind in args.sets.split(","):
+            n = max(64, int(SIZES[(args.device, model_name, kind)] * args.scale))
+            rows += bench(model_name, kind, args.device, n, ceiling)
+    columns = ["model", "texts", "runner", "n_texts", "mean_tokens", "texts_per_s", "real_tokens_per_s",
+               "skbert_speedup", "share_of_ceiling", "peak_mib", "min_cosine_to_skbert"]
+    table = markdown_table(rows, columns)
+    note = (f"Ceiling: {ceiling / 1e9:,.0f} GFLOP/s ({ceiling_note}). `skbert_speedup` is skbert's texts/s over "
+            "the row's. `share_of_ceiling` counts forward FLOPs of real (non-padding) tokens. `peak_mib`: peak "
+            "resident memory of the whole process during the row (CPU: the high-water mark is reset before each "
+            "row; the loaded models of earlier rows still count) or peak GPU memory allocated during the row. `min_cosine_to_skbert`: lowest per-text cosine between the row's embeddings and skbert's.")
+    path = write_results("throughput", args.device, {"ceiling_flops": ceiling, "ceiling": ceiling_note, "rows": rows},
+                         f"## Results\n\n{table}\n\n{note}")
+    print("\n" + table + "\n\n" + note + f"\n\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()
