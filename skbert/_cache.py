@@ -234,10 +234,12 @@ class DiskStore:
     def get(self, key: bytes) -> Entry | None:
         """Return the entry under ``key`` from memory or disk, or None."""
         entry = self.memory.get(key)
+        path = self._path(key)
         if entry is not None:
             self.stats.hits += 1
+            if not path.exists():  # computed under the memory cache: make the disk cache complete
+                self._write(path, key, entry)
             return entry
-        path = self._path(key)
         try:
             blob = path.read_bytes()
         except FileNotFoundError:
@@ -259,7 +261,10 @@ class DiskStore:
 
     def put(self, key: bytes, entry: Entry) -> None:
         """Write an entry atomically (temporary file, then rename) and keep it in memory."""
-        path = self._path(key)
+        self._write(self._path(key), key, entry)
+        self.memory.put(key, entry)
+
+    def _write(self, path: Path, key: bytes, entry: Entry) -> None:
         path.parent.mkdir(exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
         try:
@@ -275,7 +280,6 @@ class DiskStore:
                 pass
             raise
         self.stats.disk_writes += 1
-        self.memory.put(key, entry)
 
     def info(self) -> CacheStats:
         """Counters, with the memory part's size."""

@@ -178,6 +178,16 @@ def test_disk_cache_is_shared_across_processes(tiny_bert, tmp_path):
                     rtol=RTOL, atol=ATOL)
 
 
+def test_entries_from_the_memory_cache_reach_a_disk_cache(tiny_bert, tmp_path):
+    BertEmbedder(tiny_bert).fit(MANY).transform(MANY)  # memory only
+    disk = BertEmbedder(tiny_bert, cache=str(tmp_path)).fit(MANY)
+    disk.transform(MANY)
+    assert disk.n_encoded_ == 0 and len(_entry_files(tmp_path)) == len(MANY)
+    _cache.clear_memory()
+    disk.transform(MANY)
+    assert disk.n_encoded_ == 0 and disk.cache_info()["disk_reads"] == len(MANY)
+
+
 def test_grid_search_workers_share_the_disk_cache(tiny_bert, tmp_path):
     X = MANY * 2
     y = np.arange(len(X)) % 2
