@@ -1,8 +1,9 @@
 """skbert: contextual BERT embeddings as a scikit-learn transformer."""
 
 from ._embedder import BertEmbedder
+from ._study import search_table
 from ._tokens import TokenEmbedding, TokenEmbeddings
 
 __version__ = "0.1.0"
 
-__all__ = ["BertEmbedder", "TokenEmbedding", "TokenEmbeddings", "__version__"]
+__all__ = ["BertEmbedder", "TokenEmbedding", "TokenEmbeddings", "search_table", "__version__"]

@@ -1,0 +1,116 @@
+"""The command line, end to end on small files with the tiny test model."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from numpy.testing import assert_allclose
+
+from skbert import BertEmbedder
+from skbert._cli import main
+
+TEXTS = ["the river bank", "money in the bank", "  ", "we sat at the water", "a new house", "the fish"]
+
+
+@pytest.fixture
+def table(tmp_path):
+    path = tmp_path / "in.csv"
+    pd.DataFrame({"doc": [f"d{i}" for i in range(len(TEXTS))], "text": TEXTS, "n": range(len(TEXTS))}).to_csv(
+        path, index=False
+    )
+    return path
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def test_embed_to_parquet_keeps_ids_and_matches_the_estimator(tiny_bert, table, tmp_path, capsys):
+    out = tmp_path / "out" / "emb.parquet"
+    code, err = _run(capsys, "embed", str(table), "--model", tiny_bert, "--column", "text", "--id-column", "doc",
+                     "--pooling", "mean,max", "--layers", "0,-1", "-o", str(out))
+    assert code == 0, err
+    frame = pd.read_parquet(out)
+    assert frame["doc"].tolist() == [f"d{i}" for i in range(len(TEXTS))]
+    assert frame.columns[1] == "mean_layer0_0" and frame.shape == (len(TEXTS), 1 + 4 * 32)
+    want = BertEmbedder(tiny_bert, pooling=("mean", "max"), layers=(0, -1)).fit_transform(TEXTS)
+    assert_allclose(frame.iloc[:, 1:].to_numpy(), want, rtol=1e-4, atol=2e-5)
+    assert f"{len(TEXTS)} texts -> 128 features" in err
+
+
+def test_embed_to_npy_writes_the_ids_beside_it_and_a_rerun_hits_the_cache(tiny_bert, tmp_path, capsys):
+    path = tmp_path / "in.parquet"
+    pd.DataFrame({"text": TEXTS[:2] + TEXTS[3:]}, index=pd.Index([10, 11, 13, 14, 15], name="key")).to_parquet(path)
+    out = tmp_path / "emb.npy"
+    argv = ["embed", str(path), "--model", tiny_bert, "--normalize", "--quiet", "-o", str(out)]
+    from skbert._cache import clear_memory
+
+    clear_memory()  # entries of earlier tests
+    code, err = _run(capsys, *argv)
+    assert code == 0 and "encoded 5, from cache 0" in err
+    X = np.load(out)
+    assert X.shape == (5, 32) and np.allclose(np.linalg.norm(X, axis=1), 1, atol=1e-5)
+    assert pd.read_csv(tmp_path / "emb.ids.csv")["key"].tolist() == [10, 11, 13, 14, 15]
+    assert (tmp_path / ".skbert-cache").is_dir()
+    clear_memory()  # as a new process would: only the disk cache is left
+    code, err = _run(capsys, *argv)
+    assert code == 0 and "encoded 0, from cache 5" in err
+    assert_allclose(np.load(out), X)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["embed", "{dir}/nope.csv", "-o", "{dir}/o.npy"], "input file '{dir}/nope.csv' does not exist"),
+        (["embed", "{table}", "--column", "body", "-o", "{dir}/o.npy"],
+         "column 'body' is not in the input; its columns are ['doc', 'text', 'n']"),
+        (["embed", "{table}", "--id-column", "key", "-o", "{dir}/o.npy"], "id column 'key' is not in the input"),
+        (["embed", "{table}", "-o", "{dir}/o.csv"], "expected a .parquet or .npy file"),
+        (["embed", "{dir}/in.txt", "-o", "{dir}/o.npy"], "expected one of .csv, .tsv, .parquet, .pq"),
+        (["embed", "{table}", "--layers", "7", "-o", "{dir}/o.npy"], "layer 7 is out of range for a model with 3"),
+        (["embed", "{table}", "--layers", "1,x", "-o", "{dir}/o.npy"], "a comma-separated list must hold integers"),
+        (["embed", "{table}", "--pooling", "median", "-o", "{dir}/o.npy"], "Got 'median' instead"),
+    ],
+)
+def test_bad_input_gives_a_message_and_exit_status_2(tiny_bert, table, tmp_path, capsys, argv, message):
+    (tmp_path / "in.txt").write_text("x")
+    fill = {"dir": str(tmp_path), "table": str(table)}
+    argv = [part.format(**fill) for part in argv]
+    if "--model" not in argv:
+        argv += ["--model", tiny_bert]
+    code, err = _run(capsys, *argv)
+    assert code == 2
+    assert message.format(**fill) in err and "Traceback" not in err
+
+
+def test_empty_cells_are_reported_with_their_ids(tiny_bert, tmp_path, capsys):
+    path = tmp_path / "gaps.csv"
+    path.write_text("doc,text\nd0,a river\nd1,\nd2,a bank\nd3,\n")
+    code, err = _run(capsys, "embed", str(path), "--id-column", "doc", "--model", tiny_bert, "-o",
+                     str(tmp_path / "o.npy"))
+    assert code == 2 and "2 row(s) have no text in column 'text': ids d1, d3" in err
+
+
+def test_unknown_model_is_a_clean_error(table, tmp_path, capsys):
+    code, err = _run(capsys, "embed", str(table), "--model", "no-such/model-xyz", "-o", str(tmp_path / "o.npy"))
+    assert code == 2 and "Could not load model 'no-such/model-xyz'" in err and "Traceback" not in err
+
+
+def test_the_installed_command_runs(tiny_bert, tmp_path):
+    path = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["a river", "a bank"]}).to_csv(path, index=False)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "skbert", "embed", str(path), "--model", tiny_bert, "--no-cache", "-o",
+         str(tmp_path / "o.parquet")], capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert pd.read_parquet(tmp_path / "o.parquet").shape == (2, 33)
+    missing = subprocess.run([sys.executable, "-m", "skbert", "embed", str(tmp_path / "x.csv"), "-o", "o.npy"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
