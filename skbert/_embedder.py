@@ -321,7 +321,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         else:
             fingerprint = self._encoder_fingerprint(loaded)
             batches = iter_cached_statistics(
-                loaded, unique, store, fingerprint, report=report, **self._encoding_options(loaded)
+                loaded, unique, store, fingerprint, report=report, layers=self.layer_indices_,
+                **self._encoding_options(loaded),
             )
         n_tokens = np.zeros(len(unique), dtype=np.int64)
         with self._progress(len(unique)) as bar:
@@ -414,7 +415,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                     batch.n_all,
                     batch.pooler,
                     mode,
-                    self.layer_indices_,
+                    batch.layer_positions(self.layer_indices_),
                     self.include_special_tokens,
                 ),
                 self.layer_aggregation,

@@ -90,6 +90,8 @@ class EncodedBatch:
     n_tokens : ndarray of shape (b,)
         Each text's full length in tokens, special tokens included, before any
         truncation or windowing.
+    layers : tuple of int or None
+        Which hidden states ``statistics`` holds, in order; None for all of them.
     """
 
     positions: np.ndarray
@@ -98,6 +100,13 @@ class EncodedBatch:
     n_all: np.ndarray
     pooler: np.ndarray | None
     n_tokens: np.ndarray
+    layers: tuple | None = None
+
+    def layer_positions(self, layer_indices: tuple[int, ...]) -> tuple[int, ...]:
+        """Where hidden states ``layer_indices`` sit along ``statistics``' layer axis."""
+        if self.layers is None:
+            return tuple(layer_indices)
+        return tuple(self.layers.index(i) for i in layer_indices)
 
 
 _TOKENIZERS: dict[int, tuple[object, TextTokenizer]] = {}
@@ -381,15 +390,17 @@ def iter_token_vectors(
                         del partial[window.text]
 
 
-def _from_entries(positions: list[int], entries: list[Entry]) -> EncodedBatch:
+def _from_entries(positions: list[int], entries: list[Entry], layers: tuple | None) -> EncodedBatch:
     poolers = [entry.pooler for entry in entries]
+    chosen = slice(None) if layers is None else list(layers)
     return EncodedBatch(
         np.asarray(positions),
-        np.stack([entry.statistics for entry in entries]),
+        np.stack([entry.statistics[:, chosen] for entry in entries]),
         np.array([entry.n_content for entry in entries]),
         np.array([entry.n_all for entry in entries]),
         None if any(p is None for p in poolers) else np.stack(poolers),
         np.array([entry.n_tokens for entry in entries]),
+        None if layers is None else tuple(layers),
     )
 
 
@@ -400,6 +411,7 @@ def iter_cached_statistics(
     fingerprint: bytes,
     *,
     report: EncodingReport | None = None,
+    layers: tuple[int, ...] | None = None,
     lookup_batch: int = 1024,
     **options,
 ) -> Iterator[EncodedBatch]:
@@ -414,6 +426,9 @@ def iter_cached_statistics(
     fingerprint : bytes
         The encoder fingerprint the keys are made under.
     report : EncodingReport, optional
+    layers : tuple of int, optional
+        The hidden states the caller will pool: cached texts come with only these
+        (copying less); newly encoded ones come with all.
     lookup_batch : int, default=1024
         Cached texts handed out per batch.
     **options
@@ -437,11 +452,11 @@ def iter_cached_statistics(
         entries.append(entry)
         if len(entries) == lookup_batch:
             report.n_cache_hits += len(entries)
-            yield _from_entries(positions, entries)
+            yield _from_entries(positions, entries, layers)
             positions, entries = [], []
     if entries:
         report.n_cache_hits += len(entries)
-        yield _from_entries(positions, entries)
+        yield _from_entries(positions, entries, layers)
     if not missing:
         return
     missing = np.asarray(missing)
