@@ -218,15 +218,17 @@ def make_windows(tokenized: list[TokenizedText], max_length: int, strategy: str,
     return windows
 
 
-def length_sorted_batches(lengths: np.ndarray, batch_size: int, token_budget: int | None = None) -> list[np.ndarray]:
+def length_sorted_batches(
+    lengths: np.ndarray, batch_size: int | None, token_budget: int | None = None
+) -> list[np.ndarray]:
     """Group positions into batches of similar length, longest first.
 
     Parameters
     ----------
     lengths : ndarray of shape (n,)
         Token count of each window.
-    batch_size : int
-        Most windows in one batch.
+    batch_size : int or None
+        Most windows in one batch (None: no limit beyond the budget).
     token_budget : int or None
         Most padded tokens (rows x longest) in one batch; a window longer than the
         budget still gets a batch of its own.
@@ -237,10 +239,11 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int, token_budget: in
         Positions into ``lengths``; together they cover every position once.
     """
     order = np.argsort(-np.asarray(lengths), kind="stable")
+    cap = max(len(order), 1) if batch_size is None else batch_size
     batches, start = [], 0
     while start < len(order):
         longest = int(lengths[order[start]])
-        rows = batch_size if token_budget is None else max(1, min(batch_size, token_budget // max(longest, 1)))
+        rows = cap if token_budget is None else max(1, min(cap, token_budget // max(longest, 1)))
         batches.append(order[start : start + rows])
         start += rows
     return batches

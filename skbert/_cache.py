@@ -28,7 +28,7 @@ import struct
 import tempfile
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +96,6 @@ class CacheStats:
     disk_reads: int = 0
     disk_writes: int = 0
     corrupt: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -283,7 +282,7 @@ class DiskStore:
 
     def info(self) -> CacheStats:
         """Counters, with the memory part's size."""
-        stats = CacheStats(**{**self.stats.__dict__, "extra": {}})
+        stats = CacheStats(**self.stats.__dict__)
         stats.entries, stats.bytes, stats.max_bytes = (
             self.memory.stats.entries,
             self.memory.stats.bytes,

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--normalize", action="store_true", help="L2-normalise each row")
     embed.add_argument("--max-length", type=int)
     embed.add_argument("--long-text", default="truncate", choices=["truncate", "head_tail", "chunk"])
-    embed.add_argument("--batch-size", type=int, default=256)
+    embed.add_argument("--batch-size", type=int, help="most texts per forward pass (default: as the token budget allows)")
     embed.add_argument("--device", default="auto")
     embed.add_argument("--precision", default="auto")
     embed.add_argument("--cache", help="disk cache folder (default: .skbert-cache beside the output)")

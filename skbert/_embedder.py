@@ -89,13 +89,14 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     stride : int or None, default=None
         With ``long_text="chunk"``, how many tokens consecutive windows share.
         None means a quarter of a window's text tokens.
-    batch_size : int, default=256
-        Most texts (windows) per forward pass. Texts are sorted by length first, so
-        each batch is padded only to its own longest text.
+    batch_size : int or None, default=None
+        Most texts (windows) per forward pass; None means no limit beyond
+        ``token_budget``. Texts are sorted by length first, so each batch is padded
+        only to its own longest text.
     token_budget : int or None, default=None
         Most padded tokens (rows x longest) per forward pass; a batch holds as many
-        texts as fit, up to ``batch_size``. None picks one for the device: 2,048 on
-        the CPU (small batches are faster there), 65,536 on a GPU.
+        texts as fit. None picks one for the device: 2,048 on the CPU (small batches
+        are faster there), 65,536 on a GPU.
     device : str, default="auto"
         ``"auto"`` picks CUDA when available, else MPS, else the CPU; or any torch
         device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
@@ -182,7 +183,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         "max_length": [Interval(Integral, 2, None, closed="left"), None],
         "long_text": [StrOptions(set(LONG_TEXT_STRATEGIES))],
         "stride": [Interval(Integral, 0, None, closed="left"), None],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "token_budget": [Interval(Integral, 1, None, closed="left"), None],
         "device": [str],
         "precision": [StrOptions(set(PRECISIONS))],
@@ -204,7 +205,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         max_length=None,
         long_text="truncate",
         stride=None,
-        batch_size=256,
+        batch_size=None,
         token_budget=None,
         device="auto",
         precision="auto",
@@ -382,7 +383,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         if self.cache is not None:
             store = self._store(None)
             stats = store.info() if hasattr(store, "info") else store.stats
-            info.update({k: v for k, v in stats.__dict__.items() if k != "extra"})
+            info.update(stats.__dict__)
         info["n_encoded"] = TOTALS.n_texts
         info["last_encoded"] = getattr(self, "n_encoded_", None)
         info["last_cache_hits"] = getattr(self, "n_cache_hits_", None)

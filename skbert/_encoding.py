@@ -237,7 +237,7 @@ def _prefetching(pool, first, prepare, starts):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _batches_of(windows: list[Window], batch_size: int, token_budget: int | None) -> list[list[Window]]:
+def _batches_of(windows: list[Window], batch_size: int | None, token_budget: int | None) -> list[list[Window]]:
     lengths = np.fromiter((len(w.token_indices) for w in windows), dtype=np.int64, count=len(windows))
     return [[windows[i] for i in batch] for batch in length_sorted_batches(lengths, batch_size, token_budget)]
 
@@ -249,7 +249,7 @@ def iter_statistics(
     max_length: int,
     long_text: str = "truncate",
     stride: int = 0,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     token_budget: int | None = None,
     report: EncodingReport | None = None,
 ) -> Iterator[EncodedBatch]:
@@ -265,8 +265,8 @@ def iter_statistics(
         What to do with texts longer than ``max_length``.
     stride : int
         Tokens shared by consecutive windows under ``"chunk"``.
-    batch_size : int
-        Windows per forward pass at most.
+    batch_size : int or None
+        Windows per forward pass at most (None: as the token budget allows).
     token_budget : int or None
         Padded tokens per forward pass at most.
     report : EncodingReport, optional
@@ -291,9 +291,7 @@ def iter_statistics(
         return flat[:, :split].reshape(statistics.shape), flat[:, split:]
 
     for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report):
-        n_windows = np.zeros(len(tokenized), dtype=np.int64)
-        for window in windows:
-            n_windows[window.text] += 1
+        n_windows = np.bincount([w.text for w in windows], minlength=len(tokenized))
         partial: dict[int, list] = {}
         for batch in _batches_of(windows, batch_size, token_budget):
             for done, (statistics, pooler) in run_batches(loaded, tokenized, batch, reduce, report):
@@ -338,7 +336,7 @@ def iter_token_vectors(
     max_length: int,
     long_text: str = "truncate",
     stride: int = 0,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     token_budget: int | None = None,
     report: EncodingReport | None = None,
 ) -> Iterator[tuple[int, TokenizedText, np.ndarray, np.ndarray]]:
@@ -372,9 +370,7 @@ def iter_token_vectors(
         return states.float().cpu().numpy()
 
     for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report):
-        n_windows = np.zeros(len(tokenized), dtype=np.int64)
-        for window in windows:
-            n_windows[window.text] += 1
+        n_windows = np.bincount([w.text for w in windows], minlength=len(tokenized))
         partial: dict[int, list] = {}
         for batch in _batches_of(windows, batch_size, token_budget):
             for done, states in run_batches(loaded, tokenized, batch, reduce, report):
