@@ -154,6 +154,11 @@ class MemoryStore:
                 self.stats.evictions += 1
             self._sync()
 
+    def info(self) -> CacheStats:
+        """A copy of the counters."""
+        with self._lock:
+            return CacheStats(**self.stats.__dict__)
+
     def clear(self) -> None:
         """Drop every entry and reset the counters."""
         with self._lock:

@@ -316,7 +316,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         unique = list(positions)
         output = np.empty((len(unique), self._n_features_out()), dtype=np.float32)
         report = EncodingReport()
-        store = self._store(loaded)
+        store = self._store()
         if store is None:
             batches = iter_statistics(loaded, unique, report=report, **self._encoding_options(loaded))
         else:
@@ -348,7 +348,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
 
     # -- cache ---------------------------------------------------------------------------
 
-    def _store(self, loaded: LoadedModel):
+    def _store(self):
         if self.cache is None:
             return None
         if isinstance(self.cache, str) and self.cache == "memory":
@@ -381,9 +381,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         """
         info: dict = {}
         if self.cache is not None:
-            store = self._store(None)
-            stats = store.info() if hasattr(store, "info") else store.stats
-            info.update(stats.__dict__)
+            info.update(self._store().info().__dict__)
         info["n_encoded"] = TOTALS.n_texts
         info["last_encoded"] = getattr(self, "n_encoded_", None)
         info["last_cache_hits"] = getattr(self, "n_cache_hits_", None)
