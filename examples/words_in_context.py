@@ -8,20 +8,9 @@ Run:  python examples/words_in_context.py
 """
 
 import numpy as np
+from quickstart import MODEL, MONEY, RIVER  # the same six sentences as the quickstart
 
 from skbert import BertEmbedder
-
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-RIVER = [
-    "We sat on the bank of the river and watched the water.",
-    "The fisherman walked along the muddy bank of the stream.",
-    "Reeds grew thick on the river bank after the flood.",
-]
-MONEY = [
-    "I deposited my salary at the bank this morning.",
-    "The bank approved the loan for our new house.",
-    "She opened a savings account at the bank downtown.",
-]
 
 
 def main():
