@@ -138,21 +138,21 @@ class MemoryStore:
                 return
             self._entries[key] = entry
             self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, dropped = self._entries.popitem(last=False)
-                self._bytes -= dropped.nbytes
-                self.stats.evictions += 1
-            self._sync()
+            self._evict_to_budget()
 
     def resize(self, max_bytes: int) -> None:
         """Change the budget, evicting as needed."""
         with self._lock:
             self.max_bytes = self.stats.max_bytes = int(max_bytes)
-            while self._bytes > self.max_bytes and self._entries:
-                _, dropped = self._entries.popitem(last=False)
-                self._bytes -= dropped.nbytes
-                self.stats.evictions += 1
-            self._sync()
+            self._evict_to_budget()
+
+    def _evict_to_budget(self) -> None:
+        """Drop least recently used entries until the budget holds (call with the lock held)."""
+        while self._bytes > self.max_bytes and self._entries:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= dropped.nbytes
+            self.stats.evictions += 1
+        self._sync()
 
     def info(self) -> CacheStats:
         """A copy of the counters."""
