@@ -109,6 +109,13 @@ class EncodedBatch:
         return tuple(self.layers.index(i) for i in layer_indices)
 
 
+def _count(report: EncodingReport, **increments: int) -> None:
+    """Add to a call's report and to the process's totals alike."""
+    for counter in (report, TOTALS):
+        for name, value in increments.items():
+            setattr(counter, name, getattr(counter, name) + value)
+
+
 _TOKENIZERS: dict[int, tuple[object, TextTokenizer]] = {}
 _TOKENIZERS_LOCK = threading.Lock()
 
@@ -188,16 +195,12 @@ def run_batches(
     if result is None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        report.n_oom_splits += 1
-        TOTALS.n_oom_splits += 1
+        _count(report, n_oom_splits=1)
         half = len(windows) // 2
         yield from run_batches(loaded, tokenized, windows[:half], reduce, report)
         yield from run_batches(loaded, tokenized, windows[half:], reduce, report)
         return
-    n_tokens = int(batch["attention_mask"].sum())
-    for counter in (report, TOTALS):
-        counter.n_windows += len(windows)
-        counter.n_tokens += n_tokens
+    _count(report, n_windows=len(windows), n_tokens=int(batch["attention_mask"].sum()))
     yield windows, result
 
 
@@ -213,20 +216,17 @@ def _chunks(loaded, texts, max_length, long_text, stride, report) -> Iterator[tu
     if loaded.device.type == "cpu" or len(starts) == 1:
         prepared = map(prepare, starts)
     else:  # overlap tokenisation of the next chunk with the GPU's work on this one
-        pool = ThreadPoolExecutor(max_workers=1)
-        futures = iter([pool.submit(prepare, s) for s in starts[:2]])
-        prepared = _prefetching(pool, futures, prepare, starts)
+        prepared = _prefetching(prepare, starts)
     for start, tokenized, windows in prepared:
         long = sum(len(t.ids) > max_length for t in tokenized)
-        for counter in (report, TOTALS):
-            counter.n_texts += len(tokenized)
-            counter.n_long += long
-            counter.n_truncated += long if long_text != "chunk" else 0
+        _count(report, n_texts=len(tokenized), n_long=long, n_truncated=0 if long_text == "chunk" else long)
         yield start, tokenized, windows
 
 
-def _prefetching(pool, first, prepare, starts):
-    pending = list(first)
+def _prefetching(prepare, starts):
+    """``map(prepare, starts)``, with the next item prepared in a thread while this one is used."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending = [pool.submit(prepare, start) for start in starts[:2]]
     try:
         for k in range(len(starts)):
             result = pending.pop(0).result()
@@ -237,9 +237,22 @@ def _prefetching(pool, first, prepare, starts):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _batches_of(windows: list[Window], batch_size: int | None, token_budget: int | None) -> list[list[Window]]:
-    lengths = np.fromiter((len(w.token_indices) for w in windows), dtype=np.int64, count=len(windows))
-    return [[windows[i] for i in batch] for batch in length_sorted_batches(lengths, batch_size, token_budget)]
+def _encoded_windows(loaded, texts, reduce, report, *, max_length, long_text, stride, batch_size, token_budget):
+    """Tokenise, window, batch and run texts; yield each finished batch with what it needs to regroup.
+
+    Yields
+    ------
+    (start, tokenized, n_windows, windows, result)
+        The chunk's first input position, its tokenised texts, the number of
+        windows of each of its texts, the windows of the batch, and ``reduce``'s
+        result for them.
+    """
+    for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report):
+        n_windows = np.bincount([w.text for w in windows], minlength=len(tokenized))
+        lengths = np.fromiter((len(w.token_indices) for w in windows), dtype=np.int64, count=len(windows))
+        for batch in length_sorted_batches(lengths, batch_size, token_budget):
+            for done, result in run_batches(loaded, tokenized, [windows[i] for i in batch], reduce, report):
+                yield start, tokenized, n_windows, done, result
 
 
 def iter_statistics(
@@ -290,42 +303,43 @@ def iter_statistics(
         split = statistics[0].numel()
         return flat[:, :split].reshape(statistics.shape), flat[:, split:]
 
-    for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report):
-        n_windows = np.bincount([w.text for w in windows], minlength=len(tokenized))
-        partial: dict[int, list] = {}
-        for batch in _batches_of(windows, batch_size, token_budget):
-            for done, (statistics, pooler) in run_batches(loaded, tokenized, batch, reduce, report):
-                counted = [w.counted for w in done]
-                content = [w.counted & ~tokenized[w.text].special[w.token_indices] for w in done]
-                n_all = np.array([c.sum() for c in counted])
-                n_content = np.array([c.sum() for c in content])
-                whole = np.array([n_windows[w.text] == 1 for w in done])
-                if whole.any():
-                    rows = np.flatnonzero(whole)
-                    yield EncodedBatch(
-                        np.array([done[r].text + start for r in rows]),
-                        statistics[rows],
-                        n_content[rows],
-                        n_all[rows],
-                        None if pooler is None else pooler[rows],
-                        np.array([len(tokenized[done[r].text].ids) for r in rows]),
-                    )
-                for row in np.flatnonzero(~whole):
-                    window = done[row]
-                    parts = partial.setdefault(window.text, [])
-                    parts.append((window.index, statistics[row], n_content[row], n_all[row], pooler, row))
-                    if len(parts) == n_windows[window.text]:
-                        parts.sort(key=lambda part: part[0])
-                        first = parts[0]
-                        yield EncodedBatch(
-                            np.array([window.text + start]),
-                            combine_windows(np.stack([p[1] for p in parts]))[None],
-                            np.array([sum(p[2] for p in parts)]),
-                            np.array([sum(p[3] for p in parts)]),
-                            None if first[4] is None else first[4][first[5]][None],
-                            np.array([len(tokenized[window.text].ids)]),
-                        )
-                        del partial[window.text]
+    partial: dict[int, list] = {}  # windows of long texts, until all of a text's are done
+    options = dict(max_length=max_length, long_text=long_text, stride=stride, batch_size=batch_size,
+                   token_budget=token_budget)
+    for start, tokenized, n_windows, done, (statistics, pooler) in _encoded_windows(
+        loaded, texts, reduce, report, **options
+    ):
+        counted = [w.counted for w in done]
+        content = [w.counted & ~tokenized[w.text].special[w.token_indices] for w in done]
+        n_all = np.array([c.sum() for c in counted])
+        n_content = np.array([c.sum() for c in content])
+        whole = np.array([n_windows[w.text] == 1 for w in done])
+        if whole.any():
+            rows = np.flatnonzero(whole)
+            yield EncodedBatch(
+                np.array([done[r].text + start for r in rows]),
+                statistics[rows],
+                n_content[rows],
+                n_all[rows],
+                None if pooler is None else pooler[rows],
+                np.array([len(tokenized[done[r].text].ids) for r in rows]),
+            )
+        for row in np.flatnonzero(~whole):
+            window = done[row]
+            parts = partial.setdefault(window.text + start, [])
+            parts.append((window.index, statistics[row], n_content[row], n_all[row], pooler, row))
+            if len(parts) == n_windows[window.text]:
+                parts.sort(key=lambda part: part[0])
+                first = parts[0]
+                yield EncodedBatch(
+                    np.array([window.text + start]),
+                    combine_windows(np.stack([p[1] for p in parts]))[None],
+                    np.array([sum(p[2] for p in parts)]),
+                    np.array([sum(p[3] for p in parts)]),
+                    None if first[4] is None else first[4][first[5]][None],
+                    np.array([len(tokenized[window.text].ids)]),
+                )
+                del partial[window.text + start]
 
 
 def iter_token_vectors(
@@ -369,21 +383,20 @@ def iter_token_vectors(
         states = torch.stack([output.hidden_states[i] for i in selected], dim=1)
         return states.float().cpu().numpy()
 
-    for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report):
-        n_windows = np.bincount([w.text for w in windows], minlength=len(tokenized))
-        partial: dict[int, list] = {}
-        for batch in _batches_of(windows, batch_size, token_budget):
-            for done, states in run_batches(loaded, tokenized, batch, reduce, report):
-                for row, window in enumerate(done):
-                    rows = np.flatnonzero(window.counted)
-                    parts = partial.setdefault(window.text, [])
-                    parts.append((window.token_indices[rows], states[row][:, rows]))
-                    if len(parts) == n_windows[window.text]:
-                        indices = np.concatenate([p[0] for p in parts])
-                        vectors = np.concatenate([p[1] for p in parts], axis=1)
-                        order = np.argsort(indices, kind="stable")
-                        yield window.text + start, tokenized[window.text], indices[order], vectors[:, order]
-                        del partial[window.text]
+    partial: dict[int, list] = {}  # each text's windows, until all are done
+    options = dict(max_length=max_length, long_text=long_text, stride=stride, batch_size=batch_size,
+                   token_budget=token_budget)
+    for start, tokenized, n_windows, done, states in _encoded_windows(loaded, texts, reduce, report, **options):
+        for row, window in enumerate(done):
+            rows = np.flatnonzero(window.counted)
+            parts = partial.setdefault(window.text + start, [])
+            parts.append((window.token_indices[rows], states[row][:, rows]))
+            if len(parts) == n_windows[window.text]:
+                indices = np.concatenate([p[0] for p in parts])
+                vectors = np.concatenate([p[1] for p in parts], axis=1)
+                order = np.argsort(indices, kind="stable")
+                yield window.text + start, tokenized[window.text], indices[order], vectors[:, order]
+                del partial[window.text + start]
 
 
 def _from_entries(positions: list[int], entries: list[Entry], layers: tuple | None) -> EncodedBatch:

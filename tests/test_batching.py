@@ -97,3 +97,10 @@ def test_the_shared_tokenizer_is_not_changed(tiny_bert):
     tokenized = TextTokenizer(tokenizer)(["the river bank of the river"])
     assert len(tokenized[0].ids) == 8  # the private copy does not truncate
     assert tokenizer.backend_tokenizer.truncation["max_length"] == 4
+
+
+def test_prefetching_yields_every_item_in_order():
+    from skbert._encoding import _prefetching
+
+    for n in (2, 3, 7):
+        assert list(_prefetching(lambda start: start * 10, range(0, n))) == [i * 10 for i in range(n)]
