@@ -101,11 +101,16 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         ``"auto"`` picks CUDA when available, else MPS, else the CPU; or any torch
         device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
     precision : {"auto", "float32", "bfloat16", "float16", "int8"}, default="auto"
-        Compute precision. ``"auto"`` means bfloat16 on a GPU (float16 where bfloat16
-        is unsupported) and float32 on the CPU. ``"int8"`` (CPU only, opt-in) quantises
-        the Linear layers for speed at some accuracy cost (measured in
-        ``benchmarks/results``). Outputs are float32 in every case, and pooling sums
-        accumulate in float32.
+        Compute precision. ``"auto"`` means bfloat16 where the hardware multiplies it
+        natively: a GPU (float16 where bfloat16 is unsupported) or a CPU with
+        AVX512-BF16 or AMX instructions (about 1.6x float32's speed there, lowest
+        cosine to float32 about 0.9999 on real texts); float32 on other CPUs. Ask for
+        ``"float32"`` to get the model's exact float32 numbers anywhere. Asking for
+        bfloat16/float16 on a CPU that would emulate it warns (it is far slower).
+        ``"int8"`` (CPU only, opt-in) quantises the Linear layers for speed at some
+        accuracy cost (measured in ``benchmarks/results``). Outputs are float32 in
+        every case, and pooling sums accumulate in float32. ``precision_`` records
+        the choice.
     revision : str or None, default=None
         Hub revision (branch, tag or commit) of ``model_name``; not used for local
         folders. Asking for one bypasses offline packages.

@@ -43,6 +43,15 @@ def _write_tiny_bert(path, *, pooler=True, seed=0, layers=3):
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def auto_precision_is_float32(monkeypatch):
+    """Unit tests compare against float32 references, so ``precision="auto"`` resolves
+    as on a CPU without native bfloat16, whatever CPU runs them (the bfloat16 choice
+    itself is tested in test_device.py). Subprocesses and worker processes do not see
+    this: tests that start them ask for ``precision="float32"``."""
+    monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """Path of a 3-layer, 32-wide random BERT with a pooler and a WordPiece tokenizer."""

@@ -63,6 +63,7 @@ def test_a_grid_search_encodes_each_text_once(tiny_bert):
     [{"max_length": 16}, {"precision": "bfloat16"}, {"long_text": "chunk"}, {"long_text": "chunk", "stride": 2},
      {"long_text": "head_tail"}],
 )
+@pytest.mark.filterwarnings("ignore:precision='bfloat16' on this CPU is emulated")
 def test_settings_that_change_the_numbers_never_share_entries(tiny_bert, change):
     base = {"max_length": 32, "long_text": "truncate"}
     BertEmbedder(tiny_bert, **base).fit(MANY).transform(MANY)
@@ -159,7 +160,7 @@ def test_disk_cache_is_shared_across_processes(tiny_bert, tmp_path):
         import sys, json
         from skbert import BertEmbedder
         texts = json.loads(sys.argv[3])
-        e = BertEmbedder(sys.argv[1], cache=sys.argv[2], pooling="mean_max").fit(texts)
+        e = BertEmbedder(sys.argv[1], cache=sys.argv[2], pooling="mean_max", precision="float32").fit(texts)
         X = e.transform(texts)
         print(json.dumps([e.n_encoded_, e.cache_info()["disk_reads"], X.tolist()]))
     """
@@ -191,10 +192,12 @@ def test_entries_from_the_memory_cache_reach_a_disk_cache(tiny_bert, tmp_path):
 def test_grid_search_workers_share_the_disk_cache(tiny_bert, tmp_path):
     X = MANY * 2
     y = np.arange(len(X)) % 2
-    BertEmbedder(tiny_bert, cache=str(tmp_path)).fit(X).transform(X)
+    # workers resolve precision="auto" on their own CPU, so ask for float32 outright
+    BertEmbedder(tiny_bert, cache=str(tmp_path), precision="float32").fit(X).transform(X)
     files = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in _entry_files(tmp_path)}
     assert len(files) == len(MANY)
-    pipe = make_pipeline(BertEmbedder(tiny_bert, cache=str(tmp_path)), LogisticRegression(max_iter=100))
+    pipe = make_pipeline(BertEmbedder(tiny_bert, cache=str(tmp_path), precision="float32"),
+                         LogisticRegression(max_iter=100))
     grid = {"bertembedder__pooling": ["cls", "mean"], "bertembedder__layers": [-1, 0]}
     GridSearchCV(pipe, grid, cv=2, n_jobs=2).fit(X, y)
     # a worker that missed would have encoded and written an entry anew

@@ -21,24 +21,51 @@ def test_explicit_devices():
             resolve_device("cuda")
 
 
-def test_precision():
+def test_precision(monkeypatch):
     cpu = torch.device("cpu")
-    assert resolve_dtype("auto", cpu) == torch.float32
-    assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
-    assert resolve_dtype("float16", cpu) == torch.float16
+    assert resolve_dtype("auto", cpu) == torch.float32  # conftest: a CPU without native bfloat16
     assert resolve_dtype("float32", cpu) == torch.float32
+    with pytest.warns(UserWarning, match="precision='bfloat16' on this CPU is emulated"):
+        assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    monkeypatch.setattr("skbert._device._cpu_supports", lambda *names: False)
+    with pytest.warns(UserWarning, match="precision='float16' on this CPU is emulated"):
+        assert resolve_dtype("float16", cpu) == torch.float16
     with pytest.raises(ValueError, match="precision='int4'"):
         resolve_dtype("int4", cpu)
 
 
+def test_auto_picks_bfloat16_on_a_cpu_that_computes_it_natively(monkeypatch, tiny_bert):
+    import warnings
+
+    from skbert import BertEmbedder
+
+    monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # native: no warning
+        assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    texts = ["the river bank", "money in the bank"]
+    fast = BertEmbedder(tiny_bert, device="cpu").fit(texts)
+    assert fast.precision_ == "bfloat16"
+    exact = BertEmbedder(tiny_bert, device="cpu", precision="float32").fit(texts)
+    exact.transform(texts)
+    fast.transform(texts)
+    assert fast.n_encoded_ == 2  # float32 entries are not served to a bfloat16 encoder
+
+
 def test_half_precision_compute_still_outputs_float32(tiny_bert):
+    import warnings
+
     from numpy.testing import assert_allclose
 
     from skbert import BertEmbedder
 
     texts = ["the river bank", "money in the bank", ""]
     full = BertEmbedder(tiny_bert, device="cpu", precision="float32").fit_transform(texts)
-    half = BertEmbedder(tiny_bert, device="cpu", precision="bfloat16").fit_transform(texts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # emulated (and slow) on CPUs without native bfloat16
+        half = BertEmbedder(tiny_bert, device="cpu", precision="bfloat16").fit_transform(texts)
     assert half.dtype == "float32"
     cos = (full * half).sum(1) / (abs(full**2).sum(1) ** 0.5 * abs(half**2).sum(1) ** 0.5)
     assert_allclose(cos, 1.0, atol=5e-3)

@@ -1,6 +1,7 @@
 """Real-model tests with the offline all-MiniLM-L6-v2 package."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
@@ -30,6 +31,22 @@ def test_parity_with_sentence_transformers():
     assert got.shape == want.shape == (len(SENTENCES), 384)
     cosine = (got * want).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cosine.min() >= 0.99999, cosine
+
+
+@minilm
+def test_bfloat16_on_the_cpu_stays_close_to_float32():
+    import warnings
+
+    from support import DATA
+
+    texts = pd.read_csv(DATA)["text"].head(24).tolist() + SENTENCES
+    exact = BertEmbedder(MINILM_ID, device="cpu", precision="float32", max_length=128).fit_transform(texts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # slow where the CPU emulates bfloat16, but still right
+        fast = BertEmbedder(MINILM_ID, device="cpu", precision="bfloat16", max_length=128).fit_transform(texts)
+    cosine = (exact * fast).sum(axis=1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(fast, axis=1)
+    assert cosine.min() > 0.999, cosine.min()
+    assert not np.allclose(exact, fast, rtol=0, atol=1e-6)  # it did compute in bfloat16
 
 
 @minilm
