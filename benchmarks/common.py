@@ -70,9 +70,9 @@ def flops_per_token(config, mean_length: float) -> float:
     return layers * (dense + attention)
 
 
-def cpu_ceiling(size: int = 2048, repeats: int = 10, rounds: int = 3) -> float:
-    """FLOP/s of a large float32 matrix product on this machine, now (the best of a few rounds)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def cpu_ceiling(size: int = 2048, repeats: int = 10, rounds: int = 3, dtype=torch.float32) -> float:
+    """FLOP/s of a large matrix product on this machine, now (the best of a few rounds)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(3):
         a @ b
     best = 0.0
@@ -82,6 +82,13 @@ def cpu_ceiling(size: int = 2048, repeats: int = 10, rounds: int = 3) -> float:
             a @ b
         best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start))
     return best
+
+
+def cpu_bf16_ceiling() -> float:
+    """FLOP/s of a large bfloat16 matrix product (only meaningful where the CPU computes bfloat16 natively)."""
+    from skbert._device import cpu_has_native_bf16
+
+    return cpu_ceiling(dtype=torch.bfloat16) if cpu_has_native_bf16() else float("nan")
 
 
 def machine() -> dict:
@@ -150,10 +157,15 @@ class PeakMemory:
 
 
 def git_commit() -> str:
+    """The checked-out commit, marked when skbert's or the benchmarks' files differ from it."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=ROOT).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "skbert", "benchmarks/*.py"],
+                                 capture_output=True, text=True, cwd=ROOT).stdout.strip()
     except OSError:
         return "unknown"
+    return f"{commit} (with uncommitted changes)" if changed else commit
 
 
 def write_results(name: str, device: str, payload: dict, table: str) -> Path:
@@ -170,12 +182,17 @@ def write_results(name: str, device: str, payload: dict, table: str) -> Path:
     return base.with_suffix(".md")
 
 
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
+def markdown_table(rows: list[dict], columns: list[str], formats: dict | None = None) -> str:
+    """Rows as a markdown table; ``formats`` maps a column to a format string such as ``"{:.5f}"``."""
+    formats = formats or {}
     head = "| " + " | ".join(columns) + " |\n| " + " | ".join("---" for _ in columns) + " |\n"
-    return head + "\n".join("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |" for row in rows)
+    return head + "\n".join("| " + " | ".join(_fmt(row.get(c, ""), formats.get(c)) for c in columns) + " |"
+                             for row in rows)
 
 
-def _fmt(value) -> str:
+def _fmt(value, form: str | None = None) -> str:
+    if form is not None and isinstance(value, float):
+        return form.format(value)
     if isinstance(value, float):
         return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
     return str(value)
