@@ -6,7 +6,7 @@ the whole study costs about one encoding pass; a TF-IDF + LogisticRegression
 baseline runs on the same folds. Prints a table, and saves a heatmap to
 examples/layer_pooling_study.png.
 
-Run:  python examples/layer_pooling_study.py [--model sentence-transformers/all-MiniLM-L6-v2]
+Run:  python examples/layer_pooling_study.py [--model sentence-transformers/all-MiniLM-L6-v2] [--precision float32]
 """
 
 import argparse
@@ -60,6 +60,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--precision", default="auto", help="'float32' for the model's exact numbers")
     args = parser.parse_args()
     data = pd.read_csv(DATA)
     texts, labels = data["text"], data["section"]
@@ -68,7 +69,8 @@ def main():
     # about 3% of the descriptions exceed 256 tokens and are truncated; the per-fold warnings would bury the table
     warnings.filterwarnings("ignore", message=".*were truncated")
     start = time.perf_counter()
-    embedder = BertEmbedder(args.model, max_length=args.max_length, layer_aggregation="mean", show_progress=True)
+    embedder = BertEmbedder(args.model, max_length=args.max_length, layer_aggregation="mean", show_progress=True,
+                            precision=args.precision)
     search = GridSearchCV(
         make_pipeline(embedder, LogisticRegression(max_iter=1000)),
         {"bertembedder__pooling": POOLING, "bertembedder__layers": LAYERS},

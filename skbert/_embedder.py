@@ -103,7 +103,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     precision : {"auto", "float32", "bfloat16", "float16", "int8"}, default="auto"
         Compute precision. ``"auto"`` means bfloat16 where the hardware multiplies it
         natively: a GPU (float16 where bfloat16 is unsupported) or a CPU with
-        AVX512-BF16 or AMX instructions (about 1.6x float32's speed there, lowest
+        AVX512-BF16 or AMX instructions (1.6-1.9x float32's speed there, lowest
         cosine to float32 about 0.9999 on real texts); float32 on other CPUs. Ask for
         ``"float32"`` to get the model's exact float32 numbers anywhere. Asking for
         bfloat16/float16 on a CPU that would emulate it warns (it is far slower).
