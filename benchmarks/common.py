@@ -157,7 +157,12 @@ class PeakMemory:
 
 
 def git_commit() -> str:
-    """The checked-out commit, marked when skbert's or the benchmarks' files differ from it."""
+    """The commit the running code came from (as at the benchmark's start, when skbert was imported),
+    marked when skbert's or the benchmarks' files differed from it."""
+    return _COMMIT_AT_START
+
+
+def _git_commit_now() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=ROOT).stdout.strip()
@@ -196,3 +201,6 @@ def _fmt(value, form: str | None = None) -> str:
     if isinstance(value, float):
         return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
     return str(value)
+
+
+_COMMIT_AT_START = _git_commit_now()
