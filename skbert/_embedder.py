@@ -17,7 +17,7 @@ from ._device import PRECISIONS, default_token_budget, resolve_device, resolve_d
 from ._encoding import TOTALS, EncodingReport, iter_cached_statistics, iter_statistics, iter_token_vectors, text_tokenizer
 from ._layers import LAYER_AGGREGATIONS, LAYER_PRESETS, aggregate_layers, describe_layers, resolve_layers
 from ._models import LoadedModel, load_model, model_fingerprint
-from ._pooling import POOLING_MODES, STATISTICS, expand_pooling, pool_statistics
+from ._pooling import POOLING_MODES, STATISTICS, expand_pooling, pool_statistics, statistics_needed
 from ._tokens import WORD_POOLING, TokenEmbedding, TokenEmbeddings, find_word, pool_pieces, tokens_in_span
 from ._validation import validate_texts
 
@@ -328,6 +328,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
             fingerprint = self._encoder_fingerprint(loaded)
             batches = iter_cached_statistics(
                 loaded, unique, store, fingerprint, report=report, layers=self.layer_indices_,
+                statistics=statistics_needed(self.pooling_modes_, self.include_special_tokens),
                 **self._encoding_options(loaded),
             )
         n_tokens = np.zeros(len(unique), dtype=np.int64)
@@ -421,6 +422,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                     mode,
                     batch.layer_positions(self.layer_indices_),
                     self.include_special_tokens,
+                    batch.held,
                 ),
                 self.layer_aggregation,
             )

@@ -32,7 +32,7 @@ from ._batching import (
 )
 from ._cache import Entry, text_key
 from ._models import LoadedModel
-from ._pooling import combine_windows, layer_statistics
+from ._pooling import STATISTICS, combine_windows, layer_statistics
 
 CHUNK_SIZE = 4096
 
@@ -92,6 +92,8 @@ class EncodedBatch:
         truncation or windowing.
     layers : tuple of int or None
         Which hidden states ``statistics`` holds, in order; None for all of them.
+    held : tuple of str
+        Which of :data:`~skbert._pooling.STATISTICS` ``statistics`` holds, in order.
     """
 
     positions: np.ndarray
@@ -101,6 +103,7 @@ class EncodedBatch:
     pooler: np.ndarray | None
     n_tokens: np.ndarray
     layers: tuple | None = None
+    held: tuple = STATISTICS
 
     def layer_positions(self, layer_indices: tuple[int, ...]) -> tuple[int, ...]:
         """Where hidden states ``layer_indices`` sit along ``statistics``' layer axis."""
@@ -399,17 +402,23 @@ def iter_token_vectors(
                 del partial[window.text + start]
 
 
-def _from_entries(positions: list[int], entries: list[Entry], layers: tuple | None) -> EncodedBatch:
+def _from_entries(positions: list[int], entries: list[Entry], layers: tuple | None, held: tuple) -> EncodedBatch:
     poolers = [entry.pooler for entry in entries]
-    chosen = slice(None) if layers is None else list(layers)
+    first = entries[0].statistics
+    chosen = np.ix_([STATISTICS.index(name) for name in held],
+                    range(first.shape[1]) if layers is None else list(layers))
+    statistics = np.empty((len(entries), len(chosen[0]), chosen[1].shape[1], first.shape[2]), dtype=first.dtype)
+    for row, entry in enumerate(entries):  # only what will be pooled, straight into place
+        statistics[row] = entry.statistics[chosen]
     return EncodedBatch(
         np.asarray(positions),
-        np.stack([entry.statistics[:, chosen] for entry in entries]),
+        statistics,
         np.array([entry.n_content for entry in entries]),
         np.array([entry.n_all for entry in entries]),
         None if any(p is None for p in poolers) else np.stack(poolers),
         np.array([entry.n_tokens for entry in entries]),
         None if layers is None else tuple(layers),
+        held,
     )
 
 
@@ -421,6 +430,7 @@ def iter_cached_statistics(
     *,
     report: EncodingReport | None = None,
     layers: tuple[int, ...] | None = None,
+    statistics: tuple[str, ...] = STATISTICS,
     lookup_batch: int = 1024,
     **options,
 ) -> Iterator[EncodedBatch]:
@@ -438,6 +448,9 @@ def iter_cached_statistics(
     layers : tuple of int, optional
         The hidden states the caller will pool: cached texts come with only these
         (copying less); newly encoded ones come with all.
+    statistics : tuple of str, default=STATISTICS
+        Likewise, the statistics the caller will pool from (in
+        :data:`~skbert._pooling.STATISTICS` order).
     lookup_batch : int, default=1024
         Cached texts handed out per batch.
     **options
@@ -461,11 +474,11 @@ def iter_cached_statistics(
         entries.append(entry)
         if len(entries) == lookup_batch:
             report.n_cache_hits += len(entries)
-            yield _from_entries(positions, entries, layers)
+            yield _from_entries(positions, entries, layers, statistics)
             positions, entries = [], []
     if entries:
         report.n_cache_hits += len(entries)
-        yield _from_entries(positions, entries, layers)
+        yield _from_entries(positions, entries, layers, statistics)
     if not missing:
         return
     missing = np.asarray(missing)

@@ -27,6 +27,34 @@ STATISTICS = ("cls", "last", "sum_content", "max_content", "sum_all", "max_all")
 _STAT = {name: i for i, name in enumerate(STATISTICS)}
 
 
+def statistics_needed(modes: tuple[str, ...], include_special_tokens: bool) -> tuple[str, ...]:
+    """Which of :data:`STATISTICS` the pooling modes are computed from.
+
+    Parameters
+    ----------
+    modes : tuple of str
+        Base modes, as :func:`expand_pooling` returns them.
+    include_special_tokens : bool
+        Whether mean and max count special tokens (if not, they also need the
+        all-token statistic, the fallback for a text with no other token).
+
+    Returns
+    -------
+    tuple of str
+        In :data:`STATISTICS` order.
+    """
+    needed = set()
+    for mode in modes:
+        if mode in ("cls", "last"):
+            needed.add(mode)
+        elif mode in ("mean", "max"):
+            kind = "sum" if mode == "mean" else "max"
+            needed.add(f"{kind}_all")
+            if not include_special_tokens:
+                needed.add(f"{kind}_content")
+    return tuple(name for name in STATISTICS if name in needed)
+
+
 def expand_pooling(pooling) -> tuple[str, ...]:
     """Flatten a pooling spec into base modes, in output order.
 
@@ -226,12 +254,13 @@ def pool_statistics(
     mode: str,
     layer_indices: tuple[int, ...],
     include_special_tokens: bool,
+    held: tuple[str, ...] = STATISTICS,
 ) -> np.ndarray:
     """Compute one pooling mode for the selected layers from :func:`layer_statistics`.
 
     Parameters
     ----------
-    statistics : ndarray of shape (n, len(STATISTICS), n_hidden_states, d)
+    statistics : ndarray of shape (n, len(held), n_hidden_states, d)
     n_content : ndarray of shape (n,)
         Number of non-special real tokens per text.
     n_all : ndarray of shape (n,)
@@ -245,28 +274,32 @@ def pool_statistics(
         Whether mean and max count special tokens. A text with no other token
         (an empty string) falls back to its special tokens, so it never pools to
         nothing.
+    held : tuple of str, default=STATISTICS
+        Which statistics ``statistics`` holds along its second axis, in order (at
+        least those :func:`statistics_needed` names for ``mode``).
 
     Returns
     -------
     ndarray of shape (n, len(layer_indices), d), float32
     """
     idx = list(layer_indices)
+    at = {name: held.index(name) for name in held}
     if mode == "cls":
-        return statistics[:, _STAT["cls"], idx]
+        return statistics[:, at["cls"], idx]
     if mode == "last":
-        return statistics[:, _STAT["last"], idx]
+        return statistics[:, at["last"], idx]
     if mode == "pooler":
         if pooler is None:
             raise ValueError("pooling='pooler' needs the model's pooler output, which is not available.")
         return pooler[:, None, :]
     if mode not in ("mean", "max"):
         raise ValueError(f"unknown pooling mode {mode!r}")
-    everything = statistics[:, _STAT[f"{'sum' if mode == 'mean' else 'max'}_all"], idx]
+    everything = statistics[:, at[f"{'sum' if mode == 'mean' else 'max'}_all"], idx]
     if mode == "mean":
         everything = everything / n_all[:, None, None].astype(np.float32)
     if include_special_tokens:
         return everything.astype(np.float32, copy=False)
-    content = statistics[:, _STAT[f"{'sum' if mode == 'mean' else 'max'}_content"], idx]
+    content = statistics[:, at[f"{'sum' if mode == 'mean' else 'max'}_content"], idx]
     if mode == "mean":
         content = content / np.maximum(n_content, 1)[:, None, None].astype(np.float32)
     has_content = (n_content > 0)[:, None, None]

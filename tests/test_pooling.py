@@ -15,6 +15,7 @@ from skbert._pooling import (
     pool_mean,
     pool_statistics,
     pool_sum,
+    statistics_needed,
 )
 
 
@@ -85,6 +86,24 @@ def test_statistics_then_pooling_match_loops():
     assert pool_statistics(stats, n_content, n_all, pooler, "pooler", (1,), False).shape == (4, 1, 5)
     with pytest.raises(ValueError, match="pooler output"):
         pool_statistics(stats, n_content, n_all, None, "pooler", (1,), False)
+
+
+def test_pooling_from_only_the_statistics_it_needs():
+    hidden, mask, special, _ = _batch()
+    stats = layer_statistics([hidden, hidden * 2 + 1], mask, special).numpy()
+    n_all = mask.sum(1).numpy()
+    n_content = (mask * (1 - special)).sum(1).numpy()
+    assert statistics_needed(("mean",), True) == ("sum_all",)
+    assert statistics_needed(("max", "cls"), False) == ("cls", "max_content", "max_all")
+    assert statistics_needed(("pooler",), False) == ()
+    for modes in (("cls",), ("last",), ("mean",), ("max",), ("mean", "max"), ("last", "mean", "cls")):
+        for include in (False, True):
+            held = statistics_needed(modes, include)
+            subset = stats[:, [STATISTICS.index(name) for name in held]]
+            for mode in modes:
+                want = pool_statistics(stats, n_content, n_all, None, mode, (1, 0), include)
+                got = pool_statistics(subset, n_content, n_all, None, mode, (1, 0), include, held)
+                assert_allclose(got, want, rtol=0, atol=0)
 
 
 def test_expand_pooling():
