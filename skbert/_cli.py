@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from ._device import PRECISIONS
+
 READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 WRITERS = (".parquet", ".npy")
 
@@ -59,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--long-text", default="truncate", choices=["truncate", "head_tail", "chunk"])
     embed.add_argument("--batch-size", type=int, help="most texts per forward pass (default: as the token budget allows)")
     embed.add_argument("--device", default="auto")
-    embed.add_argument("--precision", default="auto")
+    embed.add_argument("--precision", default="auto", choices=PRECISIONS,
+                       help="auto: bfloat16 where the hardware multiplies it natively, else float32 (default: auto)")
     embed.add_argument("--cache", help="disk cache folder (default: .skbert-cache beside the output)")
     embed.add_argument("--no-cache", action="store_true", help="do not cache (a re-run starts over)")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
