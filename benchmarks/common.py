@@ -62,12 +62,15 @@ def model_path(name: str) -> str:
     return resolve_source(MINILM).location if name == "minilm" else bert_base_dir()
 
 
+def dense_flops_per_token(config) -> float:
+    """Forward FLOPs per token in the Linear layers: 2 x their weights, per layer."""
+    d, inner = config.hidden_size, config.intermediate_size
+    return config.num_hidden_layers * 2 * (4 * d * d + 2 * d * inner)
+
+
 def flops_per_token(config, mean_length: float) -> float:
-    """Forward FLOPs per token: the dense layers (2 x weights) plus attention (4 x length x width) per layer."""
-    d, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    dense = 2 * (4 * d * d + 2 * d * inner)
-    attention = 4 * mean_length * d
-    return layers * (dense + attention)
+    """Forward FLOPs per token: the Linear layers plus attention (4 x length x width) per layer."""
+    return dense_flops_per_token(config) + config.num_hidden_layers * 4 * mean_length * config.hidden_size
 
 
 def cpu_ceiling(size: int = 2048, repeats: int = 10, rounds: int = 3, dtype=torch.float32) -> float:

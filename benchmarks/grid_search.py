@@ -96,13 +96,12 @@ def main():
 
     # the classifier alone: the same fits and scores on the same folds, features from the cache
     classifier_seconds = 0.0
-    for params in search.cv_results_["params"]:
+    for params, searched in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"]):
         features = BertEmbedder(path, **settings).set_params(
             **{k.removeprefix("bertembedder__"): v for k, v in params.items()}).fit_transform(texts)
         start = time.perf_counter()
         scores = cross_val_score(LogisticRegression(max_iter=300), features, labels, cv=folds)
         classifier_seconds += time.perf_counter() - start
-        searched = search.cv_results_["mean_test_score"][search.cv_results_["params"].index(params)]
         assert np.isclose(scores.mean(), searched), (params, scores.mean(), searched)  # the same fits
 
     results = pd.DataFrame(search.cv_results_)[["param_bertembedder__pooling", "param_bertembedder__layers",

@@ -17,7 +17,7 @@ import warnings
 
 from torch.profiler import ProfilerActivity, profile
 
-from common import cpu_ceiling, load_texts, markdown_table, model_path, write_results
+from common import cpu_ceiling, dense_flops_per_token, load_texts, markdown_table, model_path, write_results
 
 warnings.filterwarnings("ignore")
 
@@ -52,10 +52,8 @@ def profile_set(kind: str, n: int, precision: str, ceiling: float) -> dict:
     for key, name in GROUPS.items():
         row[name] = events.get(key, 0.0) / total
     row["everything else"] = 1 - sum(row[name] for name in GROUPS.values())
-    config = AutoConfig.from_pretrained(path)
-    d, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     row["tokens"] = tokens
-    dense_flops = tokens * layers * 2 * (4 * d * d + 2 * d * inner)
+    dense_flops = tokens * dense_flops_per_token(AutoConfig.from_pretrained(path))
     addmm_seconds = events.get("aten::addmm", 0.0) / 1e6
     row["matrix_product_share_of_ceiling"] = dense_flops / addmm_seconds / ceiling
     return row

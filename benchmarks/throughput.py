@@ -26,8 +26,8 @@ import torch
 
 from common import (
     H100_BF16_DENSE_PEAK,
-    cpu_bf16_ceiling,
     PeakMemory,
+    cpu_bf16_ceiling,
     cpu_ceiling,
     flops_per_token,
     load_texts,

@@ -283,7 +283,7 @@ def pool_statistics(
     ndarray of shape (n, len(layer_indices), d), float32
     """
     idx = list(layer_indices)
-    at = {name: held.index(name) for name in held}
+    at = {name: i for i, name in enumerate(held)}
     if mode == "cls":
         return statistics[:, at["cls"], idx]
     if mode == "last":
