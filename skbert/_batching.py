@@ -263,25 +263,23 @@ def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id:
     Returns
     -------
     dict
-        ``input_ids``, ``attention_mask``, ``special_mask`` and ``counted_mask``,
-        each a ``(len(windows), longest)`` int64 tensor on the CPU.
+        ``input_ids``, ``attention_mask`` and ``content_mask`` (the non-special
+        tokens each window counts), each a ``(len(windows), longest)`` int64 tensor
+        on the CPU.
     """
     width = max(len(w.token_indices) for w in windows)
     n = len(windows)
     input_ids = np.full((n, width), pad_token_id, dtype=np.int64)
     attention_mask = np.zeros((n, width), dtype=np.int64)
-    special_mask = np.zeros((n, width), dtype=np.int64)
-    counted_mask = np.zeros((n, width), dtype=np.int64)
+    content_mask = np.zeros((n, width), dtype=np.int64)
     for row, window in enumerate(windows):
         text = tokenized[window.text]
         length = len(window.token_indices)
         input_ids[row, :length] = text.ids[window.token_indices]
         attention_mask[row, :length] = 1
-        special_mask[row, :length] = text.special[window.token_indices]
-        counted_mask[row, :length] = window.counted
+        content_mask[row, :length] = window.counted & ~text.special[window.token_indices]
     return {
         "input_ids": torch.from_numpy(input_ids),
         "attention_mask": torch.from_numpy(attention_mask),
-        "special_mask": torch.from_numpy(special_mask),
-        "counted_mask": torch.from_numpy(counted_mask),
+        "content_mask": torch.from_numpy(content_mask),
     }

@@ -1,355 +1,344 @@
-"""A content-addressed store of what the encoder produced for each text.
+"""The cache: a memory tier in front of a disk tier, so that a text is encoded once.
 
-An entry holds one text's per-layer statistics (see
-:func:`~skbert._pooling.layer_statistics`), its token counts and its pooler
-output: everything any pooling mode, layer choice or aggregation is computed from.
-Its key is a hash of the text and of an *encoder fingerprint* that covers
-everything that changes those numbers (the weights and tokenizer, ``max_length``,
-the long-text strategy and stride, the device type and precision), never the
-pooling or layer parameters, which are applied afterwards.
+A :class:`Store` has two tiers:
 
-Two stores:
+- memory: the most recently used entries, within a byte budget (least recently used
+  evicted first);
+- disk (:class:`~skbert._disk.DiskTier`): either the user's cache directory, where
+  every entry is written (shared by processes and later runs), or, for
+  ``cache="memory"``, a temporary *spill* directory that receives what the memory
+  tier evicts, created on the first eviction and removed when the process exits.
 
-- :class:`MemoryStore`: in process memory, bounded by a byte budget, least
-  recently used entries evicted first. One per process, shared by every estimator
-  and clone.
-- :class:`DiskStore`: one file per entry under a directory, shared by processes.
-  Writes go to a temporary file that is renamed into place, so a killed writer
-  never leaves a partial entry and concurrent writers never mix; every entry
-  carries its key and a checksum, so a corrupt or truncated file is detected,
-  removed and recomputed. It keeps recently used entries in a memory store too.
+So a working set larger than the memory budget is read back from disk on the next
+pass instead of being encoded again, which is what keeps a grid search at one
+encoding pass: least-recently-used eviction alone, under a scan that revisits every
+text each fold, would miss on every look-up. When the disk tier too must evict, the
+store warns once with the numbers.
+
+Stores are made once per process for each (location, memory budget, disk budget),
+so every estimator with the same cache settings, clones included, shares one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import struct
-import tempfile
+import shutil
+import sqlite3
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-FORMAT_VERSION = 1
-_MAGIC = b"SKBC\x00\x01"
-# magic, key, checksum, n_layers + 1, d, n_content, n_all, n_tokens, has_pooler
-_HEADER = struct.Struct("<6s16s16siiqqq?")
+from ._disk import DATABASE, DiskTier, default_disk_budget, spill_tier
+from ._entries import Entry
 
 
 @dataclass
-class Entry:
-    """What one text encoded to.
-
-    Attributes
-    ----------
-    statistics : ndarray of shape (len(STATISTICS), n_layers + 1, d), float32
-    n_content : int
-    n_all : int
-    pooler : ndarray of shape (d,) or None
-    n_tokens : int
-        The text's full length in tokens, before truncation or windowing.
-    """
-
-    statistics: np.ndarray
-    n_content: int
-    n_all: int
-    pooler: np.ndarray | None
-    n_tokens: int
-
-    @property
-    def nbytes(self) -> int:
-        """Memory the entry's arrays take."""
-        return self.statistics.nbytes + (0 if self.pooler is None else self.pooler.nbytes) + 64
-
-
-def text_key(fingerprint: bytes, text: str) -> bytes:
-    """The 16-byte key of a text under an encoder fingerprint."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16, key=fingerprint[:64]).digest()
-
-
-@dataclass
-class CacheStats:
-    """Counters of a store since it was made (or last cleared).
+class CacheInfo:
+    """What a store holds and has done in this process.
 
     Attributes
     ----------
     hits, misses : int
-        Look-ups that found an entry, and that did not.
-    entries, bytes, max_bytes : int
-        What the in-memory part holds now, and its budget.
-    evictions : int
-        Entries dropped from memory to stay within the budget.
-    disk_reads, disk_writes, corrupt : int
-        For a disk store: entries read from and written to disk, and entries found
-        damaged (and removed).
+        Look-ups that found an entry (in either tier) and that did not.
+    disk_hits : int
+        Hits served from the disk tier.
+    memory_entries, memory_bytes, memory_max_bytes : int
+        The memory tier now, and its budget.
+    memory_evictions : int
+        Entries dropped from memory (to the disk tier, where there is one).
+    disk_entries, disk_bytes, disk_max_bytes : int
+        The disk tier now (every process's entries) and its budget; 0 without one.
+    disk_writes, disk_evictions, corrupt : int
+        Entries this process wrote to disk, entries it evicted there, and damaged
+        entries it found (and deleted, to be encoded again).
+    disk_path : str or None
+        The database file (in a temporary directory for ``cache="memory"``).
     """
 
     hits: int = 0
     misses: int = 0
-    entries: int = 0
-    bytes: int = 0
-    max_bytes: int = 0
-    evictions: int = 0
-    disk_reads: int = 0
+    disk_hits: int = 0
+    memory_entries: int = 0
+    memory_bytes: int = 0
+    memory_max_bytes: int = 0
+    memory_evictions: int = 0
+    disk_entries: int = 0
+    disk_bytes: int = 0
+    disk_max_bytes: int = 0
     disk_writes: int = 0
+    disk_evictions: int = 0
     corrupt: int = 0
+    disk_path: str | None = None
 
 
-class MemoryStore:
-    """An LRU store of entries in process memory, bounded by a byte budget.
+class MemoryTier:
+    """Entries in process memory within a byte budget, least recently used evicted first.
 
     Parameters
     ----------
     max_bytes : int
-        Most bytes of entries held; the least recently used go first. An entry
-        larger than the budget is not kept.
     """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.evictions = 0
         self._entries: OrderedDict[bytes, Entry] = OrderedDict()
-        self._bytes = 0
         self._lock = threading.Lock()
-        self.stats = CacheStats(max_bytes=self.max_bytes)
 
-    def get(self, key: bytes) -> Entry | None:
-        """Return the entry under ``key`` (and mark it recently used), or None."""
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get_many(self, keys: list[bytes]) -> list[Entry | None]:
+        """Entries under ``keys`` (None where absent); found ones become the most recent."""
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                self.stats.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.stats.hits += 1
-            return entry
+            found = [self._entries.get(key) for key in keys]
+            for key, entry in zip(keys, found):
+                if entry is not None:
+                    self._entries.move_to_end(key)
+        return found
 
-    def put(self, key: bytes, entry: Entry) -> None:
-        """Store an entry, evicting the least recently used ones beyond the budget."""
-        size = entry.nbytes
+    def put_many(self, items: list[tuple[bytes, Entry]]) -> list[tuple[bytes, Entry]]:
+        """Keep entries, evicting the least recently used beyond the budget.
+
+        Returns
+        -------
+        list of (key, Entry)
+            What was evicted (including any entry too large to keep at all).
+        """
+        evicted = []
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            if size > self.max_bytes:
-                self._sync()
-                return
-            self._entries[key] = entry
-            self._bytes += size
-            self._evict_to_budget()
-
-    def resize(self, max_bytes: int) -> None:
-        """Change the budget, evicting as needed."""
-        with self._lock:
-            self.max_bytes = self.stats.max_bytes = int(max_bytes)
-            self._evict_to_budget()
-
-    def _evict_to_budget(self) -> None:
-        """Drop least recently used entries until the budget holds (call with the lock held)."""
-        while self._bytes > self.max_bytes and self._entries:
-            _, dropped = self._entries.popitem(last=False)
-            self._bytes -= dropped.nbytes
-            self.stats.evictions += 1
-        self._sync()
-
-    def info(self) -> CacheStats:
-        """A copy of the counters."""
-        with self._lock:
-            return CacheStats(**self.stats.__dict__)
-
-    def clear(self) -> None:
-        """Drop every entry and reset the counters."""
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
-            self.stats = CacheStats(max_bytes=self.max_bytes)
-
-    def _sync(self) -> None:
-        self.stats.entries = len(self._entries)
-        self.stats.bytes = self._bytes
+            for key, entry in items:
+                old = self._entries.pop(key, None)
+                if old is not None:
+                    self.bytes -= old.nbytes
+                if entry.nbytes > self.max_bytes:
+                    evicted.append((key, entry))
+                    continue
+                self._entries[key] = entry
+                self.bytes += entry.nbytes
+            while self.bytes > self.max_bytes and self._entries:
+                key, dropped = self._entries.popitem(last=False)
+                self.bytes -= dropped.nbytes
+                evicted.append((key, dropped))
+            self.evictions += len(evicted)
+        return evicted
 
 
-def _checksum(payload: bytes) -> bytes:
-    return hashlib.blake2b(payload, digest_size=16).digest()
-
-
-def encode_entry(key: bytes, entry: Entry) -> bytes:
-    """Serialise an entry with its key and a checksum of its payload."""
-    payload = np.ascontiguousarray(entry.statistics, dtype=np.float32).tobytes()
-    if entry.pooler is not None:
-        payload += np.ascontiguousarray(entry.pooler, dtype=np.float32).tobytes()
-    _, n_layers, width = entry.statistics.shape
-    header = _HEADER.pack(
-        _MAGIC,
-        key,
-        _checksum(payload),
-        n_layers,
-        width,
-        entry.n_content,
-        entry.n_all,
-        entry.n_tokens,
-        entry.pooler is not None,
-    )
-    return header + payload
-
-
-def decode_entry(key: bytes, blob: bytes, n_statistics: int) -> Entry | None:
-    """Read back an entry; None if it is truncated, damaged or for another key."""
-    if len(blob) < _HEADER.size:
-        return None
-    magic, stored_key, checksum, n_layers, width, n_content, n_all, n_tokens, has_pooler = _HEADER.unpack_from(blob)
-    payload = blob[_HEADER.size :]
-    expected = 4 * width * (n_statistics * n_layers + (1 if has_pooler else 0))
-    if magic != _MAGIC or stored_key != key or len(payload) != expected or _checksum(payload) != checksum:
-        return None
-    values = np.frombuffer(payload, dtype=np.float32)
-    split = n_statistics * n_layers * width
-    statistics = values[:split].reshape(n_statistics, n_layers, width)
-    pooler = values[split:] if has_pooler else None
-    return Entry(statistics, int(n_content), int(n_all), pooler, int(n_tokens))
-
-
-class DiskStore:
-    """Entries as files under a directory, shared between processes.
+class Store:
+    """A memory tier in front of a disk tier.
 
     Parameters
     ----------
-    directory : str or path-like
-        Created if missing.
-    n_statistics : int
-        Number of statistics per layer (to check entries read back).
-    memory : MemoryStore
-        Recently used entries, kept in front of the disk.
+    memory_bytes : int
+        Budget of the memory tier.
+    directory : path-like or None
+        The cache directory (every entry is written there), or None to spill to a
+        temporary directory what memory evicts.
+    disk_bytes : int or None
+        Budget of the disk tier; None means half the free space of its file system
+        when it is opened.
     """
 
-    def __init__(self, directory, n_statistics: int, memory: MemoryStore):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.n_statistics = n_statistics
-        self.memory = memory
-        self.stats = CacheStats()
+    def __init__(self, memory_bytes: int, directory=None, disk_bytes: int | None = None):
+        self.memory = MemoryTier(memory_bytes)
+        self.directory = None if directory is None else Path(directory)
+        self.disk_bytes = disk_bytes
+        self.hits = self.misses = self.disk_hits = 0
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+        self.disk: DiskTier | None = None
+        self._disk_failed = False
+        if self.directory is not None:
+            self.disk = self._open_disk()
 
-    def _path(self, key: bytes) -> Path:
-        name = key.hex()
-        return self.directory / name[:2] / f"{name}.skbc"
+    # -- tiers -----------------------------------------------------------------------
 
-    def get(self, key: bytes) -> Entry | None:
-        """Return the entry under ``key`` from memory or disk, or None."""
-        entry = self.memory.get(key)
-        path = self._path(key)
-        if entry is not None:
-            self.stats.hits += 1
-            if not path.exists():  # computed under the memory cache: make the disk cache complete
-                self._write(path, key, entry)
-            return entry
+    def _open_disk(self) -> DiskTier | None:
+        """Open the disk tier; on failure, warn and go on with memory alone."""
+        budget = self.disk_bytes
         try:
-            blob = path.read_bytes()
-        except FileNotFoundError:
-            self.stats.misses += 1
+            if self.directory is None:
+                return spill_tier(budget if budget is not None else default_disk_budget(os.sep))
+            _warn_about_old_formats(self.directory)
+            return DiskTier(self.directory, budget if budget is not None else default_disk_budget(self.directory))
+        except (sqlite3.Error, OSError) as error:
+            self._disk_failed = True
+            where = "a temporary spill directory" if self.directory is None else f"cache={str(self.directory)!r}"
+            warnings.warn(
+                f"skbert could not open its disk cache in {where} ({error}); entries are kept in memory only, "
+                "and texts evicted from memory will be encoded again. Results are not affected.",
+                UserWarning,
+                stacklevel=5,
+            )
             return None
-        entry = decode_entry(key, blob, self.n_statistics)
-        if entry is None:  # damaged: remove it, and let it be recomputed
-            self.stats.corrupt += 1
-            self.stats.misses += 1
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            return None
-        self.stats.hits += 1
-        self.stats.disk_reads += 1
-        self.memory.put(key, entry)
-        return entry
 
-    def put(self, key: bytes, entry: Entry) -> None:
-        """Write an entry atomically (temporary file, then rename) and keep it in memory."""
-        self._write(self._path(key), key, entry)
-        self.memory.put(key, entry)
+    def _disk_for_spill(self) -> DiskTier | None:
+        with self._lock:
+            if self.disk is None and not self._disk_failed:
+                self.disk = self._open_disk()
+            return self.disk
 
-    def _write(self, path: Path, key: bytes, entry: Entry) -> None:
-        path.parent.mkdir(exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(encode_entry(key, entry))
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            try:
-                os.unlink(temporary)
-            except FileNotFoundError:
-                pass
-            raise
-        self.stats.disk_writes += 1
+    # -- look-ups --------------------------------------------------------------------
 
-    def info(self) -> CacheStats:
-        """Counters, with the memory part's size."""
-        stats = CacheStats(**self.stats.__dict__)
-        stats.entries, stats.bytes, stats.max_bytes = (
-            self.memory.stats.entries,
-            self.memory.stats.bytes,
-            self.memory.max_bytes,
+    def get_many(self, keys: list[bytes]) -> list[Entry | None]:
+        """Entries under ``keys`` from memory, then disk (None where neither has one)."""
+        found = self.memory.get_many(keys)
+        absent = [i for i, entry in enumerate(found) if entry is None]
+        if absent and self.disk is not None:
+            from_disk = self.disk.get_many([keys[i] for i in absent])
+            promoted = []
+            for i in absent:
+                entry = from_disk.get(keys[i])
+                if entry is not None:
+                    found[i] = entry
+                    promoted.append((keys[i], entry))
+            self.disk_hits += len(promoted)
+            self._keep_in_memory(promoted)
+        n_found = sum(entry is not None for entry in found)
+        self.hits += n_found
+        self.misses += len(keys) - n_found
+        return found
+
+    def put_many(self, items: list[tuple[bytes, Entry]]) -> None:
+        """Store new entries: in memory, and on disk (all of them in a cache directory;
+        in a spill directory, what memory evicts)."""
+        if self.directory is not None and self.disk is not None:
+            self.disk.write(items)
+        self._keep_in_memory(items)
+
+    def _keep_in_memory(self, items: list[tuple[bytes, Entry]]) -> None:
+        """Put entries in the memory tier; what it evicts and no disk holds goes to the disk tier."""
+        evicted = [(key, entry) for key, entry in self.memory.put_many(items) if not entry.on_disk]
+        if evicted:
+            disk = self._disk_for_spill()
+            if disk is not None:
+                disk.write(evicted)
+            elif "memory" not in self._warned:
+                self._warned.add("memory")
+                warnings.warn(
+                    f"skbert's memory cache is full (cache_memory_bytes={self.memory.max_bytes:,}) and has no disk "
+                    "tier; evicted texts will be encoded again if asked for. Raise cache_memory_bytes or give a "
+                    "cache directory.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+
+    def flush(self) -> None:
+        """Wait for queued disk writes, and warn once if the disk tier failed or had to evict."""
+        disk = self.disk
+        if disk is None:
+            return
+        disk.flush()
+        if disk.error is not None and "error" not in self._warned:
+            self._warned.add("error")
+            warnings.warn(
+                f"skbert stopped writing its disk cache {str(disk.path)!r}: {disk.error}. Results are not "
+                "affected; texts not stored will be encoded again when asked for.",
+                UserWarning,
+                stacklevel=4,
+            )
+        if disk.evictions and "disk" not in self._warned:
+            self._warned.add("disk")
+            entries, nbytes = disk.totals()
+            per_entry = nbytes // max(entries, 1)
+            warnings.warn(
+                f"skbert's cache is smaller than the texts it is asked to keep: its disk tier {str(disk.path)!r} "
+                f"reached its budget of {disk.max_bytes:,} bytes (about {disk.max_bytes // max(per_entry, 1):,} "
+                f"entries of {per_entry:,} bytes) and evicted {disk.evictions:,} of the oldest; texts asked for "
+                "again after that are encoded again. Raise cache_disk_bytes to keep them all.",
+                UserWarning,
+                stacklevel=4,
+            )
+
+    def info(self) -> CacheInfo:
+        """Counters and sizes."""
+        info = CacheInfo(
+            hits=self.hits, misses=self.misses, disk_hits=self.disk_hits,
+            memory_entries=len(self.memory), memory_bytes=self.memory.bytes,
+            memory_max_bytes=self.memory.max_bytes, memory_evictions=self.memory.evictions,
         )
-        stats.evictions = self.memory.stats.evictions
-        return stats
+        if self.disk is not None:
+            info.disk_entries, info.disk_bytes = self.disk.totals()
+            info.disk_max_bytes = self.disk.max_bytes
+            info.disk_writes, info.disk_evictions = self.disk.writes, self.disk.evictions
+            info.corrupt, info.disk_path = self.disk.corrupt, str(self.disk.path)
+        return info
+
+    def close(self) -> None:
+        """Commit queued writes and close the disk tier (a spill directory is removed)."""
+        if self.disk is not None:
+            self.disk.close()
+            if self.directory is None:
+                shutil.rmtree(self.disk.directory, ignore_errors=True)
 
 
-def encoder_fingerprint(model_fingerprint: bytes, **settings) -> bytes:
-    """Combine a model's fingerprint with the settings that change its numbers.
+def _warn_about_old_formats(directory: Path) -> None:
+    """Say so when a cache directory holds entries this version does not read."""
+    old = [p.name for p in directory.glob("skbert-cache-v*.sqlite") if p.name != DATABASE]
+    if next(directory.glob("??/*.skbc"), None) is not None:
+        old.append("one file per text (format 1)")
+    if old:
+        warnings.warn(
+            f"cache directory {str(directory)!r} holds entries of another skbert cache format ({', '.join(old)}); "
+            f"they are not used (this version keeps {DATABASE}) and can be deleted.",
+            UserWarning,
+            stacklevel=6,
+        )
 
-    Parameters
-    ----------
-    model_fingerprint : bytes
-        From :func:`~skbert._models.model_fingerprint`.
-    **settings
-        Everything else that changes what a text encodes to (``max_length``,
-        ``long_text``, ``stride``, device type, dtype).
+
+def check_cache_location(cache) -> Path | None:
+    """Validate ``cache``: "memory", None, or a directory given as a path.
 
     Returns
     -------
-    bytes
-        32 bytes.
+    Path or None
+        The directory, or None for ``"memory"`` and None.
+
+    Raises
+    ------
+    ValueError
+        For a plain word other than "memory" (likely a typo; a directory is given
+        as a path, with a separator or as :class:`pathlib.Path`), or a path that
+        exists and is not a directory.
     """
-    digest = hashlib.blake2b(digest_size=32)
-    digest.update(model_fingerprint)
-    digest.update(repr((FORMAT_VERSION, sorted(settings.items()))).encode())
-    return digest.digest()
+    if cache is None or (isinstance(cache, str) and cache == "memory"):
+        return None
+    if isinstance(cache, str) and os.sep not in cache and (os.altsep is None or os.altsep not in cache):
+        raise ValueError(
+            f"cache={cache!r} is not 'memory' or None; a directory is given as a path, e.g. "
+            f"cache='./{cache}' or cache=pathlib.Path({cache!r})."
+        )
+    path = Path(cache).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"cache={str(cache)!r} is a file, not a directory; give a directory for the disk cache.")
+    return path
 
 
-_MEMORY: MemoryStore | None = None
-_DISKS: dict[str, DiskStore] = {}
+_STORES: dict[tuple, Store] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def memory_store(max_bytes: int) -> MemoryStore:
-    """The process's in-memory store, with its budget set to ``max_bytes``."""
-    global _MEMORY
+def store_for(cache, memory_bytes: int, disk_bytes: int | None) -> Store | None:
+    """The process's store for these cache settings (made on first use), or None for ``cache=None``."""
+    if cache is None:
+        return None
+    directory = check_cache_location(cache)
+    location = None if directory is None else os.path.realpath(directory)
+    key = (os.getpid(), location, int(memory_bytes), disk_bytes)  # a forked child makes its own
     with _STORES_LOCK:
-        if _MEMORY is None:
-            _MEMORY = MemoryStore(max_bytes)
-        elif _MEMORY.max_bytes != max_bytes:
-            _MEMORY.resize(max_bytes)
-        return _MEMORY
-
-
-def disk_store(directory, n_statistics: int, max_bytes: int) -> DiskStore:
-    """The process's store for a cache directory (one per directory)."""
-    memory = memory_store(max_bytes)
-    path = os.path.realpath(os.fspath(directory))
-    with _STORES_LOCK:
-        store = _DISKS.get(path)
+        store = _STORES.get(key)
         if store is None:
-            store = _DISKS[path] = DiskStore(path, n_statistics, memory)
+            store = _STORES[key] = Store(memory_bytes, location, disk_bytes)
         return store
 
 
-def clear_memory() -> None:
-    """Empty the in-memory store and reset the counters of every store."""
+def clear_stores() -> None:
+    """Close and forget every store of this process (spill directories are removed at exit)."""
     with _STORES_LOCK:
-        if _MEMORY is not None:
-            _MEMORY.clear()
-        for store in _DISKS.values():
-            store.stats = CacheStats()
+        stores = list(_STORES.values())
+        _STORES.clear()
+    for store in stores:
+        store.close()

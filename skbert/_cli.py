@@ -131,7 +131,7 @@ def embed(args) -> int:
     texts, ids = select_texts(frame, args.column, args.id_column)
     if not texts:
         raise UserError(f"input file {args.input!r} has no rows")
-    cache = None if args.no_cache else (args.cache or str(output.parent / ".skbert-cache"))
+    cache = None if args.no_cache else Path(args.cache or output.parent / ".skbert-cache")
     embedder = BertEmbedder(
         args.model, pooling=_parse_pooling(args.pooling), layers=_parse_layers(args.layers),
         layer_aggregation=args.layer_aggregation, include_special_tokens=args.include_special_tokens,

@@ -12,12 +12,15 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._batching import LONG_TEXT_STRATEGIES
-from ._cache import disk_store, encoder_fingerprint, memory_store
+from ._cache import check_cache_location, store_for
 from ._device import PRECISIONS, default_token_budget, resolve_device, resolve_dtype
-from ._encoding import TOTALS, EncodingReport, iter_cached_statistics, iter_statistics, iter_token_vectors, text_tokenizer
+from ._encoding import TOTALS, EncodingReport, iter_token_vectors, text_tokenizer
+from ._entries import encoder_fingerprint
 from ._layers import LAYER_AGGREGATIONS, LAYER_PRESETS, aggregate_layers, describe_layers, resolve_layers
 from ._models import LoadedModel, load_model, model_fingerprint
-from ._pooling import POOLING_MODES, STATISTICS, expand_pooling, pool_statistics, statistics_needed
+from ._pooling import POOLING_MODES, expand_pooling
+from ._source import Request, StatisticsSource, deduplicate
+from ._statistics import kinds_needed, pool_statistics
 from ._tokens import WORD_POOLING, TokenEmbedding, TokenEmbeddings, find_word, pool_pieces, tokens_in_span
 from ._validation import validate_texts
 
@@ -116,23 +119,37 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         folders. Asking for one bypasses offline packages.
     show_progress : bool, default=False
         Show a progress bar over texts during ``transform``.
-    cache : "memory", str, path-like or None, default="memory"
+    cache : "memory", path-like or None, default="memory"
         Where encoded texts are kept, so that a text is encoded once whatever
         ``pooling``, ``layers``, ``layer_aggregation``, ``include_special_tokens`` or
         ``normalize`` later ask of it (a grid search over those costs one encoding
-        pass). ``"memory"``: in this process, shared by every estimator and clone,
-        within ``cache_max_bytes``. A directory: on disk there (created if needed),
-        shared by processes such as ``GridSearchCV(n_jobs=2)`` workers and later
-        runs; an interrupted ``transform`` resumes from what it had stored. None:
-        no cache. Entries are keyed by the text and everything that changes its
-        numbers (weights, tokenizer, ``max_length``, ``long_text``, ``stride``,
-        device type and precision). Duplicate texts in one call are encoded once
-        either way.
-    cache_max_bytes : int, default=2147483648
-        Budget of the in-memory cache (2 GiB), least recently used entries evicted
-        first. One budget per process: the last value used applies. An entry takes
-        about ``25 * (n_layers + 1) * hidden_size`` bytes (65 kB for MiniLM, 250 kB
-        for bert-base).
+        pass). ``"memory"``: in this process, within ``cache_memory_bytes``; what
+        memory evicts spills to a temporary directory (removed at exit), so a
+        working set larger than memory is read back, not encoded again. A directory,
+        given as a path (``"./cache"``, ``"/tmp/cache"`` or a :class:`pathlib.Path`;
+        a plain word other than ``"memory"`` is an error): every entry is written to
+        one SQLite database there, shared by processes such as
+        ``GridSearchCV(n_jobs=2)`` workers and by later runs; an interrupted
+        ``transform`` resumes from what it had stored. None: no cache, and only the
+        statistics and layers the pooling needs are computed. Entries are keyed by
+        the text and everything that changes its numbers (weights, tokenizer,
+        ``max_length``, ``long_text``, ``stride``, device type, precision, torch and
+        transformers versions). Values are kept in 16 bits (float16) unless
+        ``precision="float32"``, which keeps float32; every pooled vector stays
+        within cosine 0.99999 of the float32 computation. Duplicate texts in one
+        call are encoded once either way.
+    cache_memory_bytes : int, default=2147483648
+        Budget of the memory tier (2 GiB), least recently used entries evicted
+        first. Estimators with the same ``cache``, ``cache_memory_bytes`` and
+        ``cache_disk_bytes`` (clones, grid-search candidates) share one store per
+        process; different settings make different stores. An entry takes about
+        ``8 * (n_layers + 1) * hidden_size`` bytes in 16 bits (22 kB for MiniLM,
+        82 kB for bert-base), twice that in float32.
+    cache_disk_bytes : int or None, default=None
+        Budget of the disk tier (the cache directory, or the spill directory of
+        ``cache="memory"``); beyond it the oldest entries are evicted and a warning
+        says so once. None means half the free space of its file system when the
+        store is opened.
 
     Attributes
     ----------
@@ -195,7 +212,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         "revision": [str, None],
         "show_progress": ["boolean"],
         "cache": [str, os.PathLike, None],
-        "cache_max_bytes": [Interval(Integral, 0, None, closed="left")],
+        "cache_memory_bytes": [Interval(Integral, 0, None, closed="left")],
+        "cache_disk_bytes": [Interval(Integral, 0, None, closed="left"), None],
     }
 
     def __init__(
@@ -217,7 +235,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         revision=None,
         show_progress=False,
         cache="memory",
-        cache_max_bytes=2 * 1024**3,
+        cache_memory_bytes=2 * 1024**3,
+        cache_disk_bytes=None,
     ):
         self.model_name = model_name
         self.pooling = pooling
@@ -235,7 +254,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         self.revision = revision
         self.show_progress = show_progress
         self.cache = cache
-        self.cache_max_bytes = cache_max_bytes
+        self.cache_memory_bytes = cache_memory_bytes
+        self.cache_disk_bytes = cache_disk_bytes
 
     # -- model -------------------------------------------------------------------
 
@@ -262,6 +282,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         self : BertEmbedder
         """
         validate_texts(X)
+        check_cache_location(self.cache)
         modes = expand_pooling(self.pooling)
         loaded = self._load()
         indices = resolve_layers(self.layers, loaded.n_layers)
@@ -315,25 +336,13 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         texts = validate_texts(X)
-        loaded = self._load()
-        positions: dict[str, int] = {}
-        inverse = np.fromiter((positions.setdefault(t, len(positions)) for t in texts), np.int64, len(texts))
-        unique = list(positions)
+        unique, inverse = deduplicate(texts)
         output = np.empty((len(unique), self._n_features_out()), dtype=np.float32)
-        report = EncodingReport()
-        store = self._store()
-        if store is None:
-            batches = iter_statistics(loaded, unique, report=report, **self._encoding_options(loaded))
-        else:
-            fingerprint = self._encoder_fingerprint(loaded)
-            batches = iter_cached_statistics(
-                loaded, unique, store, fingerprint, report=report, layers=self.layer_indices_,
-                statistics=statistics_needed(self.pooling_modes_, self.include_special_tokens),
-                **self._encoding_options(loaded),
-            )
         n_tokens = np.zeros(len(unique), dtype=np.int64)
+        report = EncodingReport()
+        request = Request(kinds_needed(self.pooling_modes_), self.layer_indices_, "pooler" in self.pooling_modes_)
         with self._progress(len(unique)) as bar:
-            for batch in batches:
+            for batch in self._source().statistics(unique, request, report):
                 output[batch.positions] = self._pool(batch)
                 n_tokens[batch.positions] = batch.n_tokens
                 bar.update(len(batch.positions))
@@ -354,22 +363,22 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
 
     # -- cache ---------------------------------------------------------------------------
 
-    def _store(self):
-        if self.cache is None:
-            return None
-        if isinstance(self.cache, str) and self.cache == "memory":
-            return memory_store(self.cache_max_bytes)
-        return disk_store(self.cache, len(STATISTICS), self.cache_max_bytes)
-
-    def _encoder_fingerprint(self, loaded: LoadedModel) -> bytes:
-        return encoder_fingerprint(
+    def _source(self) -> StatisticsSource:
+        loaded = self._load()
+        store = store_for(self.cache, self.cache_memory_bytes, self.cache_disk_bytes)
+        fingerprint = b"" if store is None else encoder_fingerprint(
             model_fingerprint(loaded),
             max_length=self.max_length_,
             long_text=self.long_text,
             stride=self.stride_,
             device=loaded.device.type,
             dtype="int8" if loaded.quantized else str(loaded.dtype),
+            stored=self._stored_dtype(),
         )
+        return StatisticsSource(loaded, store, fingerprint, self._stored_dtype(), self._encoding_options(loaded))
+
+    def _stored_dtype(self) -> str:
+        return "float32" if self.precision == "float32" else "float16"
 
     def cache_info(self) -> dict:
         """What the cache this estimator uses holds, and what encoding has cost.
@@ -377,17 +386,19 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         Returns
         -------
         dict
-            ``hits`` and ``misses`` (look-ups of the store in this process),
-            ``entries``, ``bytes`` and ``max_bytes`` (its in-memory part),
-            ``evictions``, and for a disk cache ``disk_reads``, ``disk_writes`` and
-            ``corrupt`` (damaged entries found and recomputed). ``n_encoded`` is the
-            number of texts the model has encoded in this process (every estimator,
-            every call, cached or not); ``last_encoded`` and ``last_cache_hits`` are
-            those of this estimator's last call.
+            The store's counters and sizes, as :class:`~skbert._cache.CacheInfo`
+            names them (``hits``, ``misses``, ``disk_hits``, ``memory_entries``,
+            ``memory_bytes``, ``memory_evictions``, ``disk_entries``, ``disk_bytes``,
+            ``disk_writes``, ``disk_evictions``, ``corrupt``, ``disk_path``, ...), when
+            there is a cache. ``n_encoded`` is the number of texts the model has
+            encoded in this process (every estimator, every call, cached or not);
+            ``last_encoded`` and ``last_cache_hits`` are those of this estimator's
+            last call.
         """
         info: dict = {}
-        if self.cache is not None:
-            info.update(self._store().info().__dict__)
+        store = store_for(self.cache, self.cache_memory_bytes, self.cache_disk_bytes)
+        if store is not None:
+            info.update(store.info().__dict__)
         info["n_encoded"] = TOTALS.n_texts
         info["last_encoded"] = getattr(self, "n_encoded_", None)
         info["last_cache_hits"] = getattr(self, "n_cache_hits_", None)
@@ -414,16 +425,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     def _pool(self, batch) -> np.ndarray:
         blocks = [
             aggregate_layers(
-                pool_statistics(
-                    batch.statistics,
-                    batch.n_content,
-                    batch.n_all,
-                    batch.pooler,
-                    mode,
-                    batch.layer_positions(self.layer_indices_),
-                    self.include_special_tokens,
-                    batch.held,
-                ),
+                pool_statistics(batch, mode, self.layer_indices_, self.include_special_tokens),
                 self.layer_aggregation,
             )
             for mode in self.pooling_modes_

@@ -3,7 +3,7 @@
 Two products come out of the same tokenising, windowing and batching:
 
 - :func:`iter_statistics`: per text, the per-layer statistics that every pooling
-  mode is computed from (:func:`~skbert._pooling.layer_statistics`);
+  mode is computed from (:mod:`skbert._statistics`);
 - :func:`iter_token_vectors`: per text, one vector per token from chosen layers.
 
 Memory stays bounded however many texts come in: texts are tokenised a chunk at a
@@ -30,9 +30,8 @@ from ._batching import (
     length_sorted_batches,
     make_windows,
 )
-from ._cache import Entry, text_key
 from ._models import LoadedModel
-from ._pooling import STATISTICS, combine_windows, layer_statistics
+from ._statistics import KINDS, Statistics, finish_texts, window_statistics
 
 CHUNK_SIZE = 4096
 
@@ -70,46 +69,6 @@ class EncodingReport:
 
 #: What the model has encoded in this process, over every call.
 TOTALS = EncodingReport()
-
-
-@dataclass
-class EncodedBatch:
-    """Per-layer statistics of some texts.
-
-    Attributes
-    ----------
-    positions : ndarray of shape (b,)
-        Input positions of the texts.
-    statistics : ndarray of shape (b, len(STATISTICS), n_layers + 1, d), float32
-    n_content : ndarray of shape (b,)
-        Non-special tokens counted per text.
-    n_all : ndarray of shape (b,)
-        Tokens counted per text.
-    pooler : ndarray of shape (b, d) or None
-        The model's pooler output (first window), if it has one.
-    n_tokens : ndarray of shape (b,)
-        Each text's full length in tokens, special tokens included, before any
-        truncation or windowing.
-    layers : tuple of int or None
-        Which hidden states ``statistics`` holds, in order; None for all of them.
-    held : tuple of str
-        Which of :data:`~skbert._pooling.STATISTICS` ``statistics`` holds, in order.
-    """
-
-    positions: np.ndarray
-    statistics: np.ndarray
-    n_content: np.ndarray
-    n_all: np.ndarray
-    pooler: np.ndarray | None
-    n_tokens: np.ndarray
-    layers: tuple | None = None
-    held: tuple = STATISTICS
-
-    def layer_positions(self, layer_indices: tuple[int, ...]) -> tuple[int, ...]:
-        """Where hidden states ``layer_indices`` sit along ``statistics``' layer axis."""
-        if self.layers is None:
-            return tuple(layer_indices)
-        return tuple(self.layers.index(i) for i in layer_indices)
 
 
 def _count(report: EncodingReport, **increments: int) -> None:
@@ -258,23 +217,46 @@ def _encoded_windows(loaded, texts, reduce, report, *, max_length, long_text, st
                 yield start, tokenized, n_windows, done, result
 
 
+def _check_layout(tokenized: list[TokenizedText]) -> None:
+    """Statistics assume BERT's single-text layout: one special token first, one last."""
+    for text in tokenized:
+        if not (text.special[0] and text.special[-1] and np.count_nonzero(text.special) == 2):
+            raise ValueError(
+                "skbert pools BERT-style inputs, [CLS] text [SEP]; this tokenizer adds special tokens "
+                f"elsewhere (special-token mask {text.special.astype(int).tolist()[:8]}...)."
+            )
+
+
 def iter_statistics(
     loaded: LoadedModel,
     texts: list[str],
     *,
+    layers: tuple[int, ...],
+    kinds: tuple[str, ...] = KINDS,
+    with_pooler: bool = False,
     max_length: int,
     long_text: str = "truncate",
     stride: int = 0,
     batch_size: int | None = None,
     token_budget: int | None = None,
     report: EncodingReport | None = None,
-) -> Iterator[EncodedBatch]:
-    """Encode texts and yield their per-layer statistics (in no particular order).
+) -> Iterator[Statistics]:
+    """Encode texts and yield their statistics (:mod:`skbert._statistics`), in no particular order.
+
+    Only the hidden states in ``layers`` and the ``kinds`` asked for are computed
+    and leave the device.
 
     Parameters
     ----------
     loaded : LoadedModel
     texts : list of str
+    layers : tuple of int
+        Hidden states to keep (0 is the embedding layer).
+    kinds : tuple of str, default=KINDS
+        Which of :data:`~skbert._statistics.KINDS` to compute (``cls`` and ``last``
+        always among them).
+    with_pooler : bool, default=False
+        Also return the model's pooler output (it must have one).
     max_length : int
         Tokens per window at most, special tokens included.
     long_text : {"truncate", "head_tail", "chunk"}
@@ -290,57 +272,59 @@ def iter_statistics(
 
     Yields
     ------
-    EncodedBatch
+    Statistics
+        float32; ``positions`` index ``texts``.
     """
     report = EncodingReport() if report is None else report
+    layers, kinds = tuple(layers), tuple(kinds)
 
     def reduce(output, masks):
-        statistics = layer_statistics(
-            output.hidden_states, masks["attention_mask"], masks["special_mask"], masks["counted_mask"]
+        values = window_statistics(
+            [output.hidden_states[i] for i in layers], masks["attention_mask"], masks["content_mask"], kinds
         )
-        pooler = getattr(output, "pooler_output", None) if loaded.has_pooler else None
-        if pooler is None:
-            return statistics.cpu().numpy(), None
+        if not with_pooler:
+            return values.cpu().numpy(), None
         # one device-to-host copy for the whole batch
-        flat = torch.cat([statistics.flatten(1), pooler.float()], dim=1).cpu().numpy()
-        split = statistics[0].numel()
-        return flat[:, :split].reshape(statistics.shape), flat[:, split:]
+        flat = torch.cat([values.flatten(1), output.pooler_output.float()], dim=1).cpu().numpy()
+        split = values[0].numel()
+        return flat[:, :split].reshape(values.shape), flat[:, split:]
+
+    def finished(positions, texts_of, values, content, text_of_window, pooler):
+        _check_layout(texts_of)
+        finals, n_content = finish_texts(values, content, text_of_window, len(positions), kinds)
+        n_tokens = np.array([len(text.ids) for text in texts_of])
+        return Statistics(np.asarray(positions), finals, kinds, layers, n_content, n_tokens, pooler)
 
     partial: dict[int, list] = {}  # windows of long texts, until all of a text's are done
     options = dict(max_length=max_length, long_text=long_text, stride=stride, batch_size=batch_size,
                    token_budget=token_budget)
-    for start, tokenized, n_windows, done, (statistics, pooler) in _encoded_windows(
+    for start, tokenized, n_windows, done, (values, pooler) in _encoded_windows(
         loaded, texts, reduce, report, **options
     ):
-        counted = [w.counted for w in done]
-        content = [w.counted & ~tokenized[w.text].special[w.token_indices] for w in done]
-        n_all = np.array([c.sum() for c in counted])
-        n_content = np.array([c.sum() for c in content])
-        whole = np.array([n_windows[w.text] == 1 for w in done])
-        if whole.any():
-            rows = np.flatnonzero(whole)
-            yield EncodedBatch(
-                np.array([done[r].text + start for r in rows]),
-                statistics[rows],
-                n_content[rows],
-                n_all[rows],
-                None if pooler is None else pooler[rows],
-                np.array([len(tokenized[done[r].text].ids) for r in rows]),
+        content = np.array([np.count_nonzero(w.counted & ~tokenized[w.text].special[w.token_indices]) for w in done])
+        whole = np.flatnonzero([n_windows[w.text] == 1 for w in done])
+        if whole.size:
+            yield finished(
+                [done[r].text + start for r in whole],
+                [tokenized[done[r].text] for r in whole],
+                values[whole],
+                content[whole],
+                np.arange(whole.size),
+                None if pooler is None else pooler[whole],
             )
-        for row in np.flatnonzero(~whole):
+        for row in np.setdiff1d(np.arange(len(done)), whole):
             window = done[row]
             parts = partial.setdefault(window.text + start, [])
-            parts.append((window.index, statistics[row], n_content[row], n_all[row], pooler, row))
+            parts.append((window.index, values[row], content[row], None if pooler is None else pooler[row]))
             if len(parts) == n_windows[window.text]:
                 parts.sort(key=lambda part: part[0])
-                first = parts[0]
-                yield EncodedBatch(
-                    np.array([window.text + start]),
-                    combine_windows(np.stack([p[1] for p in parts]))[None],
-                    np.array([sum(p[2] for p in parts)]),
-                    np.array([sum(p[3] for p in parts)]),
-                    None if first[4] is None else first[4][first[5]][None],
-                    np.array([len(tokenized[window.text].ids)]),
+                yield finished(
+                    [window.text + start],
+                    [tokenized[window.text]],
+                    np.stack([p[1] for p in parts]),
+                    np.array([p[2] for p in parts]),
+                    np.zeros(len(parts), dtype=np.int64),
+                    None if pooler is None else parts[0][3][None],
                 )
                 del partial[window.text + start]
 
@@ -400,99 +384,3 @@ def iter_token_vectors(
                 order = np.argsort(indices, kind="stable")
                 yield window.text + start, tokenized[window.text], indices[order], vectors[:, order]
                 del partial[window.text + start]
-
-
-def _from_entries(positions: list[int], entries: list[Entry], layers: tuple | None, held: tuple) -> EncodedBatch:
-    poolers = [entry.pooler for entry in entries]
-    first = entries[0].statistics
-    chosen = np.ix_([STATISTICS.index(name) for name in held],
-                    range(first.shape[1]) if layers is None else list(layers))
-    statistics = np.empty((len(entries), len(chosen[0]), chosen[1].shape[1], first.shape[2]), dtype=first.dtype)
-    for row, entry in enumerate(entries):  # only what will be pooled, straight into place
-        statistics[row] = entry.statistics[chosen]
-    return EncodedBatch(
-        np.asarray(positions),
-        statistics,
-        np.array([entry.n_content for entry in entries]),
-        np.array([entry.n_all for entry in entries]),
-        None if any(p is None for p in poolers) else np.stack(poolers),
-        np.array([entry.n_tokens for entry in entries]),
-        None if layers is None else tuple(layers),
-        held,
-    )
-
-
-def iter_cached_statistics(
-    loaded: LoadedModel,
-    texts: list[str],
-    store,
-    fingerprint: bytes,
-    *,
-    report: EncodingReport | None = None,
-    layers: tuple[int, ...] | None = None,
-    statistics: tuple[str, ...] = STATISTICS,
-    lookup_batch: int = 1024,
-    **options,
-) -> Iterator[EncodedBatch]:
-    """Like :func:`iter_statistics`, serving what the store holds and storing the rest.
-
-    Parameters
-    ----------
-    loaded : LoadedModel
-    texts : list of str
-        Distinct texts.
-    store : MemoryStore or DiskStore
-    fingerprint : bytes
-        The encoder fingerprint the keys are made under.
-    report : EncodingReport, optional
-    layers : tuple of int, optional
-        The hidden states the caller will pool: cached texts come with only these
-        (copying less); newly encoded ones come with all.
-    statistics : tuple of str, default=STATISTICS
-        Likewise, the statistics the caller will pool from (in
-        :data:`~skbert._pooling.STATISTICS` order).
-    lookup_batch : int, default=1024
-        Cached texts handed out per batch.
-    **options
-        Passed on to :func:`iter_statistics`.
-
-    Yields
-    ------
-    EncodedBatch
-        Cached texts first, then newly encoded ones, each entry stored as soon as
-        its batch is done (so an interrupted call resumes from there).
-    """
-    report = EncodingReport() if report is None else report
-    keys = [text_key(fingerprint, text) for text in texts]
-    missing, positions, entries = [], [], []
-    for position, key in enumerate(keys):
-        entry = store.get(key)
-        if entry is None:
-            missing.append(position)
-            continue
-        positions.append(position)
-        entries.append(entry)
-        if len(entries) == lookup_batch:
-            report.n_cache_hits += len(entries)
-            yield _from_entries(positions, entries, layers, statistics)
-            positions, entries = [], []
-    if entries:
-        report.n_cache_hits += len(entries)
-        yield _from_entries(positions, entries, layers, statistics)
-    if not missing:
-        return
-    missing = np.asarray(missing)
-    for batch in iter_statistics(loaded, [texts[i] for i in missing], report=report, **options):
-        batch.positions = missing[batch.positions]
-        for row, position in enumerate(batch.positions):
-            store.put(
-                keys[position],
-                Entry(
-                    batch.statistics[row].copy(),
-                    int(batch.n_content[row]),
-                    int(batch.n_all[row]),
-                    None if batch.pooler is None else batch.pooler[row].copy(),
-                    int(batch.n_tokens[row]),
-                ),
-            )
-        yield batch

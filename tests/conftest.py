@@ -52,6 +52,17 @@ def auto_precision_is_float32(monkeypatch):
     monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: False)
 
 
+@pytest.fixture(autouse=True)
+def empty_cache():
+    """Every test starts from empty stores, so a test of encoding never compares a cached
+    result with a cached result (stores are per process: made anew on first use)."""
+    from skbert._cache import clear_stores
+
+    clear_stores()
+    yield
+    clear_stores()
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """Path of a 3-layer, 32-wide random BERT with a pooler and a WordPiece tokenizer."""

@@ -48,16 +48,15 @@ def test_embed_to_npy_writes_the_ids_beside_it_and_a_rerun_hits_the_cache(tiny_b
     pd.DataFrame({"text": TEXTS[:2] + TEXTS[3:]}, index=pd.Index([10, 11, 13, 14, 15], name="key")).to_parquet(path)
     out = tmp_path / "emb.npy"
     argv = ["embed", str(path), "--model", tiny_bert, "--normalize", "--quiet", "-o", str(out)]
-    from skbert._cache import clear_memory
+    from skbert._cache import clear_stores
 
-    clear_memory()  # entries of earlier tests
     code, err = _run(capsys, *argv)
     assert code == 0 and "encoded 5, from cache 0" in err
     X = np.load(out)
     assert X.shape == (5, 32) and np.allclose(np.linalg.norm(X, axis=1), 1, atol=1e-5)
     assert pd.read_csv(tmp_path / "emb.ids.csv")["key"].tolist() == [10, 11, 13, 14, 15]
     assert (tmp_path / ".skbert-cache").is_dir()
-    clear_memory()  # as a new process would: only the disk cache is left
+    clear_stores()  # as a new process would: only the disk cache is left
     code, err = _run(capsys, *argv)
     assert code == 0 and "encoded 0, from cache 5" in err
     assert_allclose(np.load(out), X)

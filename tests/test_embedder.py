@@ -28,9 +28,13 @@ def expected(reference, texts, modes, layer_indices, aggregation="concat", inclu
 @pytest.mark.parametrize("pooling", ["cls", "mean", "max", "last", "mean_max"])
 @pytest.mark.parametrize("include_special", [False, True])
 @pytest.mark.parametrize("layers", [-1, 0, (1, -1), "all"])
-def test_pooling_and_layers_match_reference(tiny_bert, reference, texts, pooling, include_special, layers):
+@pytest.mark.parametrize("cache", [None, "memory"])
+def test_pooling_and_layers_match_reference(tiny_bert, reference, texts, pooling, include_special, layers, cache):
+    """Without a cache only the statistics and layers asked for are computed; with one (in
+    float32) every statistic is stored and the with-special-token ones derived."""
     embedder = BertEmbedder(
-        tiny_bert, pooling=pooling, layers=layers, include_special_tokens=include_special, batch_size=3
+        tiny_bert, precision="float32", pooling=pooling, layers=layers, include_special_tokens=include_special,
+        batch_size=3, cache=cache,
     )
     got = embedder.fit_transform(texts)
     modes = ("mean", "max") if pooling == "mean_max" else (pooling,)
@@ -43,14 +47,14 @@ def test_pooling_and_layers_match_reference(tiny_bert, reference, texts, pooling
 @pytest.mark.parametrize("aggregation", ["concat", "mean", "sum"])
 @pytest.mark.parametrize("pooling", ["mean", "max", "cls"])
 def test_layer_aggregation_matches_reference(tiny_bert, reference, texts, aggregation, pooling):
-    embedder = BertEmbedder(tiny_bert, pooling=pooling, layers=(0, 2, -1), layer_aggregation=aggregation)
+    embedder = BertEmbedder(tiny_bert, precision="float32", pooling=pooling, layers=(0, 2, -1), layer_aggregation=aggregation)
     got = embedder.fit_transform(texts)
     want = expected(reference, texts, (pooling,), (0, 2, 3), aggregation)
     assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
 def test_pooler_and_tuple_of_modes(tiny_bert, reference, texts):
-    embedder = BertEmbedder(tiny_bert, pooling=("pooler", "cls", "max"), layers="last")
+    embedder = BertEmbedder(tiny_bert, precision="float32", pooling=("pooler", "cls", "max"), layers="last")
     got = embedder.fit_transform(texts)
     want = expected(reference, texts, ("pooler", "cls", "max"), (3,))
     assert_allclose(got, want, rtol=RTOL, atol=ATOL)
@@ -68,17 +72,17 @@ def test_mean_with_special_tokens_is_the_attention_mask_average(tiny_bert, texts
         hidden = model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).float()
     recipe = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
-    got = BertEmbedder(tiny_bert, pooling="mean", include_special_tokens=True).fit_transform(texts)
+    got = BertEmbedder(tiny_bert, precision="float32", pooling="mean", include_special_tokens=True).fit_transform(texts)
     assert_allclose(got, recipe, rtol=RTOL, atol=ATOL)
 
 
 def test_independent_of_batch_size_and_order(tiny_bert, texts, rng):
-    base = BertEmbedder(tiny_bert, pooling="mean_max", layers="all", batch_size=1).fit_transform(texts)
+    base = BertEmbedder(tiny_bert, precision="float32", pooling="mean_max", layers="all", batch_size=1).fit_transform(texts)
     for batch_size in (2, 5, 64):
-        got = BertEmbedder(tiny_bert, pooling="mean_max", layers="all", batch_size=batch_size).fit_transform(texts)
+        got = BertEmbedder(tiny_bert, precision="float32", pooling="mean_max", layers="all", batch_size=batch_size).fit_transform(texts)
         assert_allclose(got, base, rtol=RTOL, atol=ATOL)
     order = rng.permutation(len(texts))
-    shuffled = BertEmbedder(tiny_bert, pooling="mean_max", layers="all", batch_size=3).fit_transform(
+    shuffled = BertEmbedder(tiny_bert, precision="float32", pooling="mean_max", layers="all", batch_size=3).fit_transform(
         [texts[i] for i in order]
     )
     assert_allclose(shuffled, base[order], rtol=RTOL, atol=ATOL)
@@ -86,12 +90,12 @@ def test_independent_of_batch_size_and_order(tiny_bert, texts, rng):
 
 def test_rows_in_input_order_with_duplicates(tiny_bert, texts):
     doubled = texts + texts[::-1]
-    got = BertEmbedder(tiny_bert, batch_size=3).fit_transform(doubled)
+    got = BertEmbedder(tiny_bert, precision="float32", batch_size=3).fit_transform(doubled)
     assert_allclose(got[: len(texts)], got[len(texts) :][::-1], rtol=RTOL, atol=ATOL)
 
 
 def test_empty_and_blank_texts_embed_as_cls_sep(tiny_bert, reference):
-    got = BertEmbedder(tiny_bert, pooling="mean").fit_transform(["", "   "])
+    got = BertEmbedder(tiny_bert, precision="float32", pooling="mean").fit_transform(["", "   "])
     both_special = expected(reference, [""], ("mean",), (3,), include_special=True)[0]
     assert np.all(np.isfinite(got))
     assert_allclose(got[0], both_special, rtol=RTOL, atol=ATOL)
@@ -99,8 +103,8 @@ def test_empty_and_blank_texts_embed_as_cls_sep(tiny_bert, reference):
 
 
 def test_normalize_gives_unit_rows_in_the_same_direction(tiny_bert, texts):
-    raw = BertEmbedder(tiny_bert, pooling="mean_max").fit_transform(texts)
-    unit = BertEmbedder(tiny_bert, pooling="mean_max", normalize=True).fit_transform(texts)
+    raw = BertEmbedder(tiny_bert, precision="float32", pooling="mean_max").fit_transform(texts)
+    unit = BertEmbedder(tiny_bert, precision="float32", pooling="mean_max", normalize=True).fit_transform(texts)
     assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-5)
     assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
 
@@ -108,10 +112,10 @@ def test_normalize_gives_unit_rows_in_the_same_direction(tiny_bert, texts):
 def test_truncation_to_max_length(tiny_bert, reference):
     text = " ".join(["river bank money"] * 10)
     with pytest.warns(UserWarning, match="1 of 2 texts were longer than max_length=8 tokens and were truncated"):
-        got = BertEmbedder(tiny_bert, pooling="mean_max", max_length=8).fit_transform([text, "a"])
+        got = BertEmbedder(tiny_bert, precision="float32", pooling="mean_max", max_length=8).fit_transform([text, "a"])
     want = expected(reference, [text, "a"], ("mean", "max"), (3,), max_length=8)
     assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-    assert BertEmbedder(tiny_bert).fit(["a"]).max_length_ == 64  # the model's own limit
+    assert BertEmbedder(tiny_bert, precision="float32").fit(["a"]).max_length_ == 64  # the model's own limit
 
 
 @pytest.mark.parametrize(
@@ -125,7 +129,7 @@ def test_truncation_to_max_length(tiny_bert, reference):
     ],
 )
 def test_feature_names_say_pooling_and_layers(tiny_bert, texts, params, names):
-    embedder = BertEmbedder(tiny_bert, **params)
+    embedder = BertEmbedder(tiny_bert, precision="float32", **params)
     if not names:
         with pytest.raises(ValueError, match="at least 4 encoder layers; this model has 3"):
             embedder.fit(texts)
@@ -140,12 +144,12 @@ def test_feature_names_say_pooling_and_layers(tiny_bert, texts, params, names):
 
 def test_pandas_output_keeps_the_index(tiny_bert, texts):
     series = pd.Series(texts, index=[f"doc{i}" for i in range(len(texts))][::-1], name="text")
-    embedder = BertEmbedder(tiny_bert).set_output(transform="pandas")
+    embedder = BertEmbedder(tiny_bert, precision="float32").set_output(transform="pandas")
     frame = embedder.fit_transform(series)
     assert isinstance(frame, pd.DataFrame)
     assert list(frame.index) == list(series.index)
     assert list(frame.columns) == list(embedder.get_feature_names_out())
-    plain = BertEmbedder(tiny_bert).fit_transform(texts)
+    plain = BertEmbedder(tiny_bert, precision="float32").fit_transform(texts)
     assert_allclose(frame.to_numpy(), plain, rtol=RTOL, atol=ATOL)
     one_column = embedder.transform(series.to_frame())
     assert list(one_column.index) == list(series.index)
@@ -157,7 +161,7 @@ def test_pandas_output_keeps_the_index(tiny_bert, texts):
      pd.Series, lambda t: pd.DataFrame({"text": t}), lambda t: (x for x in t)],
 )
 def test_accepted_containers_give_the_same_rows(tiny_bert, texts, container):
-    embedder = BertEmbedder(tiny_bert).fit(texts)
+    embedder = BertEmbedder(tiny_bert, precision="float32").fit(texts)
     assert_allclose(embedder.transform(container(texts)), embedder.transform(texts), rtol=RTOL, atol=ATOL)
 
 
@@ -180,7 +184,7 @@ def test_accepted_containers_give_the_same_rows(tiny_bert, texts, container):
 )
 def test_bad_parameters_raise_clear_errors_at_fit(tiny_bert, texts, params, match):
     with pytest.raises(ValueError, match=match):
-        BertEmbedder(tiny_bert, **params).fit(texts)
+        BertEmbedder(tiny_bert, precision="float32", **params).fit(texts)
 
 
 def test_pooler_needs_pooler_weights(tiny_bert_no_pooler, texts):
@@ -193,10 +197,10 @@ def test_pooler_needs_pooler_weights(tiny_bert_no_pooler, texts):
 def test_every_grid_point_is_consistent(tiny_bert, texts):
     """Pooling x layers grid: each output block equals the single-mode, single-layer result."""
     singles = {
-        (mode, layer): BertEmbedder(tiny_bert, pooling=mode, layers=layer).fit_transform(texts)
+        (mode, layer): BertEmbedder(tiny_bert, precision="float32", pooling=mode, layers=layer).fit_transform(texts)
         for mode, layer in itertools.product(["cls", "mean", "max", "last"], [0, 1, 2, 3])
     }
-    combined = BertEmbedder(tiny_bert, pooling=("cls", "mean", "max", "last"), layers="all").fit_transform(texts)
+    combined = BertEmbedder(tiny_bert, precision="float32", pooling=("cls", "mean", "max", "last"), layers="all").fit_transform(texts)
     blocks = np.split(combined, 16, axis=1)
     for (i, mode), layer in itertools.product(enumerate(["cls", "mean", "max", "last"]), range(4)):
         assert_allclose(blocks[i * 4 + layer], singles[(mode, layer)], rtol=RTOL, atol=ATOL)

@@ -50,7 +50,7 @@ def test_chunked_mean_and_max_equal_a_direct_computation_over_windows(tiny_bert,
     outputs, token_vectors, n_tokens = _windows_by_hand(reference, LONG, max_length, stride)
     assert len(outputs) > 4  # really long
     embedder = BertEmbedder(
-        tiny_bert, pooling=("mean", "max", "cls", "last"), layers=(0, -1), max_length=max_length,
+        tiny_bert, precision="float32", pooling=("mean", "max", "cls", "last"), layers=(0, -1), max_length=max_length,
         long_text="chunk", stride=stride,
     )
     got = embedder.fit_transform([LONG, "a"])
@@ -64,7 +64,7 @@ def test_chunked_mean_and_max_equal_a_direct_computation_over_windows(tiny_bert,
     assert embedder.n_long_texts_ == 1 and embedder.n_truncated_ == 0
 
     with_specials = BertEmbedder(
-        tiny_bert, pooling="mean", include_special_tokens=True, max_length=max_length, long_text="chunk",
+        tiny_bert, precision="float32", pooling="mean", include_special_tokens=True, max_length=max_length, long_text="chunk",
         stride=stride,
     ).fit_transform([LONG])
     all_tokens = np.concatenate([outputs[0][3, :1], token_vectors[3], outputs[-1][3, -1:]])
@@ -78,7 +78,7 @@ def test_chunked_mean_and_max_equal_a_direct_computation_over_windows(tiny_bert,
 def test_a_text_that_fits_is_the_same_under_every_strategy(tiny_bert, texts):
     results = [
         BertEmbedder(
-            tiny_bert, pooling=("mean", "max", "cls", "last", "pooler"), long_text=s, cache=None
+            tiny_bert, precision="float32", pooling=("mean", "max", "cls", "last", "pooler"), long_text=s, cache=None
         ).fit_transform(texts)
         for s in ("truncate", "head_tail", "chunk")
     ]
@@ -96,15 +96,15 @@ def test_truncate_and_head_tail_match_the_reference(tiny_bert, reference):
     states, _, _ = reference.token_states(tok.decode(kept[1:-1]))
     assert tok(tok.decode(kept[1:-1]))["input_ids"] == kept
     with pytest.warns(UserWarning, match="truncated"):
-        truncated = BertEmbedder(tiny_bert, pooling="mean", max_length=16).fit_transform([LONG])
-    got = BertEmbedder(tiny_bert, pooling="mean", max_length=16, long_text="head_tail").fit_transform([LONG])
+        truncated = BertEmbedder(tiny_bert, precision="float32", pooling="mean", max_length=16).fit_transform([LONG])
+    got = BertEmbedder(tiny_bert, precision="float32", pooling="mean", max_length=16, long_text="head_tail").fit_transform([LONG])
     assert_allclose(got[0], states[3, 1:-1].mean(0), rtol=RTOL, atol=ATOL)
     want = reference.embed(LONG, ("mean",), (3,), max_length=16)
     assert_allclose(truncated[0], want, rtol=RTOL, atol=ATOL)
 
 
 def test_truncation_is_counted_and_warned_once_per_call(tiny_bert):
-    embedder = BertEmbedder(tiny_bert, max_length=16).fit(["a"])
+    embedder = BertEmbedder(tiny_bert, precision="float32", max_length=16).fit(["a"])
     with pytest.warns(UserWarning, match="2 of 3 texts were longer than max_length=16") as caught:
         embedder.transform([LONG, "a", LONG])
     assert len([w for w in caught if "truncated" in str(w.message)]) == 1
@@ -119,8 +119,8 @@ def test_truncation_is_counted_and_warned_once_per_call(tiny_bert):
 
 def test_stride_must_leave_the_window_moving(tiny_bert):
     with pytest.raises(ValueError, match="stride=14 must be below the 14 text tokens"):
-        BertEmbedder(tiny_bert, max_length=16, long_text="chunk", stride=14).fit(["a"])
-    assert BertEmbedder(tiny_bert, max_length=16, long_text="chunk").fit(["a"]).stride_ == 3
+        BertEmbedder(tiny_bert, precision="float32", max_length=16, long_text="chunk", stride=14).fit(["a"])
+    assert BertEmbedder(tiny_bert, precision="float32", max_length=16, long_text="chunk").fit(["a"]).stride_ == 3
 
 
 def test_a_100k_character_text_is_embedded_whole(tiny_bert):
@@ -128,7 +128,7 @@ def test_a_100k_character_text_is_embedded_whole(tiny_bert):
     rng = np.random.default_rng(0)
     text = " ".join(rng.choice(words, size=25_000))[:100_000]
     assert len(text) == 100_000
-    embedder = BertEmbedder(tiny_bert, pooling="mean_max", long_text="chunk", batch_size=64).fit(["a"])
+    embedder = BertEmbedder(tiny_bert, precision="float32", pooling="mean_max", long_text="chunk", batch_size=64).fit(["a"])
     got = embedder.transform([text, "a"])
     assert np.all(np.isfinite(got))
     records = embedder.transform_tokens([text])

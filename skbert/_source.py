@@ -1,0 +1,130 @@
+"""Texts in, statistics out: the one place that decides what is encoded, cached and read back.
+
+:class:`StatisticsSource` dedupes the texts, looks them up in the store (memory,
+then disk), encodes only the misses, stores what it encoded batch by batch (so an
+interrupted call resumes from there) and hands out :class:`~skbert._statistics.Statistics`
+for the kinds and hidden states the caller will pool. With no store it computes
+only those kinds and hidden states in the first place.
+
+Cached or freshly encoded, a text's statistics are handed out as the store keeps
+them (16-bit unless float32 was asked for), so a text gives the same vector whether
+or not it was in the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._cache import Store
+from ._encoding import EncodingReport, iter_statistics
+from ._entries import entries_from_statistics, statistics_from_entries, text_key
+from ._models import LoadedModel
+from ._statistics import KINDS, Statistics
+
+LOOKUP_BATCH = 1024  # keys looked up (and cached texts handed out) at a time
+
+
+@dataclass
+class Request:
+    """What the caller will pool.
+
+    Attributes
+    ----------
+    kinds : tuple of str
+        Of :data:`~skbert._statistics.KINDS`, in that order.
+    layers : tuple of int
+        Hidden states.
+    pooler : bool
+        Whether the pooler output is needed.
+    """
+
+    kinds: tuple
+    layers: tuple
+    pooler: bool = False
+
+
+def deduplicate(texts: list[str]) -> tuple[list[str], np.ndarray]:
+    """Distinct texts in first-seen order, and each input's position among them."""
+    positions: dict[str, int] = {}
+    inverse = np.fromiter((positions.setdefault(t, len(positions)) for t in texts), np.int64, len(texts))
+    return list(positions), inverse
+
+
+class StatisticsSource:
+    """Statistics of texts, from the store where it has them, from the model where not.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+    store : Store or None
+        None: encode everything, computing only what is requested.
+    fingerprint : bytes
+        The encoder fingerprint keys are made under (unused without a store).
+    stored_dtype : numpy dtype
+        float16 or float32: how entries are kept.
+    encoding : dict
+        ``max_length``, ``long_text``, ``stride``, ``batch_size``, ``token_budget``
+        for :func:`~skbert._encoding.iter_statistics`.
+    """
+
+    def __init__(self, loaded: LoadedModel, store: Store | None, fingerprint: bytes, stored_dtype, encoding: dict):
+        self.loaded = loaded
+        self.store = store
+        self.fingerprint = fingerprint
+        self.stored_dtype = np.dtype(stored_dtype)
+        self.encoding = encoding
+
+    def statistics(self, texts: list[str], request: Request, report: EncodingReport) -> Iterator[Statistics]:
+        """Yield the statistics of distinct ``texts`` (each exactly once, in no particular order).
+
+        Parameters
+        ----------
+        texts : list of str
+            Distinct texts (see :func:`deduplicate`).
+        request : Request
+        report : EncodingReport
+            Counts texts served from the store and texts encoded.
+
+        Yields
+        ------
+        Statistics
+            ``positions`` index ``texts``.
+        """
+        if self.store is None:
+            yield from iter_statistics(
+                self.loaded, texts, layers=request.layers, kinds=request.kinds,
+                with_pooler=request.pooler, report=report, **self.encoding,
+            )
+            return
+        try:
+            yield from self._cached(texts, request, report)
+        finally:
+            self.store.flush()
+
+    def _cached(self, texts, request: Request, report: EncodingReport) -> Iterator[Statistics]:
+        keys = [text_key(self.fingerprint, text) for text in texts]
+        missing = []
+        for start in range(0, len(keys), LOOKUP_BATCH):
+            found = self.store.get_many(keys[start : start + LOOKUP_BATCH])
+            hits = [i for i, entry in enumerate(found) if entry is not None]
+            missing.extend(start + i for i, entry in enumerate(found) if entry is None)
+            if hits:
+                report.n_cache_hits += len(hits)
+                yield statistics_from_entries(
+                    [start + i for i in hits], [found[i] for i in hits], request.kinds, request.layers
+                )
+        if not missing:
+            return
+        missing = np.asarray(missing)
+        every_layer = tuple(range(self.loaded.n_layers + 1))
+        for batch in iter_statistics(
+            self.loaded, [texts[i] for i in missing], layers=every_layer, kinds=KINDS,
+            with_pooler=self.loaded.has_pooler, report=report, **self.encoding,
+        ):
+            positions = missing[batch.positions]
+            entries = entries_from_statistics(batch, self.stored_dtype)
+            self.store.put_many([(keys[p], entry) for p, entry in zip(positions, entries)])
+            yield statistics_from_entries(positions, entries, request.kinds, request.layers)

@@ -1,0 +1,218 @@
+"""What one encoding pass keeps of each text: a few per-layer vectors that every pooling mode is computed from.
+
+Per text and per hidden state, four vectors (:data:`KINDS`):
+
+- ``cls``: the first token ([CLS]);
+- ``last``: the last token ([SEP]);
+- ``mean``: the average over the text's own (non-special) tokens;
+- ``max``: the element-wise maximum over them (``-inf`` for a text without any);
+
+and the count of those tokens, ``n_content``. Everything else is derived, exactly:
+a BERT input counts two special tokens, the first ([CLS]) and the last ([SEP]),
+so the mean over all tokens is ``(mean * n_content + cls + last) / (n_content + 2)``
+and the maximum over all tokens is ``max(max, cls, last)``. That holds for a long
+text cut into windows too: each window has its own [CLS] and [SEP], but only the
+first window's [CLS] and the last window's [SEP] are *counted* (each token of a text
+is counted in one window only, see :mod:`skbert._batching`), and those are exactly
+the ``cls`` and ``last`` kept for the text.
+
+No function here knows about scikit-learn or the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._pooling import pool_max, pool_sum
+
+#: The per-layer vectors kept for each text, in this order.
+KINDS = ("cls", "last", "mean", "max")
+
+
+@dataclass
+class Statistics:
+    """The statistics of some texts, for some layers.
+
+    Attributes
+    ----------
+    positions : ndarray of shape (n,)
+        Which texts (positions among those asked for) the rows are.
+    values : ndarray of shape (n, len(kinds), len(layers), d)
+        float32, or float16 when read from a 16-bit cache.
+    kinds : tuple of str
+        Which of :data:`KINDS` ``values`` holds, in order (always ``cls`` and ``last``).
+    layers : tuple of int
+        Which hidden states ``values`` holds, in order (0 is the embedding layer).
+    n_content : ndarray of shape (n,)
+        Non-special tokens the mean and max cover.
+    n_tokens : ndarray of shape (n,)
+        Each text's full length in tokens, special tokens included, before any
+        truncation or windowing.
+    pooler : ndarray of shape (n, d) or None
+        The model's pooler output (from the first window), when asked for.
+    """
+
+    positions: np.ndarray
+    values: np.ndarray
+    kinds: tuple
+    layers: tuple
+    n_content: np.ndarray
+    n_tokens: np.ndarray
+    pooler: np.ndarray | None = None
+
+    def get(self, kind: str, layer_indices: Sequence[int]) -> np.ndarray:
+        """One kind of vector for some hidden states, as float32 of shape (n, len(layer_indices), d)."""
+        layer_positions = [self.layers.index(i) for i in layer_indices]
+        return self.values[:, self.kinds.index(kind)][:, layer_positions].astype(np.float32)
+
+
+def kinds_needed(modes: Sequence[str]) -> tuple[str, ...]:
+    """Which of :data:`KINDS` some pooling modes are computed from.
+
+    ``cls`` and ``last`` are always included: they are cheap, and mean and max fall
+    back on them for a text with no token of its own (an empty string).
+
+    Parameters
+    ----------
+    modes : sequence of str
+        Base pooling modes (``"mean_max"`` expanded).
+
+    Returns
+    -------
+    tuple of str
+        In :data:`KINDS` order.
+    """
+    return tuple(kind for kind in KINDS if kind in ("cls", "last") or kind in modes)
+
+
+def window_statistics(
+    hidden_states: Sequence[torch.Tensor],
+    attention_mask: torch.Tensor,
+    content_mask: torch.Tensor,
+    kinds: Sequence[str] = KINDS,
+) -> torch.Tensor:
+    """Reduce some hidden states of a padded batch of windows, on their device.
+
+    Parameters
+    ----------
+    hidden_states : sequence of Tensor of shape (n, t, d)
+        The hidden states wanted, in order.
+    attention_mask : Tensor of shape (n, t)
+        1 for real tokens, 0 for padding (on the right).
+    content_mask : Tensor of shape (n, t)
+        The non-special tokens each window counts (see :class:`~skbert._batching.Window`).
+    kinds : sequence of str, default=KINDS
+        Which of :data:`KINDS` to compute, in :data:`KINDS` order.
+
+    Returns
+    -------
+    Tensor of shape (n, len(kinds), len(hidden_states), d), float32
+        For ``"mean"`` the *sum* over counted content tokens (windows of one text
+        add up; :func:`finish_texts` divides); for ``"max"`` their maximum (the
+        dtype's minimum where a window counts none).
+    """
+    real = attention_mask.bool()
+    content = content_mask.bool() & real
+    rows = torch.arange(real.shape[0], device=real.device)
+    last = real.long().sum(dim=1) - 1
+    reducers = {
+        "cls": lambda hidden: hidden[:, 0].float(),
+        "last": lambda hidden: hidden[rows, last].float(),
+        "mean": lambda hidden: pool_sum(hidden, content),
+        "max": lambda hidden: pool_max(hidden, content),
+    }
+    per_layer = [torch.stack([reducers[kind](hidden) for kind in kinds], dim=1) for hidden in hidden_states]
+    return torch.stack(per_layer, dim=2)
+
+
+def finish_texts(
+    window_values: np.ndarray,
+    window_content: np.ndarray,
+    text_of_window: np.ndarray,
+    n_texts: int,
+    kinds: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Combine windows into texts and turn sums into means.
+
+    Parameters
+    ----------
+    window_values : ndarray of shape (n_windows, len(kinds), L, d), float32
+        From :func:`window_statistics`, windows of each text in window order.
+    window_content : ndarray of shape (n_windows,)
+        Content tokens each window counts.
+    text_of_window : ndarray of shape (n_windows,)
+        Which text (``0 .. n_texts - 1``) each window belongs to, non-decreasing.
+    n_texts : int
+    kinds : sequence of str
+
+    Returns
+    -------
+    values : ndarray of shape (n_texts, len(kinds), L, d), float32
+        ``cls`` from each text's first window, ``last`` from its last; sums added and
+        divided by the text's content count; maxima combined (``-inf`` where a text
+        has no content token).
+    n_content : ndarray of shape (n_texts,)
+    """
+    starts = np.searchsorted(text_of_window, np.arange(n_texts))
+    ends = np.append(starts[1:], len(text_of_window))
+    n_content = np.add.reduceat(window_content, starts) if n_texts else np.zeros(0, np.int64)
+    if len(text_of_window) == n_texts:  # one window each (the common case): nothing to combine
+        values = window_values.copy()
+    else:
+        values = np.empty((n_texts, *window_values.shape[1:]), dtype=np.float32)
+        for position, kind in enumerate(kinds):
+            part = window_values[:, position]
+            if kind == "cls":
+                values[:, position] = part[starts]
+            elif kind == "last":
+                values[:, position] = part[ends - 1]
+            elif kind == "mean":
+                values[:, position] = np.add.reduceat(part, starts, axis=0)
+            else:
+                values[:, position] = np.maximum.reduceat(part, starts, axis=0)
+    if "mean" in kinds:
+        values[:, kinds.index("mean")] /= np.maximum(n_content, 1)[:, None, None]
+    if "max" in kinds:
+        values[n_content == 0, kinds.index("max")] = -np.inf
+    return values, n_content
+
+
+def pool_statistics(statistics: Statistics, mode: str, layer_indices: Sequence[int], include_special_tokens: bool):
+    """Compute one pooling mode for some layers from :class:`Statistics`.
+
+    Parameters
+    ----------
+    statistics : Statistics
+    mode : {"cls", "mean", "max", "last", "pooler"}
+    layer_indices : sequence of int
+        Hidden states to pool (``statistics.layers`` must hold them).
+    include_special_tokens : bool
+        Whether mean and max count [CLS] and [SEP]. A text with no other token (an
+        empty string) falls back on them, so it never pools to nothing.
+
+    Returns
+    -------
+    ndarray of shape (n, len(layer_indices), d), float32
+    """
+    if mode == "pooler":
+        if statistics.pooler is None:
+            raise ValueError("pooling='pooler' needs the model's pooler output, which is not available.")
+        return statistics.pooler[:, None, :].astype(np.float32)
+    if mode in ("cls", "last"):
+        return statistics.get(mode, layer_indices)
+    if mode not in ("mean", "max"):
+        raise ValueError(f"unknown pooling mode {mode!r}")
+    cls, last = statistics.get("cls", layer_indices), statistics.get("last", layer_indices)
+    content = statistics.get(mode, layer_indices)
+    n_content = statistics.n_content.astype(np.float32)[:, None, None]
+    if mode == "mean":
+        everything = (content * n_content + cls + last) / (n_content + 2)
+    else:
+        everything = np.maximum(np.maximum(content, cls), last)
+    if include_special_tokens:
+        return everything
+    return np.where(n_content > 0, content, everything)
