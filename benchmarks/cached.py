@@ -35,7 +35,9 @@ def best_of(repeats, run):
 
 def main():
     from skbert import BertEmbedder
-    from skbert._cache import clear_memory
+    from pathlib import Path
+
+    from skbert._cache import clear_stores
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm", choices=["minilm", "bert-base"])
@@ -50,18 +52,18 @@ def main():
     cold.transform(texts[:32])
     cold_s, reference = best_of(1, lambda: cold.transform(texts))
 
-    clear_memory()
+    clear_stores()
     memory = BertEmbedder(path, **settings).fit(texts[:1])
     memory.transform(texts)  # fills the cache
     memory_s, from_memory = best_of(3, lambda: memory.transform(texts))
     assert memory.n_encoded_ == 0
 
     with tempfile.TemporaryDirectory() as directory:
-        disk = BertEmbedder(path, cache=directory, **settings).fit(texts[:1])
+        disk = BertEmbedder(path, cache=Path(directory), **settings).fit(texts[:1])
         disk.transform(texts)
-        clear_memory()
+        clear_stores()
         disk_s, from_disk = best_of(1, lambda: disk.transform(texts))
-        assert disk.n_encoded_ == 0 and disk.cache_info()["disk_reads"] == len(set(texts))
+        assert disk.n_encoded_ == 0 and disk.cache_info()["disk_hits"] == len(set(texts))
 
     rows = [
         {"run": "cold (cache=None)", "seconds": cold_s, "texts_per_s": len(texts) / cold_s, "speedup": 1.0},

@@ -64,7 +64,7 @@ GRID = {
 
 def main():
     from skbert import BertEmbedder
-    from skbert._cache import clear_memory
+    from skbert._cache import clear_stores
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm", choices=["minilm", "bert-base"])
@@ -83,7 +83,7 @@ def main():
     cold.fit_transform(texts)
     cold_seconds = time.perf_counter() - start
 
-    clear_memory()
+    clear_stores()
     embedder = timed_embedder_class()(path, **settings)
     encoded_before = embedder.cache_info()["n_encoded"]
     folds = StratifiedKFold(5)  # what cv=5 means for a classifier

@@ -20,8 +20,8 @@ import numpy as np
 
 from ._cache import Store
 from ._encoding import EncodingReport, iter_statistics
-from ._entries import entries_from_statistics, statistics_from_entries, text_key
-from ._models import LoadedModel
+from ._entries import encoder_fingerprint, entries_from_statistics, statistics_from_entries, text_key
+from ._models import LoadedModel, model_fingerprint
 from ._statistics import KINDS, Statistics
 
 LOOKUP_BATCH = 1024  # keys looked up (and cached texts handed out) at a time
@@ -128,3 +128,30 @@ class StatisticsSource:
             entries = entries_from_statistics(batch, self.stored_dtype)
             self.store.put_many([(keys[p], entry) for p, entry in zip(positions, entries)])
             yield statistics_from_entries(positions, entries, request.kinds, request.layers)
+
+
+def make_source(loaded: LoadedModel, store: Store | None, precision: str, encoding: dict) -> StatisticsSource:
+    """A source whose keys cover everything that changes what is stored.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+    store : Store or None
+    precision : str
+        The estimator's ``precision`` parameter: ``"float32"`` keeps float32
+        entries, anything else 16-bit ones.
+    encoding : dict
+        As for :class:`StatisticsSource`; ``max_length``, ``long_text`` and
+        ``stride`` are part of the key.
+    """
+    stored = "float32" if precision == "float32" else "float16"
+    fingerprint = b"" if store is None else encoder_fingerprint(
+        model_fingerprint(loaded),
+        max_length=encoding["max_length"],
+        long_text=encoding["long_text"],
+        stride=encoding["stride"],
+        device=loaded.device.type,
+        dtype="int8" if loaded.quantized else str(loaded.dtype),
+        stored=stored,
+    )
+    return StatisticsSource(loaded, store, fingerprint, stored, encoding)

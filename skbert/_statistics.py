@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._layers import aggregate_layers, describe_layers
 from ._pooling import pool_max, pool_sum
 
 #: The per-layer vectors kept for each text, in this order.
@@ -216,3 +217,30 @@ def pool_statistics(statistics: Statistics, mode: str, layer_indices: Sequence[i
     if include_special_tokens:
         return everything
     return np.where(n_content > 0, content, everything)
+
+
+def pool_features(
+    statistics: Statistics, modes: Sequence[str], layer_indices: Sequence[int], aggregation: str,
+    include_special_tokens: bool,
+) -> np.ndarray:
+    """Every pooling mode for the selected layers, layers combined, modes concatenated.
+
+    Returns
+    -------
+    ndarray of shape (n, n_features), float32
+        Blocks in the order :func:`feature_names` names them.
+    """
+    blocks = [
+        aggregate_layers(pool_statistics(statistics, mode, layer_indices, include_special_tokens), aggregation)
+        for mode in modes
+    ]
+    return np.concatenate(blocks, axis=1)
+
+
+def feature_names(modes: Sequence[str], layer_indices: Sequence[int], aggregation: str, width: int) -> list[str]:
+    """Column names for :func:`pool_features`: pooling mode, layer(s), dimension.
+
+    E.g. ``"mean_layer12_0"``, or ``"max_layers9+10+11+12_mean_0"`` for averaged layers.
+    """
+    labels = [f"{mode}_{label}" for mode in modes for label in describe_layers(tuple(layer_indices), aggregation)]
+    return [f"{label}_{j}" for label in labels for j in range(width)]

@@ -346,18 +346,20 @@ def test_a_corrupt_entry_is_detected_and_recomputed(tiny_bert, tmp_path, damage)
 def test_an_interrupted_transform_resumes_from_the_cache(tiny_bert, tmp_path, monkeypatch):
     embedder = BertEmbedder(tiny_bert, cache=tmp_path, batch_size=3).fit(MANY)
     calls = {"n": 0}
-    real_pool = BertEmbedder._pool
+    from skbert import _embedder
 
-    def interrupted(self, batch):
+    real_pool = _embedder.pool_features
+
+    def interrupted(*args):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real_pool(self, batch)
+        return real_pool(*args)
 
-    monkeypatch.setattr(BertEmbedder, "_pool", interrupted)
+    monkeypatch.setattr(_embedder, "pool_features", interrupted)
     with pytest.raises(KeyboardInterrupt):
         embedder.transform(MANY)
-    monkeypatch.setattr(BertEmbedder, "_pool", real_pool)
+    monkeypatch.undo()
     stored = len(_rows(tmp_path))
     assert 0 < stored < len(MANY)
     _cache.clear_stores()

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import skbert._embedder
+import skbert._token_level
 from support import minilm
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -23,5 +24,9 @@ def test_readme_python_blocks_run():
 
 @minilm
 def test_docstring_examples_run():
-    failures, tried = doctest.testmod(skbert._embedder, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert tried >= 8 and failures == 0
+    tried = 0
+    for module in (skbert._embedder, skbert._token_level):
+        failed, ran = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert failed == 0, module.__name__
+        tried += ran
+    assert tried >= 8

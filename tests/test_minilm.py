@@ -114,3 +114,25 @@ def test_a_100k_character_text_chunks_through_the_real_model():
     whole = embedder.transform([text, text[:2000]])
     assert np.all(np.isfinite(whole)) and embedder.n_long_texts_ == 1 and embedder.n_truncated_ == 0
     assert _cosines(whole)[0, 1] < 0.99  # the whole text is not just its start
+
+
+@minilm
+def test_16_bit_cache_entries_fit_25_kb_and_stay_within_cosine_0_99999_of_float32():
+    """The default cache keeps float16 entries; every pooling mode and layer choice served from
+    them stays within cosine 0.99999 of the float32 model, row by row, on real texts."""
+    from support import DATA
+
+    texts = pd.read_csv(DATA)["text"].str.slice(0, 400).tolist()[:48] + SENTENCES
+    filled = BertEmbedder(MINILM_ID, cache_memory_bytes=10**9)  # precision="auto": float32 compute in unit tests
+    filled.fit(texts).transform(texts)  # 16-bit entries
+    info = filled.cache_info()
+    assert info["memory_bytes"] / info["memory_entries"] <= 25_000
+    for pooling, layers, special in [("mean", -1, True), ("max", "all", False), ("cls", -2, False),
+                                     ("last", 0, False), ("mean_max", "last_four", False)]:
+        params = dict(pooling=pooling, layers=layers, include_special_tokens=special)
+        cached = BertEmbedder(MINILM_ID, cache_memory_bytes=10**9, **params).fit(texts)
+        got = cached.transform(texts)
+        assert cached.n_encoded_ == 0
+        want = BertEmbedder(MINILM_ID, precision="float32", cache=None, **params).fit_transform(texts)
+        cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+        assert cosine.min() > 0.99999, (params, cosine.min())

@@ -1,0 +1,75 @@
+"""How an estimator reaches the encoder: the loaded model, its encoding options, its cache
+store, the progress bar, and what the last call did.
+
+A mixin shared by :class:`~skbert.BertEmbedder`'s ``transform`` and its token-level
+methods (:class:`~skbert._token_level.TokenLevelMixin`); it reads parameters and
+fitted attributes and delegates to the modules that do the work.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from ._cache import store_for
+from ._device import default_token_budget, resolve_device, resolve_dtype
+from ._encoding import TOTALS, EncodingReport
+from ._models import LoadedModel, load_model
+
+
+class EncoderAccessMixin:
+    """Helpers over the estimator's parameters; no state of its own."""
+
+    def _load(self) -> LoadedModel:
+        device = resolve_device(self.device)
+        dtype = resolve_dtype(self.precision, device)
+        return load_model(self.model_name, self.revision, device, dtype, quantize=self.precision == "int8")
+
+    def _encoding_options(self, loaded: LoadedModel) -> dict:
+        return {
+            "max_length": self.max_length_,
+            "long_text": self.long_text,
+            "stride": self.stride_,
+            "batch_size": self.batch_size,
+            "token_budget": self.token_budget or default_token_budget(loaded.device),
+        }
+
+    def _store(self):
+        return store_for(self.cache, self.cache_memory_bytes, self.cache_disk_bytes)
+
+    def cache_info(self) -> dict:
+        """What this estimator's cache holds, and what encoding has cost.
+
+        Returns
+        -------
+        dict
+            With a cache, its counters and sizes (the fields of
+            :class:`~skbert._cache.CacheInfo`: ``hits``, ``misses``, ``disk_hits``,
+            ``memory_entries``, ``memory_bytes``, ``disk_entries``, ``disk_bytes``,
+            evictions, ``corrupt``, ``disk_path``...). Always: ``n_encoded``, texts
+            the model has encoded in this process (every estimator and call), and
+            ``last_encoded`` and ``last_cache_hits`` of this estimator's last call.
+        """
+        store = self._store()
+        info = {} if store is None else dict(store.info().__dict__)
+        info["n_encoded"] = TOTALS.n_texts
+        info["last_encoded"] = getattr(self, "n_encoded_", None)
+        info["last_cache_hits"] = getattr(self, "n_cache_hits_", None)
+        return info
+
+    def _progress(self, total: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, unit="text", desc="skbert", disable=not self.show_progress)
+
+    def _record(self, report: EncodingReport, n_long: int, n_texts: int) -> None:
+        self.n_encoded_ = report.n_texts
+        self.n_cache_hits_ = report.n_cache_hits
+        self.n_long_texts_ = n_long
+        self.n_truncated_ = 0 if self.long_text == "chunk" else n_long
+        if self.long_text == "truncate" and n_long:
+            warnings.warn(
+                f"{n_long} of {n_texts} texts were longer than max_length="
+                f"{self.max_length_} tokens and were truncated; long_text='chunk' covers them whole.",
+                UserWarning,
+                stacklevel=3,
+            )

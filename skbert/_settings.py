@@ -1,0 +1,69 @@
+"""Checking an estimator's parameters against the loaded model, and what fitting records."""
+
+from __future__ import annotations
+
+from ._layers import resolve_layers
+from ._models import LoadedModel
+
+
+def fitted_settings(params: dict, modes: tuple[str, ...], loaded: LoadedModel) -> dict:
+    """Resolve the parameters that depend on the model into the fitted attributes.
+
+    Parameters
+    ----------
+    params : dict
+        The estimator's parameters (``get_params()``).
+    modes : tuple of str
+        The pooling modes, expanded (:func:`~skbert._pooling.expand_pooling`).
+    loaded : LoadedModel
+
+    Returns
+    -------
+    dict
+        Attribute name -> value: ``n_layers_``, ``hidden_size_``, ``layer_indices_``,
+        ``pooling_modes_``, ``max_length_``, ``stride_``, ``device_``, ``precision_``,
+        ``model_location_``.
+
+    Raises
+    ------
+    ValueError
+        For a layer the model lacks, ``"pooler"`` on another layer or on a model
+        without pooler weights, ``max_length`` beyond the model's positions, or a
+        chunk stride that leaves no new tokens per window.
+    """
+    model_name = params["model_name"]
+    indices = resolve_layers(params["layers"], loaded.n_layers)
+    if "pooler" in modes:
+        if indices != (loaded.n_layers,):
+            raise ValueError(
+                f"pooling='pooler' works on the last layer only; layers={params['layers']!r} selects "
+                f"hidden states {list(indices)}. Use layers=-1."
+            )
+        if not loaded.has_pooler:
+            raise ValueError(
+                f"pooling='pooler' needs pooler weights, and model {model_name!r} has none; "
+                "use 'cls' for the raw [CLS] vector."
+            )
+    if params["max_length"] is not None and params["max_length"] > loaded.max_positions:
+        raise ValueError(
+            f"max_length={params['max_length']} exceeds the {loaded.max_positions} tokens model "
+            f"{model_name!r} accepts."
+        )
+    max_length = loaded.max_positions if params["max_length"] is None else int(params["max_length"])
+    window = max_length - loaded.tokenizer.num_special_tokens_to_add(pair=False)
+    stride = window // 4 if params["stride"] is None else int(params["stride"])
+    if params["long_text"] == "chunk" and stride >= window:
+        raise ValueError(
+            f"stride={stride} must be below the {window} text tokens a window of max_length={max_length} holds."
+        )
+    return {
+        "n_layers_": loaded.n_layers,
+        "hidden_size_": loaded.hidden_size,
+        "layer_indices_": indices,
+        "pooling_modes_": modes,
+        "max_length_": max_length,
+        "stride_": stride,
+        "device_": str(loaded.device),
+        "precision_": "int8" if loaded.quantized else str(loaded.dtype).removeprefix("torch."),
+        "model_location_": loaded.source.location,
+    }
