@@ -77,10 +77,10 @@ def phase_pass(path, n, cache):
     texts = corpus(n)
     embedder = BertEmbedder(path, cache=None if cache == "none" else Path(cache), **SETTINGS).fit(texts[:1])
     start = time.perf_counter()
-    X = embedder.transform(texts)
+    X, report = embedder.transform_with_report(texts)
     seconds = time.perf_counter() - start
     info = embedder.cache_info()
-    result = {"seconds": seconds, "n_encoded": embedder.n_encoded_, "n_unique": len(set(texts)),
+    result = {"seconds": seconds, "n_encoded": report.n_encoded, "n_unique": report.n_unique,
               "peak_rss_mib": peak_rss_mib(),
               "checksum": float(np.abs(X).sum()), "precision": embedder.precision_}
     if cache != "none":

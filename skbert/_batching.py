@@ -18,6 +18,7 @@ each batch is padded only to its own longest window.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,8 +111,6 @@ class Window:
         Position of the text among those being encoded.
     index : int
         Window number within the text (0 first).
-    is_last : bool
-        Whether this is the text's last window.
     token_indices : ndarray of int64
         Which of the text's tokens the window holds, in order.
     counted : ndarray of bool
@@ -121,7 +120,6 @@ class Window:
 
     text: int
     index: int
-    is_last: bool
     token_indices: np.ndarray
     counted: np.ndarray
 
@@ -214,39 +212,58 @@ def make_windows(tokenized: list[TokenizedText], max_length: int, strategy: str,
     for position, text in enumerate(tokenized):
         planned = plan_windows(text.special, max_length, strategy, stride)
         for k, (indices, counted) in enumerate(planned):
-            windows.append(Window(position, k, k == len(planned) - 1, indices, counted))
+            windows.append(Window(position, k, indices, counted))
     return windows
 
 
-def length_sorted_batches(
-    lengths: np.ndarray, batch_size: int | None, token_budget: int | None = None
-) -> list[np.ndarray]:
+@dataclass
+class BatchLimits:
+    """How large a forward pass may be; lowered for the rest of a call after an out-of-memory error.
+
+    Attributes
+    ----------
+    token_budget : int or None
+        Most padded tokens (rows x longest) in one batch.
+    max_rows : int or None
+        Most windows in one batch.
+    """
+
+    token_budget: int | None = None
+    max_rows: int | None = None
+
+    def lower(self, rows: int, longest: int) -> None:
+        """After a batch of ``rows`` x ``longest`` ran out of memory: half of it from now on."""
+        self.token_budget = max(1, min(self.token_budget or rows * longest, rows * longest) // 2)
+        self.max_rows = max(1, min(self.max_rows or rows, rows) // 2)
+
+
+def length_sorted_batches(lengths: np.ndarray, limits: BatchLimits) -> Iterator[np.ndarray]:
     """Group positions into batches of similar length, longest first.
+
+    Batches are cut one at a time from ``limits`` as they stand then, so a budget
+    lowered while the batches run applies to every later batch.
 
     Parameters
     ----------
     lengths : ndarray of shape (n,)
         Token count of each window.
-    batch_size : int or None
-        Most windows in one batch (None: no limit beyond the budget).
-    token_budget : int or None
-        Most padded tokens (rows x longest) in one batch; a window longer than the
-        budget still gets a batch of its own.
+    limits : BatchLimits
+        A window longer than the token budget still gets a batch of its own.
 
-    Returns
-    -------
-    list of ndarray of int
+    Yields
+    ------
+    ndarray of int
         Positions into ``lengths``; together they cover every position once.
     """
     order = np.argsort(-np.asarray(lengths), kind="stable")
-    cap = max(len(order), 1) if batch_size is None else batch_size
-    batches, start = [], 0
+    start = 0
     while start < len(order):
         longest = int(lengths[order[start]])
-        rows = cap if token_budget is None else max(1, min(cap, token_budget // max(longest, 1)))
-        batches.append(order[start : start + rows])
+        cap = max(len(order), 1) if limits.max_rows is None else limits.max_rows
+        budget = limits.token_budget
+        rows = cap if budget is None else max(1, min(cap, budget // max(longest, 1)))
+        yield order[start : start + rows]
         start += rows
-    return batches
 
 
 def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id: int) -> dict[str, torch.Tensor]:

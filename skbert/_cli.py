@@ -10,7 +10,6 @@ one-line message and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -139,15 +138,15 @@ def embed(args) -> int:
         device=args.device, precision=args.precision, show_progress=not args.quiet, cache=cache,
     )
     try:
-        X = embedder.fit(texts[:1]).transform(texts)
+        X, report = embedder.fit(texts[:1]).transform_with_report(texts)
     except KeyboardInterrupt:
         hint = " re-run the same command to resume from the cache" if cache else ""
         print(f"skbert: interrupted;{hint}", file=sys.stderr)
         return 130
     written = write_output(output, X, embedder.get_feature_names_out(), ids)
     print(
-        f"skbert: {len(texts)} texts -> {X.shape[1]} features; encoded {embedder.n_encoded_}, "
-        f"from cache {embedder.n_cache_hits_}; wrote {', '.join(map(str, written))}",
+        f"skbert: {len(texts)} texts -> {X.shape[1]} features; encoded {report.n_encoded}, "
+        f"from cache {report.n_cache_hits}; wrote {', '.join(map(str, written))}",
         file=sys.stderr,
     )
     return 0
@@ -166,7 +165,3 @@ def main(argv=None) -> int:
         print(f"skbert: error: {message}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    sys.exit(main())

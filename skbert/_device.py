@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
+
+from ._warnings import warn_user
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16", "int8")
 
@@ -20,14 +20,18 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device, precision: str = "auto") -> torch.device:
     """Turn a device specification into a :class:`torch.device`.
 
     Parameters
     ----------
-    device : str
-        ``"auto"`` (CUDA when available, else MPS, else CPU) or any string that
-        :class:`torch.device` accepts, such as ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
+    device : str or torch.device
+        ``"auto"`` (CUDA when available, else MPS, else CPU), any string that
+        :class:`torch.device` accepts, such as ``"cpu"``, ``"cuda"`` or ``"cuda:1"``,
+        or a :class:`torch.device`.
+    precision : str, default="auto"
+        ``"int8"`` runs on the CPU only (dynamic quantisation), so with it
+        ``"auto"`` means the CPU whatever accelerator there is.
 
     Returns
     -------
@@ -39,7 +43,11 @@ def resolve_device(device: str) -> torch.device:
     ValueError
         If the string is not a device, or names a device this machine lacks.
     """
+    if isinstance(device, torch.device):
+        device = str(device)
     if device == "auto":
+        if precision == "int8":
+            return torch.device("cpu")
         if torch.cuda.is_available():
             return torch.device("cuda")
         if _mps_available():
@@ -97,11 +105,9 @@ def _warn_if_emulated(dtype: torch.dtype) -> None:
     }
     if dtype in native and not native[dtype]():
         name = str(dtype).removeprefix("torch.")
-        warnings.warn(
+        warn_user(
             f"precision={name!r} on this CPU is emulated in software and much slower than float32 "
-            "(it lacks native instructions for it); precision='auto' picks the fast choice here.",
-            UserWarning,
-            stacklevel=4,
+            "(it lacks native instructions for it); precision='auto' picks the fast choice here."
         )
 
 
@@ -135,12 +141,32 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
             raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}.") from None
         if device.type == "cpu":
             _warn_if_emulated(dtype)
+        elif device.type == "cuda" and dtype == torch.bfloat16 and not cuda_has_native_bf16(device):
+            warn_user(
+                f"precision='bfloat16' on {device} (compute capability {_capability(device)}) is emulated and "
+                "much slower than float16; precision='auto' picks float16 there."
+            )
         return dtype
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
     if device.type == "mps":
         return torch.float16
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return tuple(torch.cuda.get_device_capability(index))
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether this CUDA device computes bfloat16 in hardware (compute capability 8.0 or higher).
+
+    ``torch.cuda.is_bf16_supported()`` is not the question: it is also true where
+    bfloat16 is emulated (T4, V100), and it asks about the current device rather
+    than the one chosen.
+    """
+    return _capability(device) >= (8, 0)
 
 
 def default_token_budget(device: torch.device) -> int:

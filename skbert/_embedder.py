@@ -6,6 +6,7 @@ import os
 from numbers import Integral
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -69,8 +70,9 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
     token_budget : int or None, default=None
         Most padded tokens per forward pass (texts are sorted by length first);
         None: 2,048 on a CPU, 65,536 on a GPU.
-    device : str, default="auto"
-        ``"auto"`` (CUDA, else MPS, else CPU) or a torch device string.
+    device : str or torch.device, default="auto"
+        ``"auto"`` (CUDA, else MPS, else CPU), a torch device string or a
+        :class:`torch.device`.
     precision : {"auto", "float32", "bfloat16", "float16", "int8"}, default="auto"
         Compute precision. ``"auto"``: bfloat16 where the hardware multiplies it
         natively (a GPU, float16 on one without bfloat16, or a CPU with
@@ -114,12 +116,6 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         The token limit and chunk overlap in force.
     device_, precision_, model_location_ : str
         Where the encoder runs, its compute dtype, where its weights came from.
-    n_long_texts_, n_truncated_ : int
-        After ``transform``: texts of the last call longer than ``max_length_``, and
-        those that lost tokens.
-    n_encoded_, n_cache_hits_ : int
-        After ``transform``: distinct texts of the last call encoded, and served
-        from the cache.
 
     Examples
     --------
@@ -144,7 +140,7 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         "stride": [Interval(Integral, 0, None, closed="left"), None],
         "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "token_budget": [Interval(Integral, 1, None, closed="left"), None],
-        "device": [str],
+        "device": [str, torch.device],
         "precision": [StrOptions(set(PRECISIONS))],
         "revision": [str, None],
         "show_progress": ["boolean"],
@@ -216,13 +212,31 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
             setattr(self, name, value)
         return self
 
+    def fit_transform(self, X, y=None):
+        """Fit, then embed the same texts (an iterator of texts is read once).
+
+        Parameters
+        ----------
+        X : iterable of str
+            As for :meth:`transform`.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        ndarray of shape (n_texts, n_features), float32
+        """
+        self._validate_params()  # parameters first, as fit does
+        texts = validate_texts(X)
+        return self.fit(texts).transform(X if hasattr(X, "iloc") else texts)  # pandas: keep the index
+
     def transform(self, X):
         """Embed texts.
 
         Parameters
         ----------
         X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
-            Texts; empty strings are valid.
+            Texts (any iterable of str); empty strings are valid.
 
         Returns
         -------
@@ -230,25 +244,44 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
             One row per text, in input order. With ``set_output(transform="pandas")``
             a DataFrame that keeps the input's index.
         """
+        return self.transform_with_report(X)[0]
+
+    def transform_with_report(self, X):
+        """Embed texts, and say what the call did.
+
+        ``transform`` never changes the estimator (threads and workers may share
+        one), so a call's counts come back here instead.
+
+        Parameters
+        ----------
+        X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
+
+        Returns
+        -------
+        X_out : ndarray of shape (n_texts, n_features), float32
+            As :meth:`transform` returns (always an array).
+        report : TransformReport
+            Texts given, distinct, encoded, served from the cache, long and truncated.
+        """
         check_is_fitted(self)
         texts = validate_texts(X)
         unique, inverse = deduplicate(texts)
         output = np.empty((len(unique), len(self.get_feature_names_out())), dtype=np.float32)
         n_tokens = np.zeros(len(unique), dtype=np.int64)
-        report = EncodingReport()
+        encoding = EncodingReport()
         request = Request(kinds_needed(self.pooling_modes_), self.layer_indices_, "pooler" in self.pooling_modes_)
         loaded = self._load()
         source = make_source(loaded, self._store(), self.precision, self._encoding_options(loaded))
         with self._progress(len(unique)) as bar:
-            for batch in source.statistics(unique, request, report):
+            for batch in source.statistics(unique, request, encoding):
                 output[batch.positions] = pool_features(batch, self.pooling_modes_, self.layer_indices_,
                                                         self.layer_aggregation, self.include_special_tokens)
                 n_tokens[batch.positions] = batch.n_tokens
                 bar.update(len(batch.positions))
-        self._record(report, n_long=int((n_tokens[inverse] > self.max_length_).sum()), n_texts=len(texts))
+        report = self._report(encoding, len(texts), len(unique), int((n_tokens[inverse] > self.max_length_).sum()))
         if self.normalize:
             output /= np.maximum(np.linalg.norm(output, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-        return output if len(unique) == len(texts) else output[inverse]
+        return (output if len(unique) == len(texts) else output[inverse]), report
 
     def get_feature_names_out(self, input_features=None):
         """Name the output columns by pooling mode, layer(s) and dimension.
@@ -281,7 +314,7 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         """Restore a pickle; with ``device="auto"`` the device is chosen anew here."""
         self.__dict__.update(state)
         if "device_" in state and self.device == "auto":
-            device = resolve_device("auto")
+            device = resolve_device("auto", self.precision)
             self.device_ = str(device)
             if self.precision != "int8":
                 self.precision_ = str(resolve_dtype(self.precision, device)).removeprefix("torch.")

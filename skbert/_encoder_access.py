@@ -8,19 +8,22 @@ fitted attributes and delegates to the modules that do the work.
 
 from __future__ import annotations
 
-import warnings
-
 from ._cache import store_for
 from ._device import default_token_budget, resolve_device, resolve_dtype
 from ._encoding import TOTALS, EncodingReport
 from ._models import LoadedModel, load_model
+from ._report import TransformReport
+from ._warnings import warn_user
+
+#: Seconds a call runs before ``show_progress`` draws its bar.
+PROGRESS_DELAY_S = 1.0
 
 
 class EncoderAccessMixin:
     """Helpers over the estimator's parameters; no state of its own."""
 
     def _load(self) -> LoadedModel:
-        device = resolve_device(self.device)
+        device = resolve_device(self.device, self.precision)
         dtype = resolve_dtype(self.precision, device)
         return load_model(self.model_name, self.revision, device, dtype, quantize=self.precision == "int8")
 
@@ -45,31 +48,27 @@ class EncoderAccessMixin:
             With a cache, its counters and sizes (the fields of
             :class:`~skbert._cache.CacheInfo`: ``hits``, ``misses``, ``disk_hits``,
             ``memory_entries``, ``memory_bytes``, ``disk_entries``, ``disk_bytes``,
-            evictions, ``corrupt``, ``disk_path``...). Always: ``n_encoded``, texts
-            the model has encoded in this process (every estimator and call), and
-            ``last_encoded`` and ``last_cache_hits`` of this estimator's last call.
+            evictions, ``corrupt``, ``disk_path``...). Always ``n_encoded``: texts
+            the model has encoded in this process (every estimator and call). A
+            single call's counts come from ``transform_with_report``.
         """
         store = self._store()
         info = {} if store is None else dict(store.info().__dict__)
-        info["n_encoded"] = TOTALS.n_texts
-        info["last_encoded"] = getattr(self, "n_encoded_", None)
-        info["last_cache_hits"] = getattr(self, "n_cache_hits_", None)
+        info["n_encoded"] = TOTALS.n_encoded
         return info
 
     def _progress(self, total: int):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, unit="text", desc="skbert", disable=not self.show_progress)
+        # a bar only for work that takes a while: nothing for a one-text predict
+        return tqdm(total=total, unit="text", desc="skbert", disable=not self.show_progress, delay=PROGRESS_DELAY_S)
 
-    def _record(self, report: EncodingReport, n_long: int, n_texts: int) -> None:
-        self.n_encoded_ = report.n_texts
-        self.n_cache_hits_ = report.n_cache_hits
-        self.n_long_texts_ = n_long
-        self.n_truncated_ = 0 if self.long_text == "chunk" else n_long
+    def _report(self, encoding: EncodingReport, n_rows: int, n_unique: int, n_long: int) -> TransformReport:
+        """The call's counts; warns (at the user's line) when texts were truncated."""
+        n_truncated = 0 if self.long_text == "chunk" else n_long
         if self.long_text == "truncate" and n_long:
-            warnings.warn(
-                f"{n_long} of {n_texts} texts were longer than max_length="
-                f"{self.max_length_} tokens and were truncated; long_text='chunk' covers them whole.",
-                UserWarning,
-                stacklevel=3,
+            warn_user(
+                f"{n_long} of {n_rows} texts were longer than max_length={self.max_length_} tokens and were "
+                "truncated; long_text='chunk' covers them whole."
             )
+        return TransformReport(n_rows, n_unique, encoding.n_encoded, encoding.n_cache_hits, n_long, n_truncated)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ._batching import (
+    BatchLimits,
     TextTokenizer,
     TokenizedText,
     Window,
@@ -42,12 +43,10 @@ class EncodingReport:
 
     Attributes
     ----------
-    n_texts : int
-        Texts tokenised.
+    n_encoded : int
+        Texts tokenised and run through the model.
     n_long : int
-        Texts longer than ``max_length`` tokens.
-    n_truncated : int
-        Texts that lost tokens (long texts under ``"truncate"`` or ``"head_tail"``).
+        Of those, texts longer than ``max_length`` tokens.
     n_windows : int
         Rows run through the model.
     n_tokens : int
@@ -58,9 +57,8 @@ class EncodingReport:
         Texts served from the cache without a forward pass.
     """
 
-    n_texts: int = 0
+    n_encoded: int = 0
     n_long: int = 0
-    n_truncated: int = 0
     n_windows: int = 0
     n_tokens: int = 0
     n_oom_splits: int = 0
@@ -126,44 +124,69 @@ def run_batches(
     windows: list[Window],
     reduce: Callable,
     report: EncodingReport,
+    limits: BatchLimits | None = None,
 ) -> Iterator[tuple[list[Window], object]]:
-    """Run ``reduce(output, masks)`` on one batch of windows, halving it on out-of-memory errors.
+    """Run ``reduce(output, masks)`` on one batch of windows, splitting it on out-of-memory errors.
 
     Parameters
     ----------
     loaded : LoadedModel
     tokenized : list of TokenizedText
     windows : list of Window
-        One batch.
+        One batch, longest first.
     reduce : callable
         ``reduce(model_output, masks_on_device) -> result``, run under inference mode.
     report : EncodingReport
         Updated with the rows and tokens run and any split.
+    limits : BatchLimits, optional
+        Lowered to half a batch that ran out of memory; every part still waiting
+        (halves of a failed batch included) is cut to the limits as they stand when
+        it runs, so nothing runs again at a size that already failed. Without it, a
+        failed batch is halved.
 
     Yields
     ------
     (windows, result)
-        For the batch, or for each half of it after an out-of-memory error.
+        For the batch, or for each part of it after an out-of-memory error.
     """
-    pad_id = loaded.tokenizer.pad_token_id
-    batch = collate(tokenized, windows, 0 if pad_id is None else pad_id)
-    try:
-        with torch.inference_mode():
-            result = reduce(*_forward(loaded, batch))
-    except (RuntimeError, MemoryError) as error:
-        if len(windows) == 1 or not _is_oom(error):
-            raise
-        result = None  # leave the except block first, so its traceback frees the batch's tensors
-    if result is None:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        _count(report, n_oom_splits=1)
-        half = len(windows) // 2
-        yield from run_batches(loaded, tokenized, windows[:half], reduce, report)
-        yield from run_batches(loaded, tokenized, windows[half:], reduce, report)
-        return
-    _count(report, n_windows=len(windows), n_tokens=int(batch["attention_mask"].sum()))
-    yield windows, result
+    pad_id = 0 if loaded.tokenizer.pad_token_id is None else loaded.tokenizer.pad_token_id
+    pending = [windows]
+    while pending:
+        part = pending.pop(0)
+        rows = _rows_allowed(part, limits)
+        if rows < len(part):
+            pending[:0] = [part[i : i + rows] for i in range(0, len(part), rows)]
+            continue
+        batch = collate(tokenized, part, pad_id)
+        try:
+            with torch.inference_mode():
+                result = reduce(*_forward(loaded, batch))
+        except (RuntimeError, MemoryError) as error:
+            if len(part) == 1 or not _is_oom(error):
+                raise
+            result = None  # leave the except block first, so its traceback frees the batch's tensors
+        if result is None:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            _count(report, n_oom_splits=1)
+            if limits is not None:
+                limits.lower(rows=len(part), longest=int(batch["input_ids"].shape[1]))
+            half = len(part) // 2
+            pending[:0] = [part[:half], part[half:]]
+            continue
+        _count(report, n_windows=len(part), n_tokens=int(batch["attention_mask"].sum()))
+        yield part, result
+
+
+def _rows_allowed(part: list[Window], limits: BatchLimits | None) -> int:
+    """How many of a longest-first batch's windows fit the current limits (at least one)."""
+    if limits is None:
+        return len(part)
+    longest = len(part[0].token_indices)
+    rows = len(part) if limits.max_rows is None else limits.max_rows
+    if limits.token_budget is not None:
+        rows = min(rows, limits.token_budget // max(longest, 1))
+    return max(1, rows)
 
 
 def _chunks(loaded, texts, max_length, long_text, stride, report) -> Iterator[tuple[int, list, list[Window]]]:
@@ -181,7 +204,7 @@ def _chunks(loaded, texts, max_length, long_text, stride, report) -> Iterator[tu
         prepared = _prefetching(prepare, starts)
     for start, tokenized, windows in prepared:
         long = sum(len(t.ids) > max_length for t in tokenized)
-        _count(report, n_texts=len(tokenized), n_long=long, n_truncated=0 if long_text == "chunk" else long)
+        _count(report, n_encoded=len(tokenized), n_long=long)
         yield start, tokenized, windows
 
 
@@ -199,8 +222,18 @@ def _prefetching(prepare, starts):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _encoded_windows(loaded, texts, reduce, report, *, max_length, long_text, stride, batch_size, token_budget):
+#: Most bytes of reduced output one batch may hand back (on the device, then on the host).
+OUTPUT_BYTES_PER_BATCH = 256 * 2**20
+
+
+def _encoded_windows(loaded, texts, reduce, report, *, max_length, long_text, stride, batch_size, token_budget,
+                     row_bytes=None):
     """Tokenise, window, batch and run texts; yield each finished batch with what it needs to regroup.
+
+    Batches hold at most ``batch_size`` rows and ``token_budget`` padded tokens, and
+    at most ``OUTPUT_BYTES_PER_BATCH // row_bytes`` rows (many short texts in a large
+    GPU budget would otherwise make a huge output). After an out-of-memory error the
+    budget is halved for the rest of the call, not only for the batch that failed.
 
     Yields
     ------
@@ -209,11 +242,13 @@ def _encoded_windows(loaded, texts, reduce, report, *, max_length, long_text, st
         windows of each of its texts, the windows of the batch, and ``reduce``'s
         result for them.
     """
+    caps = [c for c in (batch_size, row_bytes and max(1, OUTPUT_BYTES_PER_BATCH // row_bytes)) if c]
+    limits = BatchLimits(token_budget, min(caps) if caps else None)
     for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report):
         n_windows = np.bincount([w.text for w in windows], minlength=len(tokenized))
         lengths = np.fromiter((len(w.token_indices) for w in windows), dtype=np.int64, count=len(windows))
-        for batch in length_sorted_batches(lengths, batch_size, token_budget):
-            for done, result in run_batches(loaded, tokenized, [windows[i] for i in batch], reduce, report):
+        for batch in length_sorted_batches(lengths, limits):
+            for done, result in run_batches(loaded, tokenized, [windows[i] for i in batch], reduce, report, limits):
                 yield start, tokenized, n_windows, done, result
 
 
@@ -296,8 +331,9 @@ def iter_statistics(
         return Statistics(np.asarray(positions), finals, kinds, layers, n_content, n_tokens, pooler)
 
     partial: dict[int, list] = {}  # windows of long texts, until all of a text's are done
+    width = loaded.hidden_size
     options = dict(max_length=max_length, long_text=long_text, stride=stride, batch_size=batch_size,
-                   token_budget=token_budget)
+                   token_budget=token_budget, row_bytes=4 * width * (len(kinds) * len(layers) + with_pooler))
     for start, tokenized, n_windows, done, (values, pooler) in _encoded_windows(
         loaded, texts, reduce, report, **options
     ):

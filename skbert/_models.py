@@ -354,10 +354,3 @@ def model_fingerprint(loaded: LoadedModel) -> bytes:
     with _REGISTRY_LOCK:
         _FINGERPRINTS[id(loaded)] = (loaded, fingerprint)
     return fingerprint
-
-
-def clear_registry() -> None:
-    """Forget every loaded model (their memory is freed once nothing else holds them)."""
-    with _REGISTRY_LOCK:
-        _REGISTRY.clear()
-        _FINGERPRINTS.clear()

@@ -63,7 +63,7 @@ class TokenLevelMixin(EncoderAccessMixin):
         words : sequence of str or (int, int), one per text
             A string stands for its first whole-word, case-insensitive occurrence in
             the text; a ``(start, end)`` pair is a character span.
-        pooling : {"mean", "first", "last"}, default="mean"
+        pooling : {"mean", "first_piece", "last_piece"}, default="mean"
             How the word's WordPiece vectors combine.
 
         Returns
@@ -87,7 +87,9 @@ class TokenLevelMixin(EncoderAccessMixin):
         check_is_fitted(self)
         texts = validate_texts(texts)
         if pooling not in WORD_POOLING:
-            raise ValueError(f"pooling={pooling!r} is not one of {WORD_POOLING}.")
+            renamed = {"first": "first_piece", "last": "last_piece"}
+            hint = f" (renamed: use {renamed[pooling]!r})" if pooling in renamed else ""
+            raise ValueError(f"pooling={pooling!r} is not one of {WORD_POOLING}{hint}.")
         if isinstance(words, str) or len(words) != len(texts):
             raise ValueError(
                 f"words must hold one word or span per text: got {len(texts)} texts and "
@@ -123,7 +125,7 @@ class TokenLevelMixin(EncoderAccessMixin):
                     special_mask=tokenized.special[kept],
                 )
                 bar.update(1)
-        self._record(report, n_long=report.n_long, n_texts=len(texts))
+        self._report(report, len(texts), len(texts), report.n_long)  # warns if texts were cut
         return records
 
     def _token_feature_names(self) -> list[str]:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-WORD_POOLING = ("mean", "first", "last")
+#: How a word's WordPiece vectors combine. "first_piece"/"last_piece", not "first"/"last":
+#: the estimator's pooling="last" means the closing [SEP], and one word keeps one meaning.
+WORD_POOLING = ("mean", "first_piece", "last_piece")
 
 
 @dataclass
@@ -149,7 +151,7 @@ def pool_pieces(vectors: np.ndarray, how: str) -> np.ndarray:
     Parameters
     ----------
     vectors : ndarray of shape (n_pieces, d)
-    how : {"mean", "first", "last"}
+    how : {"mean", "first_piece", "last_piece"}
 
     Returns
     -------
@@ -157,8 +159,8 @@ def pool_pieces(vectors: np.ndarray, how: str) -> np.ndarray:
     """
     if how == "mean":
         return vectors.mean(axis=0, dtype=np.float32)
-    if how == "first":
+    if how == "first_piece":
         return vectors[0].astype(np.float32, copy=False)
-    if how == "last":
+    if how == "last_piece":
         return vectors[-1].astype(np.float32, copy=False)
     raise ValueError(f"pooling={how!r} is not one of {WORD_POOLING}.")

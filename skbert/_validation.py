@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 
 import numpy as np
+
+from ._warnings import warn_user
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _describe(item) -> str:
@@ -15,7 +24,7 @@ def _describe(item) -> str:
         return "missing (NaN)"
     if type(item).__name__ in ("NAType", "NaTType"):
         return f"missing ({item!r})"
-    return f"a {type(item).__name__} ({item!r:.40})"
+    return f"{_a(type(item).__name__)} ({item!r:.40})"
 
 
 def validate_texts(X) -> list[str]:
@@ -30,11 +39,14 @@ def validate_texts(X) -> list[str]:
     Returns
     -------
     list of str
+        Lone surrogate characters (which no tokenizer accepts) replaced by U+FFFD,
+        with a warning that names the first such row.
 
     Raises
     ------
     TypeError
-        If ``X`` is a single string, None, unordered (a set or dict) or not iterable.
+        If ``X`` is a single string or bytes object, None, unordered (a set or dict)
+        or not iterable.
     ValueError
         If ``X`` is empty, is a frame with several columns or an array with more than
         one column, or holds an item that is not a string (the message names the
@@ -42,9 +54,14 @@ def validate_texts(X) -> list[str]:
     """
     if X is None:
         raise TypeError("X is None; an iterable of texts was expected.")
-    if isinstance(X, (str, bytes)):
+    if isinstance(X, str):
         raise TypeError(
             "X is a single string; an iterable of texts was expected (for one text, pass [text])."
+        )
+    if isinstance(X, (bytes, bytearray)):
+        raise TypeError(
+            f"X is a single {type(X).__name__} object; an iterable of texts (str) was expected "
+            "(decode it first, e.g. [X.decode('utf-8')])."
         )
     labels = None
     if hasattr(X, "iloc") and hasattr(X, "columns"):  # pandas DataFrame
@@ -64,7 +81,7 @@ def validate_texts(X) -> list[str]:
             raise ValueError(f"X is an array of shape {X.shape}; a 1-D array of texts (or one column) was expected.")
         items = X.tolist()
     elif isinstance(X, (set, frozenset, dict)) or not isinstance(X, Iterable):
-        raise TypeError(f"X is a {type(X).__name__}; an ordered iterable of texts (list, array, Series) was expected.")
+        raise TypeError(f"X is {_a(type(X).__name__)}; an ordered iterable of texts (list, array, Series) was expected.")
     else:
         items = list(X)
     if not items:
@@ -73,4 +90,26 @@ def validate_texts(X) -> list[str]:
         row = next(i for i, item in enumerate(items) if not isinstance(item, str))
         where = f"row {row}" if labels is None else f"row {row} (index {labels[row]!r})"
         raise ValueError(f"{where} of X is {_describe(items[row])}, not a string; every item must be a text.")
+    return _replace_lone_surrogates(items, labels)
+
+
+def _replace_lone_surrogates(items: list[str], labels) -> list[str]:
+    """Replace unpaired UTF-16 surrogates (not valid Unicode, not encodable) by U+FFFD, warning once.
+
+    Python strings can hold them (scraped or badly decoded data does), tokenizers
+    cannot. One character replaces one, so character offsets into the original text
+    stay right.
+    """
+    bad = [row for row, text in enumerate(items) if not text.isascii() and _SURROGATE.search(text)]
+    if not bad:
+        return items
+    row = bad[0]
+    where = f"row {row}" if labels is None else f"row {row} (index {labels[row]!r})"
+    warn_user(
+        f"{len(bad)} text(s) hold lone surrogate characters (not valid Unicode), first {where}; each was "
+        "replaced by U+FFFD before tokenising (offsets are unchanged)."
+    )
+    items = list(items)
+    for row in bad:
+        items[row] = _SURROGATE.sub("\ufffd", items[row])
     return items

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from skbert._batching import TextTokenizer, collate, length_sorted_batches, make_windows, plan_windows
+from skbert._batching import BatchLimits, TextTokenizer, collate, length_sorted_batches, make_windows, plan_windows
 
 
 def test_batches_cover_every_position_once_sorted_by_length():
     lengths = np.array([5, 2, 9, 2, 7, 1, 9])
-    batches = length_sorted_batches(lengths, 3)
+    batches = list(length_sorted_batches(lengths, BatchLimits(max_rows=3)))
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(7))
     assert [len(b) for b in batches] == [3, 3, 1]
@@ -16,11 +16,22 @@ def test_batches_cover_every_position_once_sorted_by_length():
 
 def test_token_budget_limits_padded_tokens_per_batch():
     lengths = np.array([100, 10, 10, 10, 10, 10, 50, 50, 300])
-    batches = length_sorted_batches(lengths, batch_size=64, token_budget=100)
+    batches = list(length_sorted_batches(lengths, BatchLimits(token_budget=100, max_rows=64)))
     assert sorted(np.concatenate(batches).tolist()) == list(range(9))
     for batch in batches:
         assert len(batch) == 1 or len(batch) * lengths[batch].max() <= 100
     assert [len(b) for b in batches] == [1, 1, 2, 5]  # 300 alone, 100 alone, 2x50, 5x10
+
+
+def test_a_lowered_budget_applies_to_every_later_batch():
+    lengths = np.full(40, 10)
+    limits = BatchLimits(token_budget=200)
+    batches = length_sorted_batches(lengths, limits)
+    assert len(next(batches)) == 20
+    limits.lower(rows=20, longest=10)  # that batch ran out of memory
+    assert (limits.token_budget, limits.max_rows) == (100, 10)
+    rest = list(batches)
+    assert [len(b) for b in rest] == [10, 10]  # the other 20 windows, at the lowered budget
 
 
 def _special(n):

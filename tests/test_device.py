@@ -50,8 +50,7 @@ def test_auto_picks_bfloat16_on_a_cpu_that_computes_it_natively(monkeypatch, tin
     assert fast.precision_ == "bfloat16"
     exact = BertEmbedder(tiny_bert, device="cpu", precision="float32").fit(texts)
     exact.transform(texts)
-    fast.transform(texts)
-    assert fast.n_encoded_ == 2  # float32 entries are not served to a bfloat16 encoder
+    assert fast.transform_with_report(texts)[1].n_encoded == 2  # float32 entries are not served to a bfloat16 encoder
 
 
 def test_half_precision_compute_still_outputs_float32(tiny_bert):
@@ -80,8 +79,8 @@ def test_int8_is_cpu_only_close_to_float32_and_cached_apart(tiny_bert):
     texts = ["the river bank", "money in the bank", "we sat at the water and the fish"]
     full = BertEmbedder(tiny_bert, precision="float32").fit_transform(texts)
     quantized = BertEmbedder(tiny_bert, precision="int8")
-    got = quantized.fit_transform(texts)
-    assert quantized.precision_ == "int8" and quantized.n_encoded_ == 3  # not served float32 entries
+    got, report = quantized.fit(texts).transform_with_report(texts)
+    assert quantized.precision_ == "int8" and report.n_encoded == 3  # not served float32 entries
     cos = (full * got).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(got, axis=1)
     assert cos.min() > 0.98 and not np.allclose(full, got)
     model = load_model(tiny_bert, None, torch.device("cpu"), torch.float32, quantize=True).model
@@ -91,3 +90,105 @@ def test_int8_is_cpu_only_close_to_float32_and_cached_apart(tiny_bert):
     assert kinds["encoder.layer.0.output.dense"] == "torch.nn.modules.linear"  # kept in float32
     with pytest.raises(ValueError, match="CPU only"):
         resolve_dtype("int8", torch.device("cuda"))
+
+
+# ---- faked CUDA devices (CI has none): precision by the chosen device's capability -----------
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Two CUDA devices: cuda:0 with compute capability (7, 0) (a V100: bfloat16 emulated), cuda:1
+    with the capability given to the returned setter (default (9, 0), an H100)."""
+    capabilities = {0: (7, 0), 1: (9, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capabilities[index or 0])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # true on a V100 too
+    return capabilities
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 0), torch.float16), ((7, 5), torch.float16),
+                                                  ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_auto_precision_follows_the_chosen_devices_capability(fake_cuda, capability, expected):
+    fake_cuda[1] = capability
+    assert resolve_dtype("auto", torch.device("cuda:1")) == expected
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16  # the current device, cuda:0 (7.0)
+    assert resolve_dtype("float32", torch.device("cuda:1")) == torch.float32
+
+
+def test_bfloat16_on_a_card_that_emulates_it_warns(fake_cuda):
+    with pytest.warns(UserWarning, match=r"cuda:0 \(compute capability \(7, 0\)\) is emulated"):
+        assert resolve_dtype("bfloat16", torch.device("cuda:0")) == torch.bfloat16
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_dtype("bfloat16", torch.device("cuda:1")) == torch.bfloat16
+        assert resolve_dtype("float16", torch.device("cuda:0")) == torch.float16
+
+
+def test_int8_means_the_cpu_with_device_auto_also_after_unpickling(fake_cuda, tiny_bert):
+    import pickle
+
+    from skbert import BertEmbedder
+
+    assert resolve_device("auto", "int8") == torch.device("cpu")
+    assert resolve_device("auto", "auto").type == "cuda"
+    embedder = BertEmbedder(tiny_bert, precision="int8").fit(["a"])  # CUDA "available": still the CPU
+    assert (embedder.device_, embedder.precision_) == ("cpu", "int8")
+    restored = pickle.loads(pickle.dumps(embedder))
+    assert (restored.device_, restored.precision_) == ("cpu", "int8")
+    assert restored.transform(["a river bank"]).shape == (1, 32)
+    with pytest.raises(ValueError, match="precision='int8' runs on the CPU only"):
+        BertEmbedder(tiny_bert, precision="int8", device="cuda:1").fit(["a"])
+
+
+# ---- batches: a row cap, and a budget that stays lowered after running out of memory --------
+
+
+def _spy_on_forward(embedder, monkeypatch, fail_above=None):
+    model = embedder._load().model
+    real_forward, rows = model.forward, []
+
+    def forward(*args, **kwargs):
+        n = kwargs["input_ids"].shape[0]
+        rows.append(n)
+        if fail_above is not None and n > fail_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    return rows
+
+
+def test_output_bytes_cap_the_rows_of_a_batch(tiny_bert, monkeypatch):
+    from skbert import BertEmbedder, _encoding
+
+    texts = [f"a river bank {i}" for i in range(50)]
+    embedder = BertEmbedder(tiny_bert, cache=None, layers="all", token_budget=10**6).fit(["a"])
+    want = embedder.transform(texts)
+    row_bytes = 4 * 32 * (3 * 4)  # cls, last, mean for 4 hidden states, float32
+    monkeypatch.setattr(_encoding, "OUTPUT_BYTES_PER_BATCH", 8 * row_bytes)
+    rows = _spy_on_forward(embedder, monkeypatch)
+    got = embedder.transform(texts)
+    assert max(rows) == 8 and sum(rows) == 50
+    from numpy.testing import assert_allclose
+
+    assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_after_an_out_of_memory_error_the_lowered_budget_sticks(tiny_bert, monkeypatch):
+    from skbert import BertEmbedder, _encoding
+
+    texts = [f"the river bank number {i}" for i in range(64)]  # equal lengths
+    embedder = BertEmbedder(tiny_bert, cache=None, batch_size=16, precision="float32").fit(["a"])
+    want = embedder.transform(texts)
+    rows = _spy_on_forward(embedder, monkeypatch, fail_above=4)
+    before = _encoding.TOTALS.n_oom_splits
+    got = embedder.transform(texts)
+    assert _encoding.TOTALS.n_oom_splits - before == 2  # 16 -> 8 -> 4 once; never again
+    assert rows[:3] == [16, 8, 4] and max(rows[3:]) <= 4 and sum(r for r in rows if r <= 4) == 64
+    from numpy.testing import assert_allclose
+
+    assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -77,14 +77,14 @@ def test_mean_with_special_tokens_is_the_attention_mask_average(tiny_bert, texts
 
 
 def test_independent_of_batch_size_and_order(tiny_bert, texts, rng):
-    base = BertEmbedder(tiny_bert, precision="float32", pooling="mean_max", layers="all", batch_size=1).fit_transform(texts)
+    """Every call encodes afresh (cache=None), so batching really varies."""
+    params = dict(precision="float32", pooling="mean_max", layers="all", cache=None)
+    base = BertEmbedder(tiny_bert, batch_size=1, **params).fit_transform(texts)
     for batch_size in (2, 5, 64):
-        got = BertEmbedder(tiny_bert, precision="float32", pooling="mean_max", layers="all", batch_size=batch_size).fit_transform(texts)
+        got = BertEmbedder(tiny_bert, batch_size=batch_size, **params).fit_transform(texts)
         assert_allclose(got, base, rtol=RTOL, atol=ATOL)
     order = rng.permutation(len(texts))
-    shuffled = BertEmbedder(tiny_bert, precision="float32", pooling="mean_max", layers="all", batch_size=3).fit_transform(
-        [texts[i] for i in order]
-    )
+    shuffled = BertEmbedder(tiny_bert, batch_size=3, **params).fit_transform([texts[i] for i in order])
     assert_allclose(shuffled, base[order], rtol=RTOL, atol=ATOL)
 
 
@@ -197,7 +197,8 @@ def test_pooler_needs_pooler_weights(tiny_bert_no_pooler, texts):
 def test_every_grid_point_is_consistent(tiny_bert, texts):
     """Pooling x layers grid: each output block equals the single-mode, single-layer result."""
     singles = {
-        (mode, layer): BertEmbedder(tiny_bert, precision="float32", pooling=mode, layers=layer).fit_transform(texts)
+        (mode, layer): BertEmbedder(tiny_bert, precision="float32", pooling=mode, layers=layer, cache=None)
+        .fit_transform(texts)
         for mode, layer in itertools.product(["cls", "mean", "max", "last"], [0, 1, 2, 3])
     }
     combined = BertEmbedder(tiny_bert, precision="float32", pooling=("cls", "mean", "max", "last"), layers="all").fit_transform(texts)

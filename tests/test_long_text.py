@@ -53,7 +53,7 @@ def test_chunked_mean_and_max_equal_a_direct_computation_over_windows(tiny_bert,
         tiny_bert, precision="float32", pooling=("mean", "max", "cls", "last"), layers=(0, -1), max_length=max_length,
         long_text="chunk", stride=stride,
     )
-    got = embedder.fit_transform([LONG, "a"])
+    got, report = embedder.fit([LONG]).transform_with_report([LONG, "a"])
     layers = [0, 3]
     mean = token_vectors[layers].mean(axis=1)
     top = token_vectors[layers].max(axis=1)
@@ -61,7 +61,7 @@ def test_chunked_mean_and_max_equal_a_direct_computation_over_windows(tiny_bert,
     last = outputs[-1][layers, -1]
     want = np.concatenate([mean.ravel(), top.ravel(), cls.ravel(), last.ravel()])
     assert_allclose(got[0], want, rtol=RTOL, atol=ATOL)
-    assert embedder.n_long_texts_ == 1 and embedder.n_truncated_ == 0
+    assert report.n_long == 1 and report.n_truncated == 0
 
     with_specials = BertEmbedder(
         tiny_bert, precision="float32", pooling="mean", include_special_tokens=True, max_length=max_length, long_text="chunk",
@@ -106,15 +106,15 @@ def test_truncate_and_head_tail_match_the_reference(tiny_bert, reference):
 def test_truncation_is_counted_and_warned_once_per_call(tiny_bert):
     embedder = BertEmbedder(tiny_bert, precision="float32", max_length=16).fit(["a"])
     with pytest.warns(UserWarning, match="2 of 3 texts were longer than max_length=16") as caught:
-        embedder.transform([LONG, "a", LONG])
+        report = embedder.transform_with_report([LONG, "a", LONG])[1]
     assert len([w for w in caught if "truncated" in str(w.message)]) == 1
-    assert (embedder.n_long_texts_, embedder.n_truncated_) == (2, 2)
+    assert caught[0].filename == __file__  # attributed to the caller's line
+    assert (report.n_long, report.n_truncated, report.n_unique) == (2, 2, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        embedder.transform(["a"])
-        assert embedder.n_truncated_ == 0
-        embedder.set_params(long_text="head_tail").transform([LONG])  # chosen cutting: counted, no warning
-        assert embedder.n_truncated_ == 1
+        assert embedder.transform_with_report(["a"])[1].n_truncated == 0
+        embedder.set_params(long_text="head_tail")  # chosen cutting: counted, no warning
+        assert embedder.transform_with_report([LONG])[1].n_truncated == 1
 
 
 def test_stride_must_leave_the_window_moving(tiny_bert):

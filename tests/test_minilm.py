@@ -111,8 +111,8 @@ def test_a_100k_character_text_chunks_through_the_real_model():
 
     text = " ".join(pd.read_csv(DATA)["text"])[:100_000]
     embedder = BertEmbedder(MINILM_ID, pooling="mean", long_text="chunk", batch_size=16).fit(["a"])
-    whole = embedder.transform([text, text[:2000]])
-    assert np.all(np.isfinite(whole)) and embedder.n_long_texts_ == 1 and embedder.n_truncated_ == 0
+    whole, report = embedder.transform_with_report([text, text[:2000]])
+    assert np.all(np.isfinite(whole)) and report.n_long == 1 and report.n_truncated == 0
     assert _cosines(whole)[0, 1] < 0.99  # the whole text is not just its start
 
 
@@ -131,8 +131,59 @@ def test_16_bit_cache_entries_fit_25_kb_and_stay_within_cosine_0_99999_of_float3
                                      ("last", 0, False), ("mean_max", "last_four", False)]:
         params = dict(pooling=pooling, layers=layers, include_special_tokens=special)
         cached = BertEmbedder(MINILM_ID, cache_memory_bytes=10**9, **params).fit(texts)
-        got = cached.transform(texts)
-        assert cached.n_encoded_ == 0
+        got, report = cached.transform_with_report(texts)
+        assert report.n_encoded == 0
         want = BertEmbedder(MINILM_ID, precision="float32", cache=None, **params).fit_transform(texts)
         cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
         assert cosine.min() > 0.99999, (params, cosine.min())
+
+
+@minilm
+def test_a_process_killed_mid_transform_resumes_from_the_disk_cache(tmp_path):
+    """SIGKILL a disk-cached transform of 2,000 real texts part way; the next run encodes only
+    what was not stored and returns exactly what an uncached run returns."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from skbert._disk import DATABASE
+    from support import DATA
+
+    base = pd.read_csv(DATA)["text"].str.slice(0, 100).tolist()  # about 25 tokens each
+    texts = [f"{i}: {base[i % len(base)]}" for i in range(2000)]
+    (tmp_path / "texts.txt").write_text("\n".join(texts))
+    code = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from skbert import BertEmbedder
+        texts = Path(sys.argv[2]).read_text().split("\\n")
+        BertEmbedder(sys.argv[1], cache=Path(sys.argv[3]), precision="float32").fit(["a"]).transform(texts)
+    """)
+    cache = tmp_path / "cache"
+    child = subprocess.Popen([sys.executable, "-c", code, MINILM_ID, str(tmp_path / "texts.txt"), str(cache)],
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE)
+
+    def stored():
+        try:
+            with sqlite3.connect(cache / DATABASE, timeout=30) as db:
+                return db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.monotonic() + 240
+    while stored() < 200 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+    kept = stored()
+    assert 200 <= kept < len(texts)  # the kill landed mid-run
+    embedder = BertEmbedder(MINILM_ID, cache=cache, precision="float32").fit(["a"])
+    got, report = embedder.transform_with_report(texts)
+    assert report.n_encoded == len(texts) - kept and report.n_cache_hits == kept
+    want = BertEmbedder(MINILM_ID, cache=None, precision="float32").fit(["a"]).transform(texts)
+    assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -64,7 +64,7 @@ def test_embed_words_is_the_mean_of_the_words_pieces(tiny_bert, reference):
     words = ["riverbank", "bank", (7, 12)]  # a span: the second "money"
     embedder = BertEmbedder(tiny_bert, layers=-2).fit(texts)
     n_pieces = {}
-    for how in ("mean", "first", "last"):
+    for how in ("mean", "first_piece", "last_piece"):
         got = embedder.embed_words(texts, words, pooling=how)
         for row, (text, word) in enumerate(zip(texts, words)):
             states, _, _ = reference.token_states(text)
@@ -74,7 +74,7 @@ def test_embed_words_is_the_mean_of_the_words_pieces(tiny_bert, reference):
             pieces = [i for i, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
             n_pieces[row] = len(pieces)
             vectors = states[2][pieces]
-            want = {"mean": vectors.mean(0), "first": vectors[0], "last": vectors[-1]}[how]
+            want = {"mean": vectors.mean(0), "first_piece": vectors[0], "last_piece": vectors[-1]}[how]
             assert_allclose(got[row], want, rtol=RTOL, atol=ATOL)
     assert n_pieces == {0: 5, 1: 1, 2: 1}  # "riverbank" is "river" and four one-letter pieces here
 
@@ -93,6 +93,8 @@ def test_embed_words_errors_name_the_row(tiny_bert):
         embedder.embed_words(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="pooling='max'"):
         embedder.embed_words(["a"], ["a"], pooling="max")
+    with pytest.raises(ValueError, match="pooling='last'.*renamed: use 'last_piece'"):
+        embedder.embed_words(["a"], ["a"], pooling="last")
 
 
 def test_word_helpers():
@@ -107,4 +109,4 @@ def test_word_helpers():
     assert tokens_in_span(offsets, special, (9, 10)).tolist() == []
     vectors = np.arange(6, dtype=np.float32).reshape(3, 2)
     assert pool_pieces(vectors, "mean").tolist() == [2.0, 3.0]
-    assert pool_pieces(vectors, "last").tolist() == [4.0, 5.0]
+    assert pool_pieces(vectors, "last_piece").tolist() == [4.0, 5.0]

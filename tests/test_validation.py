@@ -1,36 +1,29 @@
 """Bad text input gives a clear error that names the first bad row."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+from bad_inputs import CASES, markdown, matches, run_case
 
 from skbert import BertEmbedder
 from skbert._validation import validate_texts
 
 
-@pytest.mark.parametrize(
-    "X, error, match",
-    [
-        ("just one text", TypeError, "single string; an iterable of texts was expected"),
-        (b"bytes", TypeError, "single string"),
-        (None, TypeError, "X is None"),
-        (42, TypeError, "X is a int"),
-        ({"a", "b"}, TypeError, "X is a set"),
-        ([], ValueError, "holds no texts"),
-        (["ok", None, 3], ValueError, r"row 1 of X is missing \(None\)"),
-        (["ok", "fine", float("nan")], ValueError, r"row 2 of X is missing \(NaN\)"),
-        (["ok", 3], ValueError, r"row 1 of X is a int \(3\)"),
-        (["ok", b"raw"], ValueError, r"row 1 of X is a bytes"),
-        (pd.Series(["a", None], index=["x", "y"]), ValueError, r"row 1 \(index 'y'\) of X is missing"),
-        (pd.Series(["a", pd.NA], dtype="string"), ValueError, r"row 1 \(index 1\) of X is missing \(<NA>\)"),
-        (pd.DataFrame({"a": ["x"], "b": ["y"]}), ValueError, r"DataFrame with 2 columns \['a', 'b'\]"),
-        (np.array([["a", "b"], ["c", "d"]]), ValueError, r"array of shape \(2, 2\)"),
-        (np.array([1.0, 2.0]), ValueError, r"row 0 of X is a float"),
-    ],
-)
-def test_bad_input_raises_naming_the_problem(X, error, match):
-    with pytest.raises(error, match=match):
-        validate_texts(X)
+@pytest.mark.parametrize("what, make_X, expected", CASES, ids=[case[0] for case in CASES])
+def test_every_bad_input_is_named_or_embedded(tiny_bert, what, make_X, expected):
+    """Through ``fit_transform``, as a user would call it."""
+    kind, message = run_case(BertEmbedder(tiny_bert), make_X)
+    assert matches(expected, kind, message), (kind, message)
+
+
+def test_the_readme_table_is_what_the_cases_give(tiny_bert):
+    """The README lists every case with the message it really produces (``python tests/bad_inputs.py``)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = re.search(r"<!-- bad-inputs -->\n(.*?)\n<!-- /bad-inputs -->", readme, flags=re.S).group(1)
+    assert table == markdown(BertEmbedder(tiny_bert, precision="float32"))
 
 
 def test_bad_input_is_rejected_by_fit_and_transform(tiny_bert):
