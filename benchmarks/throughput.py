@@ -5,7 +5,8 @@ over the last hidden state ([CLS]/[SEP] included, as sentence-transformers does)
 so the outputs are comparable (their cosine to skbert's is printed as a check).
 
     python benchmarks/throughput.py                 # CPU: MiniLM and bert-base, short and long texts
-    python benchmarks/throughput.py --device cuda   # GPU: adds sentence-transformers at bf16, batch 256
+    python benchmarks/throughput.py --device cuda   # GPU: skbert packed and padded, sentence-transformers
+                                                    # at bf16 / batch 256 too
 
 On a CPU skbert runs in float32 (the row the speed-up column is computed from, the
 peers computing in float32 too), in int8, and, where the CPU multiplies bfloat16
@@ -71,12 +72,12 @@ def timed(device, run, repeats):
     return np.asarray(output, dtype=np.float32), best, memory.mib
 
 
-def skbert_runner(path, texts, device, max_length, precision="auto"):
+def skbert_runner(path, texts, device, max_length, precision="auto", attention="auto"):
     from skbert import BertEmbedder
 
     embedder = BertEmbedder(
         path, pooling="mean", include_special_tokens=True, max_length=max_length, cache=None, device=device,
-        precision=precision,
+        precision=precision, attention=attention,
     ).fit(texts[:1])
     return lambda warm: embedder.transform(texts[:64] if warm else texts)
 
@@ -129,13 +130,17 @@ def bench(model_name, kind, device, n, ceilings, repeats):
     from skbert._device import cpu_has_native_bf16
 
     # the first runner is the one the ratios are taken to
-    precisions = {"skbert float32": "float32"} if device == "cpu" else {"skbert": "auto"}
+    settings = {"skbert float32": ("float32", "auto")}
+    if device == "cuda":
+        settings = {"skbert (auto: packed)": ("auto", "auto")}
     if device == "cpu":
         if cpu_has_native_bf16():
-            precisions["skbert bfloat16 (auto here)"] = "auto"
-        precisions["skbert int8"] = "int8"
-    runners = {name: skbert_runner(path, texts, device, max_length, precision=precision)
-               for name, precision in precisions.items()}
+            settings["skbert bfloat16 (auto here)"] = ("auto", "auto")
+        settings["skbert int8"] = ("int8", "auto")
+    else:  # the attention layouts side by side
+        settings["skbert padded"] = ("auto", "padded")
+    runners = {name: skbert_runner(path, texts, device, max_length, precision=precision, attention=attention)
+               for name, (precision, attention) in settings.items()}
     runners["HF loop (batch 32)"] = hf_loop_runner(path, texts, device, max_length)
     runners["sentence-transformers (defaults)"] = st_runner(path, texts, device, max_length)
     if device == "cuda":

@@ -25,13 +25,13 @@ import os
 import shutil
 import sqlite3
 import threading
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from ._disk import DATABASE, DiskTier, default_disk_budget, spill_tier
 from ._entries import Entry
+from ._warnings import warn_user
 
 
 @dataclass
@@ -167,11 +167,9 @@ class Store:
         except (sqlite3.Error, OSError) as error:
             self._disk_failed = True
             where = "a temporary spill directory" if self.directory is None else f"cache={str(self.directory)!r}"
-            warnings.warn(
+            warn_user(
                 f"skbert could not open its disk cache in {where} ({error}); entries are kept in memory only, "
-                "and texts evicted from memory will be encoded again. Results are not affected.",
-                UserWarning,
-                stacklevel=5,
+                "and texts evicted from memory will be encoded again. Results are not affected."
             )
             return None
 
@@ -218,12 +216,10 @@ class Store:
                 disk.write(evicted)
             elif "memory" not in self._warned:
                 self._warned.add("memory")
-                warnings.warn(
+                warn_user(
                     f"skbert's memory cache is full (cache_memory_bytes={self.memory.max_bytes:,}) and has no disk "
                     "tier; evicted texts will be encoded again if asked for. Raise cache_memory_bytes or give a "
-                    "cache directory.",
-                    UserWarning,
-                    stacklevel=4,
+                    "cache directory."
                 )
 
     def flush(self) -> None:
@@ -234,23 +230,19 @@ class Store:
         disk.flush()
         if disk.error is not None and "error" not in self._warned:
             self._warned.add("error")
-            warnings.warn(
+            warn_user(
                 f"skbert stopped writing its disk cache {str(disk.path)!r}: {disk.error}. Results are not "
-                "affected; texts not stored will be encoded again when asked for.",
-                UserWarning,
-                stacklevel=4,
+                "affected; texts not stored will be encoded again when asked for."
             )
         if disk.evictions and "disk" not in self._warned:
             self._warned.add("disk")
             entries, nbytes = disk.totals()
             per_entry = nbytes // max(entries, 1)
-            warnings.warn(
+            warn_user(
                 f"skbert's cache is smaller than the texts it is asked to keep: its disk tier {str(disk.path)!r} "
                 f"reached its budget of {disk.max_bytes:,} bytes (about {disk.max_bytes // max(per_entry, 1):,} "
                 f"entries of {per_entry:,} bytes) and evicted {disk.evictions:,} of the oldest; texts asked for "
-                "again after that are encoded again. Raise cache_disk_bytes to keep them all.",
-                UserWarning,
-                stacklevel=4,
+                "again after that are encoded again. Raise cache_disk_bytes to keep them all."
             )
 
     def info(self) -> CacheInfo:
@@ -281,11 +273,9 @@ def _warn_about_old_formats(directory: Path) -> None:
     if next(directory.glob("??/*.skbc"), None) is not None:
         old.append("one file per text (format 1)")
     if old:
-        warnings.warn(
+        warn_user(
             f"cache directory {str(directory)!r} holds entries of another skbert cache format ({', '.join(old)}); "
-            f"they are not used (this version keeps {DATABASE}) and can be deleted.",
-            UserWarning,
-            stacklevel=6,
+            f"they are not used (this version keeps {DATABASE}) and can be deleted."
         )
 
 

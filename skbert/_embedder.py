@@ -13,13 +13,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._batching import LONG_TEXT_STRATEGIES
 from ._cache import check_cache_location
-from ._device import PRECISIONS, resolve_device, resolve_dtype
+from ._device import PRECISIONS
 from ._encoder_access import EncoderAccessMixin
 from ._encoding import EncodingReport
 from ._layers import LAYER_AGGREGATIONS, LAYER_PRESETS
+from ._packing import ATTENTION_CHOICES
 from ._pooling import POOLING_MODES, expand_pooling
 from ._settings import fitted_settings
-from ._source import Request, deduplicate, make_source
+from ._source import Request, make_source
 from ._statistics import feature_names, kinds_needed, pool_features
 from ._token_level import TokenLevelMixin
 from ._validation import validate_texts
@@ -29,8 +30,8 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
     """Turn texts into contextual BERT embeddings, as a scikit-learn transformer.
 
     Each text is tokenised into WordPieces with [CLS] and [SEP], run through the
-    encoder, and pooled into one float32 vector from the selected layers. The README
-    explains each choice at length.
+    encoder, and pooled into one float32 vector from the selected layers (the README
+    explains each choice).
 
     Parameters
     ----------
@@ -55,47 +56,39 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
     normalize : bool, default=False
         Scale each row to unit L2 norm.
     max_length : int or None, default=None
-        Most tokens the model sees at once, special tokens included; None: the
-        model's limit (512 for BERT).
+        Most tokens seen at once, [CLS]/[SEP] included (None: the model's 512).
     long_text : {"truncate", "head_tail", "chunk"}, default="truncate"
-        For a longer text: keep its first tokens (with a warning), its start and end
-        (a quarter of the window from the head), or all of it in overlapping windows
-        (each token counted once, from the window where it has most context; cls
-        and pooler from the first window, last from the last).
+        For a longer text: keep its first tokens (warns), its head and tail, or all
+        of it in overlapping windows (each token counted once, where it has most
+        context; cls and pooler from the first window, last from the last).
     stride : int or None, default=None
-        Tokens consecutive windows share under ``"chunk"``; None: a quarter of a
-        window.
-    batch_size : int or None, default=None
-        Most windows per forward pass; None: as ``token_budget`` allows.
-    token_budget : int or None, default=None
-        Most padded tokens per forward pass (texts are sorted by length first);
-        None: 2,048 on a CPU, 65,536 on a GPU.
+        Tokens consecutive windows share under ``"chunk"`` (None: a quarter).
+    batch_size, token_budget : int or None, default=None
+        Most windows, and most padded tokens, per forward pass (texts sorted by
+        length first); None: no row limit, and 2,048 tokens on a CPU, 65,536 on a GPU.
+    attention : {"auto", "packed", "padded"}, default="auto"
+        ``"packed"``: each batch in one row without padding, attending within each
+        text (variable-length kernel on CUDA; window by window elsewhere);
+        ``"auto"`` packs where that kernel runs. Results agree within float tolerance.
     device : str or torch.device, default="auto"
         ``"auto"`` (CUDA, else MPS, else CPU), a torch device string or a
         :class:`torch.device`.
     precision : {"auto", "float32", "bfloat16", "float16", "int8"}, default="auto"
-        Compute precision. ``"auto"``: bfloat16 where the hardware multiplies it
-        natively (a GPU, float16 on one without bfloat16, or a CPU with
-        AVX512-BF16/AMX), else float32. ``"float32"`` gives the model's exact
-        numbers (and float32 cache entries). ``"int8"`` (CPU, opt-in) quantises the
-        Linear layers. Outputs are float32 and pooling sums accumulate in float32.
+        ``"auto"``: bfloat16 where the hardware has it (CUDA capability >= 8.0, or a
+        CPU with AVX512-BF16/AMX), float16 on older GPUs, else float32. ``"float32"``:
+        the model's exact numbers and float32 cache entries. ``"int8"`` (the CPU, also
+        under ``device="auto"``): quantised Linear layers. Sums accumulate in float32.
     revision : str or None, default=None
         Hub revision of ``model_name`` (bypasses offline packages).
     show_progress : bool, default=False
-        Show a progress bar over texts during ``transform``.
+        A progress bar over texts, once a call has run for a second.
     cache : "memory", path-like or None, default="memory"
-        Where encoded texts are kept, so that any pooling, layers, aggregation,
-        special-token or normalize setting is served without encoding again (a grid
-        search over them costs one pass). ``"memory"``: this process, within
-        ``cache_memory_bytes``, spilling what memory evicts to a temporary directory
-        (removed at exit). A directory, given as a path (``"./cache"`` or a
-        :class:`pathlib.Path`; a plain word other than "memory" is an error): one
-        SQLite database there, shared by processes and later runs; an interrupted
-        ``transform`` resumes from it. None: nothing kept, and only what the pooling
-        needs is computed. Entries are 16-bit (float32 with ``precision="float32"``),
-        within cosine 0.99999 of the float32 result, keyed by the text and all that
-        changes its numbers (weights, tokenizer, length settings, device type,
-        precision, torch and transformers versions).
+        Where encoded texts are kept, so any pooling, layers or normalize setting is
+        served without encoding again. ``"memory"``: this process, spilling what
+        memory evicts to a temporary directory. A directory given as a path
+        (``"./cache"``, a :class:`pathlib.Path`): one SQLite database, shared by
+        processes and runs. None: nothing kept. Entries are 16-bit (float32 with
+        ``precision="float32"``), within cosine 0.99999 of float32.
     cache_memory_bytes : int, default=2147483648
         Budget of the memory tier (2 GiB; about 22 kB per MiniLM text, 82 kB per
         bert-base text). Estimators with the same three cache parameters (clones,
@@ -140,6 +133,7 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         "stride": [Interval(Integral, 0, None, closed="left"), None],
         "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "token_budget": [Interval(Integral, 1, None, closed="left"), None],
+        "attention": [StrOptions(set(ATTENTION_CHOICES))],
         "device": [str, torch.device],
         "precision": [StrOptions(set(PRECISIONS))],
         "revision": [str, None],
@@ -163,6 +157,7 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         stride=None,
         batch_size=None,
         token_budget=None,
+        attention="auto",
         device="auto",
         precision="auto",
         revision=None,
@@ -182,6 +177,7 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         self.stride = stride
         self.batch_size = batch_size
         self.token_budget = token_budget
+        self.attention = attention
         self.device = device
         self.precision = precision
         self.revision = revision
@@ -192,14 +188,12 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Check the texts and parameters and load the model.
+        """Check the texts and parameters and load the model (nothing is learnt).
 
         Parameters
         ----------
         X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
-            Texts. Nothing is learnt from them; they are only checked.
         y : None
-            Ignored.
 
         Returns
         -------
@@ -218,9 +212,7 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         Parameters
         ----------
         X : iterable of str
-            As for :meth:`transform`.
         y : None
-            Ignored.
 
         Returns
         -------
@@ -247,10 +239,7 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         return self.transform_with_report(X)[0]
 
     def transform_with_report(self, X):
-        """Embed texts, and say what the call did.
-
-        ``transform`` never changes the estimator (threads and workers may share
-        one), so a call's counts come back here instead.
+        """Embed texts, and say what the call did (``transform`` writes nothing on the estimator).
 
         Parameters
         ----------
@@ -259,29 +248,27 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         Returns
         -------
         X_out : ndarray of shape (n_texts, n_features), float32
-            As :meth:`transform` returns (always an array).
         report : TransformReport
-            Texts given, distinct, encoded, served from the cache, long and truncated.
         """
         check_is_fitted(self)
         texts = validate_texts(X)
-        unique, inverse = deduplicate(texts)
-        output = np.empty((len(unique), len(self.get_feature_names_out())), dtype=np.float32)
-        n_tokens = np.zeros(len(unique), dtype=np.int64)
         encoding = EncodingReport()
         request = Request(kinds_needed(self.pooling_modes_), self.layer_indices_, "pooler" in self.pooling_modes_)
         loaded = self._load()
         source = make_source(loaded, self._store(), self.precision, self._encoding_options(loaded))
-        with self._progress(len(unique)) as bar:
-            for batch in source.statistics(unique, request, encoding):
+        n_unique, inverse, batches = source.statistics(texts, request, encoding)
+        output = np.empty((n_unique, len(self.get_feature_names_out())), dtype=np.float32)
+        n_tokens = np.zeros(n_unique, dtype=np.int64)
+        with self._progress(n_unique) as bar:
+            for batch in batches:
                 output[batch.positions] = pool_features(batch, self.pooling_modes_, self.layer_indices_,
                                                         self.layer_aggregation, self.include_special_tokens)
                 n_tokens[batch.positions] = batch.n_tokens
                 bar.update(len(batch.positions))
-        report = self._report(encoding, len(texts), len(unique), int((n_tokens[inverse] > self.max_length_).sum()))
+        report = self._report(encoding, len(texts), n_unique, int((n_tokens[inverse] > self.max_length_).sum()))
         if self.normalize:
             output /= np.maximum(np.linalg.norm(output, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-        return (output if len(unique) == len(texts) else output[inverse]), report
+        return (output if n_unique == len(texts) else output[inverse]), report
 
     def get_feature_names_out(self, input_features=None):
         """Name the output columns by pooling mode, layer(s) and dimension.
@@ -309,12 +296,3 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         tags.target_tags.required = False
         tags.transformer_tags.preserves_dtype = []
         return tags
-
-    def __setstate__(self, state):
-        """Restore a pickle; with ``device="auto"`` the device is chosen anew here."""
-        self.__dict__.update(state)
-        if "device_" in state and self.device == "auto":
-            device = resolve_device("auto", self.precision)
-            self.device_ = str(device)
-            if self.precision != "int8":
-                self.precision_ = str(resolve_dtype(self.precision, device)).removeprefix("torch.")

@@ -12,6 +12,7 @@ from ._cache import store_for
 from ._device import default_token_budget, resolve_device, resolve_dtype
 from ._encoding import TOTALS, EncodingReport
 from ._models import LoadedModel, load_model
+from ._packing import use_packed
 from ._report import TransformReport
 from ._warnings import warn_user
 
@@ -34,6 +35,7 @@ class EncoderAccessMixin:
             "stride": self.stride_,
             "batch_size": self.batch_size,
             "token_budget": self.token_budget or default_token_budget(loaded.device),
+            "packed": use_packed(self.attention, loaded.device),
         }
 
     def _store(self):
@@ -72,3 +74,12 @@ class EncoderAccessMixin:
                 "truncated; long_text='chunk' covers them whole."
             )
         return TransformReport(n_rows, n_unique, encoding.n_encoded, encoding.n_cache_hits, n_long, n_truncated)
+
+    def __setstate__(self, state):
+        """Restore a pickle (made without weights); with ``device="auto"`` the device is chosen anew."""
+        self.__dict__.update(state)
+        if "device_" in state and self.device == "auto":
+            device = resolve_device("auto", self.precision)
+            self.device_ = str(device)
+            if self.precision != "int8":
+                self.precision_ = str(resolve_dtype(self.precision, device)).removeprefix("torch.")

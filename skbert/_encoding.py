@@ -32,6 +32,7 @@ from ._batching import (
     make_windows,
 )
 from ._models import LoadedModel
+from ._packing import forward_packed, pack, packed_pooler, segment_statistics
 from ._statistics import KINDS, Statistics, finish_texts, window_statistics
 
 CHUNK_SIZE = 4096
@@ -102,13 +103,15 @@ def _to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[s
 
 
 def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor]):
-    """Run the model on a padded batch on its device; returns the model output and the moved masks.
+    """Run the model on a padded or packed batch on its device; returns the output and the moved masks.
 
-    A batch without padding runs with no attention mask at all, which lets the
-    attention kernels take their fast, unmasked path.
+    A padded batch without padding runs with no attention mask at all, which lets
+    the attention kernels take their fast, unmasked path.
     """
-    unpadded = bool(batch["attention_mask"].all())
     on_device = _to_device(batch, loaded.device)
+    if "cu_seqlens" in batch:
+        return forward_packed(loaded.model, on_device), on_device
+    unpadded = bool(batch["attention_mask"].all())
     output = loaded.model(
         input_ids=on_device["input_ids"],
         attention_mask=None if unpadded else on_device["attention_mask"],
@@ -125,6 +128,7 @@ def run_batches(
     reduce: Callable,
     report: EncodingReport,
     limits: BatchLimits | None = None,
+    packed: bool = False,
 ) -> Iterator[tuple[list[Window], object]]:
     """Run ``reduce(output, masks)`` on one batch of windows, splitting it on out-of-memory errors.
 
@@ -143,6 +147,9 @@ def run_batches(
         (halves of a failed batch included) is cut to the limits as they stand when
         it runs, so nothing runs again at a size that already failed. Without it, a
         failed batch is halved.
+    packed : bool, default=False
+        Run the windows packed into one row (:mod:`skbert._packing`); ``reduce``
+        then gets ``cu_seqlens`` and a flat ``content_mask`` among the masks.
 
     Yields
     ------
@@ -157,7 +164,7 @@ def run_batches(
         if rows < len(part):
             pending[:0] = [part[i : i + rows] for i in range(0, len(part), rows)]
             continue
-        batch = collate(tokenized, part, pad_id)
+        batch = pack(tokenized, part) if packed else collate(tokenized, part, pad_id)
         try:
             with torch.inference_mode():
                 result = reduce(*_forward(loaded, batch))
@@ -170,11 +177,12 @@ def run_batches(
                 torch.cuda.empty_cache()
             _count(report, n_oom_splits=1)
             if limits is not None:
-                limits.lower(rows=len(part), longest=int(batch["input_ids"].shape[1]))
+                limits.lower(rows=len(part), longest=len(part[0].token_indices))
             half = len(part) // 2
             pending[:0] = [part[:half], part[half:]]
             continue
-        _count(report, n_windows=len(part), n_tokens=int(batch["attention_mask"].sum()))
+        real = batch["input_ids"].numel() if packed else int(batch["attention_mask"].sum())
+        _count(report, n_windows=len(part), n_tokens=real)
         yield part, result
 
 
@@ -227,7 +235,7 @@ OUTPUT_BYTES_PER_BATCH = 256 * 2**20
 
 
 def _encoded_windows(loaded, texts, reduce, report, *, max_length, long_text, stride, batch_size, token_budget,
-                     row_bytes=None):
+                     row_bytes=None, packed=False):
     """Tokenise, window, batch and run texts; yield each finished batch with what it needs to regroup.
 
     Batches hold at most ``batch_size`` rows and ``token_budget`` padded tokens, and
@@ -248,7 +256,8 @@ def _encoded_windows(loaded, texts, reduce, report, *, max_length, long_text, st
         n_windows = np.bincount([w.text for w in windows], minlength=len(tokenized))
         lengths = np.fromiter((len(w.token_indices) for w in windows), dtype=np.int64, count=len(windows))
         for batch in length_sorted_batches(lengths, limits):
-            for done, result in run_batches(loaded, tokenized, [windows[i] for i in batch], reduce, report, limits):
+            batch_windows = [windows[i] for i in batch]
+            for done, result in run_batches(loaded, tokenized, batch_windows, reduce, report, limits, packed):
                 yield start, tokenized, n_windows, done, result
 
 
@@ -274,6 +283,7 @@ def iter_statistics(
     stride: int = 0,
     batch_size: int | None = None,
     token_budget: int | None = None,
+    packed: bool = False,
     report: EncodingReport | None = None,
 ) -> Iterator[Statistics]:
     """Encode texts and yield their statistics (:mod:`skbert._statistics`), in no particular order.
@@ -302,6 +312,8 @@ def iter_statistics(
         Windows per forward pass at most (None: as the token budget allows).
     token_budget : int or None
         Padded tokens per forward pass at most.
+    packed : bool, default=False
+        Pack each batch's windows into one row with no padding (:mod:`skbert._packing`).
     report : EncodingReport, optional
         Filled in with counts.
 
@@ -314,13 +326,17 @@ def iter_statistics(
     layers, kinds = tuple(layers), tuple(kinds)
 
     def reduce(output, masks):
-        values = window_statistics(
-            [output.hidden_states[i] for i in layers], masks["attention_mask"], masks["content_mask"], kinds
-        )
-        if not with_pooler:
+        hidden = [output.hidden_states[i] for i in layers]
+        if "cu_seqlens" in masks:
+            values = segment_statistics(hidden, masks["cu_seqlens"], masks["content_mask"], kinds)
+            pooler = packed_pooler(loaded.model, output.hidden_states[-1], masks["cu_seqlens"]) if with_pooler else None
+        else:
+            values = window_statistics(hidden, masks["attention_mask"], masks["content_mask"], kinds)
+            pooler = output.pooler_output if with_pooler else None
+        if pooler is None:
             return values.cpu().numpy(), None
         # one device-to-host copy for the whole batch
-        flat = torch.cat([values.flatten(1), output.pooler_output.float()], dim=1).cpu().numpy()
+        flat = torch.cat([values.flatten(1), pooler.float()], dim=1).cpu().numpy()
         split = values[0].numel()
         return flat[:, :split].reshape(values.shape), flat[:, split:]
 
@@ -333,7 +349,8 @@ def iter_statistics(
     partial: dict[int, list] = {}  # windows of long texts, until all of a text's are done
     width = loaded.hidden_size
     options = dict(max_length=max_length, long_text=long_text, stride=stride, batch_size=batch_size,
-                   token_budget=token_budget, row_bytes=4 * width * (len(kinds) * len(layers) + with_pooler))
+                   token_budget=token_budget, packed=packed,
+                   row_bytes=4 * width * (len(kinds) * len(layers) + with_pooler))
     for start, tokenized, n_windows, done, (values, pooler) in _encoded_windows(
         loaded, texts, reduce, report, **options
     ):

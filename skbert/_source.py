@@ -77,22 +77,33 @@ class StatisticsSource:
         self.stored_dtype = np.dtype(stored_dtype)
         self.encoding = encoding
 
-    def statistics(self, texts: list[str], request: Request, report: EncodingReport) -> Iterator[Statistics]:
-        """Yield the statistics of distinct ``texts`` (each exactly once, in no particular order).
+    def statistics(
+        self, texts: list[str], request: Request, report: EncodingReport
+    ) -> tuple[int, np.ndarray, Iterator[Statistics]]:
+        """The statistics of ``texts``, each distinct text looked up or encoded once.
 
         Parameters
         ----------
         texts : list of str
-            Distinct texts (see :func:`deduplicate`).
+            Texts, repeats allowed.
         request : Request
         report : EncodingReport
             Counts texts served from the store and texts encoded.
 
-        Yields
-        ------
-        Statistics
-            ``positions`` index ``texts``.
+        Returns
+        -------
+        n_unique : int
+            Distinct texts.
+        inverse : ndarray of shape (len(texts),)
+            Each text's position among the distinct ones.
+        batches : iterator of Statistics
+            Every distinct text exactly once, in no particular order; ``positions``
+            index the distinct texts.
         """
+        unique, inverse = deduplicate(texts)
+        return len(unique), inverse, self._statistics(unique, request, report)
+
+    def _statistics(self, texts: list[str], request: Request, report: EncodingReport) -> Iterator[Statistics]:
         if self.store is None:
             yield from iter_statistics(
                 self.loaded, texts, layers=request.layers, kinds=request.kinds,

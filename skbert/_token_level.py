@@ -20,6 +20,12 @@ from ._validation import validate_texts
 class TokenLevelMixin(EncoderAccessMixin):
     """``transform_tokens`` and ``embed_words`` for :class:`~skbert.BertEmbedder`."""
 
+    def _padded_options(self, loaded) -> dict:
+        """Token vectors always run padded: the packed path reduces to statistics only."""
+        options = self._encoding_options(loaded)
+        del options["packed"]
+        return options
+
     def transform_tokens(self, X) -> TokenEmbeddings:
         """Embed every token of each text, in context.
 
@@ -116,7 +122,7 @@ class TokenLevelMixin(EncoderAccessMixin):
         report = EncodingReport()
         with self._progress(len(texts)) as bar:
             for position, tokenized, kept, vectors in iter_token_vectors(
-                loaded, texts, self.layer_indices_, report=report, **self._encoding_options(loaded)
+                loaded, texts, self.layer_indices_, report=report, **self._padded_options(loaded)
             ):
                 records[position] = TokenEmbedding(
                     tokens=loaded.tokenizer.convert_ids_to_tokens(tokenized.ids[kept].tolist()),

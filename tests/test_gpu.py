@@ -35,3 +35,16 @@ def test_gpu_fitted_pickle_has_no_cuda_tensors(tiny_bert):
     blob = pickle.dumps(embedder)
     assert b"torch" not in blob
     assert pickle.loads(blob).transform(TEXTS).shape == (len(TEXTS), 32)
+
+
+@gpu
+def test_gpu_packed_padded_and_cpu_float32_agree(tiny_bert):
+    """The varlen kernel (packed), padded batches and the CPU reference, all in float32 here."""
+    texts = TEXTS + ["river bank " * 40, "a"]
+    params = dict(pooling=("cls", "mean", "max", "last"), layers="all", precision="float32", cache=None)
+    cpu = BertEmbedder(tiny_bert, device="cpu", attention="padded", **params).fit_transform(texts)
+    for attention in ("packed", "padded"):
+        got = BertEmbedder(tiny_bert, device="cuda", attention=attention, **params).fit_transform(texts)
+        np.testing.assert_allclose(got, cpu, rtol=1e-3, atol=1e-4)
+    assert BertEmbedder(tiny_bert, device="cuda")._encoding_options(BertEmbedder(tiny_bert, device="cuda")
+                                                                     .fit(["a"])._load())["packed"]

@@ -5,7 +5,6 @@ import copy
 import threading
 import warnings
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

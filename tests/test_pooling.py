@@ -1,6 +1,5 @@
 """Pure pooling functions against plain numpy loops."""
 
-import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose

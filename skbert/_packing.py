@@ -1,0 +1,182 @@
+"""Padding-free batches: several windows packed into one token stream, attending within each.
+
+A packed batch concatenates the windows' token ids into one row, with position ids
+restarting at 0 for each window and the cumulative window lengths (``cu_seqlens``)
+telling attention where each window starts and ends. No token is padding, so no
+work is spent on it and no mask is needed: on CUDA the attention runs in
+``torch.nn.attention.varlen.varlen_attn`` (FlashAttention's variable-length
+kernel); elsewhere it runs window by window through ``scaled_dot_product_attention``,
+the reference the packed path is tested against on a CPU.
+
+The attention function is registered with transformers' ``AttentionInterface`` and
+takes the cumulative lengths from the keyword arguments ``BertModel.forward`` hands
+down to every attention layer (``cu_seq_lens_q`` and friends); a call without them
+falls back to transformers' own SDPA attention, so the same model serves padded
+batches unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from ._batching import TokenizedText, Window
+
+ATTENTION = "skbert_packed"
+ATTENTION_CHOICES = ("auto", "packed", "padded")
+_SWITCH = threading.Lock()
+
+
+def varlen_kernel():
+    """The variable-length attention kernel of this torch, or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def use_packed(attention: str, device: torch.device) -> bool:
+    """Whether batches are packed: ``"auto"`` packs where the varlen kernel runs (CUDA)."""
+    if attention == "auto":
+        return device.type == "cuda" and varlen_kernel() is not None
+    return attention == "packed"
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Attention within each packed window (an ``AttentionInterface`` function).
+
+    ``query``, ``key`` and ``value`` are ``(1, heads, total_tokens, head_dim)``;
+    returns ``(1, total_tokens, heads, head_dim)`` as transformers' functions do.
+    """
+    cu_seqlens = kwargs.get("cu_seq_lens_q")
+    if cu_seqlens is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    kernel = varlen_kernel() if query.is_cuda else None
+    if kernel is not None:
+        longest = int(kwargs["max_length_q"])
+        out = kernel(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu_seqlens,
+                     cu_seqlens, longest, longest, scale=scaling)
+        return out.unsqueeze(0), None
+    bounds = cu_seqlens.tolist()
+    parts = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], scale=scaling
+        )
+        for start, end in zip(bounds[:-1], bounds[1:])
+    ]
+    return torch.cat(parts, dim=2).transpose(1, 2), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, packed_attention)
+
+
+_register()
+
+
+def pack(tokenized: list[TokenizedText], windows: list[Window]) -> dict[str, torch.Tensor]:
+    """Concatenate some windows into one packed row.
+
+    Returns
+    -------
+    dict
+        ``input_ids``, ``position_ids``, ``token_type_ids`` (1, total) int64;
+        ``content_mask`` (total,) the non-special tokens each window counts;
+        ``cu_seqlens`` (n + 1,) int32; ``max_length`` (a 0-d tensor); all on the CPU.
+    """
+    ids, positions, content, lengths = [], [], [], []
+    for window in windows:
+        text = tokenized[window.text]
+        ids.append(text.ids[window.token_indices])
+        positions.append(np.arange(len(window.token_indices)))
+        content.append(window.counted & ~text.special[window.token_indices])
+        lengths.append(len(window.token_indices))
+    input_ids = torch.from_numpy(np.concatenate(ids)).unsqueeze(0)
+    return {
+        "input_ids": input_ids,
+        "position_ids": torch.from_numpy(np.concatenate(positions)).unsqueeze(0),
+        "token_type_ids": torch.zeros_like(input_ids),
+        "content_mask": torch.from_numpy(np.concatenate(content)),
+        "cu_seqlens": torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),
+        "max_length": torch.tensor(max(lengths)),
+    }
+
+
+@contextmanager
+def packed_attention_on(model):
+    """Route the model's attention through :func:`packed_attention` for one forward.
+
+    Serialised by a lock; a padded forward that runs meanwhile in another thread
+    still gets SDPA (the function falls back to it without packed lengths).
+    """
+    with _SWITCH:
+        before = model.config._attn_implementation
+        model.config._attn_implementation = ATTENTION
+        try:
+            yield
+        finally:
+            model.config._attn_implementation = before
+
+
+def forward_packed(model, batch: dict[str, torch.Tensor]):
+    """Run the model on a packed batch (already on its device); returns its output."""
+    cu_seqlens, longest = batch["cu_seqlens"], int(batch["max_length"])
+    with packed_attention_on(model):
+        return model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            token_type_ids=batch["token_type_ids"],
+            output_hidden_states=True,
+            return_dict=True,
+            cu_seq_lens_q=cu_seqlens,
+            cu_seq_lens_k=cu_seqlens,
+            max_length_q=longest,
+            max_length_k=longest,
+        )
+
+
+def segment_statistics(hidden_states, cu_seqlens: torch.Tensor, content_mask: torch.Tensor, kinds) -> torch.Tensor:
+    """:func:`~skbert._statistics.window_statistics` for a packed batch, window by window.
+
+    Returns
+    -------
+    Tensor of shape (n_windows, len(kinds), len(hidden_states), d), float32
+    """
+    starts, ends = cu_seqlens[:-1].long(), cu_seqlens[1:].long()
+    n = len(starts)
+    segment = torch.repeat_interleave(torch.arange(n, device=starts.device), ends - starts)
+    content = content_mask.bool()
+    owner = segment[content]
+    per_layer = []
+    for hidden in hidden_states:
+        tokens = hidden[0]
+        width = tokens.shape[-1]
+        rows = []
+        for kind in kinds:
+            if kind == "cls":
+                rows.append(tokens[starts].float())
+            elif kind == "last":
+                rows.append(tokens[ends - 1].float())
+            elif kind == "mean":  # the sum, as window_statistics gives it
+                rows.append(torch.zeros(n, width, device=tokens.device).index_add_(0, owner, tokens[content].float()))
+            else:
+                fill = torch.full((n, width), torch.finfo(tokens.dtype).min, device=tokens.device)
+                index = owner.unsqueeze(1).expand(-1, width)
+                rows.append(fill.scatter_reduce_(0, index, tokens[content].float(), "amax"))
+        per_layer.append(torch.stack(rows, dim=1))
+    return torch.stack(per_layer, dim=2)
+
+
+def packed_pooler(model, last_hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """BERT's pooler on each packed window's first token (the model's own pooler sees only the row's first)."""
+    first = last_hidden[0, cu_seqlens[:-1].long()]
+    return model.pooler.activation(model.pooler.dense(first))
