@@ -139,7 +139,7 @@ def phase_stores(path, n):
     source = make_source(loaded, None, embedder.precision, embedder._encoding_options(loaded))
     request = Request(KINDS, tuple(range(loaded.n_layers + 1)), loaded.has_pooler)
     entries = [e for batch in source.statistics(texts, request, EncodingReport())[2]
-               for e in entries_from_statistics(batch, np.float16)]
+               for e in entries_from_statistics(batch, np.float16)[0]]
     items = [(text_key(b"bench", str(i)), entries[i % len(entries)]) for i in range(n)]
     batches = [items[i : i + 256] for i in range(0, n, 256)]
     results = []

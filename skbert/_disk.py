@@ -2,10 +2,11 @@
 
 Why SQLite (standard library) rather than LMDB or ``diskcache``, measured on the same
 22 kB MiniLM entries by ``benchmarks/cache_scale.py`` (results in
-``benchmarks/results/``): LMDB wrote 1.1-1.3x and read 1.3x as many entries per
-second as this tier (about 5,000 writes and 30,000 reads a second on the 2-core
-development machine), and ``diskcache`` was the slowest of the three. SQLite is kept
-because the gap is small beside encoding (a CPU encodes a few hundred texts a
+``benchmarks/results/``): over four runs on the 2-core development machine, LMDB
+wrote between 0.8x and 1.8x as many entries per second as this tier (which wrote
+4,600-8,700 a second) and read 1.3x as many (this tier: about 30,000 a second), and
+``diskcache`` was the slowest of the three. SQLite is kept because the gap is small
+and goes both ways beside encoding (a CPU encodes a few hundred texts a
 second), and because it does in SQL what LMDB would need code of ours for: the byte
 total and eviction of the oldest entries in the same atomic transaction as the
 write (LMDB has no insertion order; a second index would have to be kept by hand),
@@ -14,7 +15,7 @@ the cache needs: atomic batched transactions (a killed writer never leaves a
 half-written entry), many processes reading and writing one file
 (``GridSearchCV(n_jobs=2)`` workers), and three files however many entries there
 are (the database, its write-ahead log and its index). Settings measured: 16 kB
-pages (1.4x the writes of 4 kB pages for these entries), ``synchronous=NORMAL`` in
+pages (1.4x the writes of 4 kB pages for such entries in plain SQLite), ``synchronous=NORMAL`` in
 WAL mode (safe against a killed process; fsync at checkpoints, not per batch).
 
 What is ours: one row per entry with a CRC of its key and value (a damaged entry is

@@ -96,7 +96,7 @@ def _narrow(values: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray
     return narrow, overflow
 
 
-def entries_from_statistics(statistics: Statistics, dtype) -> list[Entry]:
+def entries_from_statistics(statistics: Statistics, dtype) -> tuple[list[Entry], Statistics]:
     """Turn a freshly encoded batch (all kinds, all hidden states) into entries of ``dtype``.
 
     Parameters
@@ -108,8 +108,10 @@ def entries_from_statistics(statistics: Statistics, dtype) -> list[Entry]:
 
     Returns
     -------
-    list of Entry
+    entries : list of Entry
         One per row.
+    stored : Statistics
+        The batch as the entries hold it (what a cache hit would give).
     """
     if statistics.kinds != KINDS or statistics.layers != tuple(range(statistics.values.shape[2])):
         raise ValueError("cache entries need every kind of statistic for every hidden state")
@@ -119,24 +121,31 @@ def entries_from_statistics(statistics: Statistics, dtype) -> list[Entry]:
     if statistics.pooler is not None:
         pooler, pooler_overflow = _narrow(statistics.pooler, dtype)
         overflow |= pooler_overflow
+    if overflow.any():  # those rows stay float32
+        values, pooler = values.astype(np.float32), None if pooler is None else pooler.astype(np.float32)
+        values[overflow] = statistics.values[overflow]
+        if pooler is not None:
+            pooler[overflow] = statistics.pooler[overflow]
     entries = []
     for row in range(len(values)):
-        wide = overflow[row]
+        narrow = not overflow[row]
         entries.append(
             Entry(
-                (statistics.values if wide else values)[row].copy(),
+                values[row].astype(dtype) if narrow else values[row].copy(),
                 int(statistics.n_content[row]),
                 int(statistics.n_tokens[row]),
-                None if pooler is None else (statistics.pooler if wide else pooler)[row].copy(),
+                None if pooler is None else (pooler[row].astype(dtype) if narrow else pooler[row].copy()),
             )
         )
-    return entries
+    stored = Statistics(statistics.positions, values, KINDS, statistics.layers, statistics.n_content,
+                        statistics.n_tokens, pooler)
+    return entries, stored
 
 
 def statistics_from_entries(
     positions, entries: list[Entry], kinds: tuple[str, ...], layers: tuple[int, ...]
 ) -> Statistics:
-    """Gather entries into a batch, copying only the kinds and hidden states asked for.
+    """Gather entries into a batch of the kinds and hidden states asked for.
 
     Parameters
     ----------
@@ -152,12 +161,8 @@ def statistics_from_entries(
     Statistics
         In the entries' dtype (float32 if any entry is).
     """
-    width = entries[0].values.shape[-1]
-    dtype = np.result_type(*{entry.values.dtype for entry in entries})
-    chosen = np.ix_([KINDS.index(kind) for kind in kinds], list(layers))
-    values = np.empty((len(entries), len(kinds), len(layers), width), dtype=dtype)
-    for row, entry in enumerate(entries):  # straight into place
-        values[row] = entry.values[chosen]
+    stacked = np.stack([entry.values for entry in entries])  # one C-level copy (float32 if any entry is)
+    values = stacked[:, [KINDS.index(kind) for kind in kinds]][:, :, list(layers)]
     has_pooler = all(entry.pooler is not None for entry in entries)
     return Statistics(
         np.asarray(positions),

@@ -136,9 +136,11 @@ class StatisticsSource:
             with_pooler=self.loaded.has_pooler, report=report, **self.encoding,
         ):
             positions = missing[batch.positions]
-            entries = entries_from_statistics(batch, self.stored_dtype)
+            entries, stored = entries_from_statistics(batch, self.stored_dtype)
             self.store.put_many([(keys[p], entry) for p, entry in zip(positions, entries)])
-            yield statistics_from_entries(positions, entries, request.kinds, request.layers)
+            yield Statistics(positions, stored.values[:, [KINDS.index(kind) for kind in request.kinds]][
+                :, :, list(request.layers)], request.kinds, request.layers, stored.n_content, stored.n_tokens,
+                stored.pooler)
 
 
 def make_source(loaded: LoadedModel, store: Store | None, precision: str, encoding: dict) -> StatisticsSource:

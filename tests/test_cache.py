@@ -80,22 +80,25 @@ def _fake_statistics(n_layers, width, rng):
 def test_entries_fit_the_size_targets(n_layers, width, limit, rng):
     """MiniLM's shape (6 layers, 384 wide) and bert-base's (12 x 768), in memory and on disk."""
     statistics = _fake_statistics(n_layers, width, rng)
-    entry = entries_from_statistics(statistics, np.float16)[0]
+    entry = entries_from_statistics(statistics, np.float16)[0][0]
     assert entry.values.dtype == np.float16
     assert entry.nbytes <= limit and len(pack_entry(entry)) <= limit
-    assert entries_from_statistics(statistics, np.float32)[0].nbytes > limit  # float32 is twice the size
+    assert entries_from_statistics(statistics, np.float32)[0][0].nbytes > limit  # float32 is twice the size
 
 
 def test_values_that_overflow_16_bits_keep_float32(rng):
     statistics = _fake_statistics(2, 8, rng)
     statistics.values[1, 0, 0, 0] = 1e6
-    entries = entries_from_statistics(statistics, np.float16)
+    entries, stored = entries_from_statistics(statistics, np.float16)
     assert entries[0].values.dtype == np.float16 and entries[1].values.dtype == np.float32
     assert entries[1].values[0, 0, 0] == 1e6
+    # the batch handed out holds what the entries hold: row 0 rounded to 16 bits, row 1 exact
+    assert np.array_equal(stored.values[0], entries[0].values.astype(np.float32))
+    assert np.array_equal(stored.values[1], statistics.values[1])
 
 
 def test_entry_round_trip_and_checks(rng):
-    for entry in entries_from_statistics(_fake_statistics(2, 8, rng), np.float16) + [
+    for entry in entries_from_statistics(_fake_statistics(2, 8, rng), np.float16)[0] + [
         Entry(rng.random((4, 3, 8), dtype=np.float32), 5, 9, None)
     ]:
         back = unpack_entry(pack_entry(entry))

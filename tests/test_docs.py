@@ -6,6 +6,7 @@ from pathlib import Path
 
 import skbert._embedder
 import skbert._token_level
+import skbert.dask
 from support import minilm
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -25,7 +26,7 @@ def test_readme_python_blocks_run():
 @minilm
 def test_docstring_examples_run():
     tried = 0
-    for module in (skbert._embedder, skbert._token_level):
+    for module in (skbert._embedder, skbert._token_level, skbert.dask):
         failed, ran = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert failed == 0, module.__name__
         tried += ran

@@ -1,0 +1,110 @@
+"""Embedding a Dask DataFrame: skbert on many worker processes, GPUs or machines.
+
+Dask is optional (``pip install skbert[dask]``) and imported only here, so
+``import skbert`` never imports it.
+
+The fitted estimator travels to the workers pickled, without its weights; each
+worker process loads the model once (skbert's process-wide registry) and reuses it
+for every partition and every call, with its own cache. Partitions map one to one,
+so the result keeps the input's index and divisions.
+
+Examples
+--------
+>>> import dask.dataframe as dd, pandas as pd
+>>> from skbert import BertEmbedder
+>>> from skbert.dask import embed
+>>> texts = dd.from_pandas(pd.Series(["a river bank", "a loan", ""], name="text"), npartitions=2)
+>>> embedder = BertEmbedder("sentence-transformers/all-MiniLM-L6-v2").fit(["a"])
+>>> embed(texts, embedder).compute().shape
+(3, 384)
+
+On a cluster, connect a ``distributed.Client`` first; with several GPUs start one
+worker per GPU, each seeing only its own (``CUDA_VISIBLE_DEVICES`` set per worker, as
+``dask_cuda.LocalCUDACluster`` does), and keep ``device="auto"``: every worker then
+uses its GPU, and N GPUs give about N times the throughput.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def _texts(data, column):
+    is_frame = getattr(data, "ndim", 1) == 2
+    if column is not None and not is_frame:
+        raise ValueError(f"column={column!r} was given, but data is a Series, not a frame.")
+    if column is None:
+        if is_frame:
+            if len(data.columns) != 1:
+                raise ValueError(
+                    f"data is a frame with {len(data.columns)} columns {list(data.columns)[:10]}; "
+                    "name the text column with column=..."
+                )
+            return data[data.columns[0]]
+        return data
+    if column not in data.columns:
+        raise ValueError(f"column {column!r} is not among the frame's columns {list(data.columns)[:10]}.")
+    return data[column]
+
+
+def _embed_partition(part: pd.Series, embedder, names) -> pd.DataFrame:
+    if len(part) == 0:
+        return pd.DataFrame(np.empty((0, len(names)), np.float32), index=part.index, columns=names)
+    return pd.DataFrame(embedder.transform_with_report(part)[0], index=part.index, columns=names)
+
+
+def embed(data, embedder, column=None):
+    """Embed a Dask Series of texts (or one column of a Dask DataFrame), lazily.
+
+    Parameters
+    ----------
+    data : dask.dataframe.Series or dask.dataframe.DataFrame
+        The texts; a frame needs ``column`` unless it has a single column.
+    embedder : BertEmbedder
+        Fitted.
+    column : str, optional
+        The text column of a frame.
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        One float32 column per feature (``embedder.get_feature_names_out()``), the
+        input's index and divisions, one output partition per input partition.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(embedder)
+    texts = _texts(data, column)
+    names = [str(name) for name in embedder.get_feature_names_out()]
+    meta = pd.DataFrame(np.empty((0, len(names)), np.float32), columns=names, index=texts._meta.index)
+    return texts.map_partitions(_embed_partition, embedder, names, meta=meta)
+
+
+def _predict_partition(part, pipeline, method, dtype) -> pd.Series:
+    values = getattr(pipeline, method)(part) if len(part) else np.empty(0, dtype)
+    return pd.Series(values, index=part.index, dtype=dtype, name=method)
+
+
+def predict(data, pipeline, column=None, method="predict"):
+    """Apply a fitted pipeline (``BertEmbedder`` first) to a Dask collection of texts, partition by partition.
+
+    Parameters
+    ----------
+    data : dask.dataframe.Series or dask.dataframe.DataFrame
+    pipeline : fitted estimator
+        E.g. ``make_pipeline(BertEmbedder(...), LogisticRegression())``.
+    column : str, optional
+        The text column of a frame.
+    method : str, default="predict"
+        The pipeline's method giving one value per text.
+
+    Returns
+    -------
+    dask.dataframe.Series
+        One value per text, with the input's index and divisions.
+    """
+    texts = _texts(data, column)
+    dtype = getattr(pipeline, "classes_", np.array([0.0])).dtype
+    meta = pd.Series([], index=texts._meta.index, dtype=dtype, name=method)
+    return texts.map_partitions(_predict_partition, pipeline, method, dtype, meta=meta)

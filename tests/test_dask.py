@@ -1,0 +1,111 @@
+"""The Dask entry point on a real LocalCluster with worker processes (tiny model, float32)."""
+
+import os
+import signal
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from numpy.testing import assert_allclose
+
+from skbert import BertEmbedder
+
+dd = pytest.importorskip("dask.dataframe")
+distributed = pytest.importorskip("distributed")
+
+from skbert.dask import embed, predict  # noqa: E402
+
+TEXTS = ["The river bank was muddy.", "", "She paid the loan at the bank.", "money money money", "",
+         "The river bank was muddy.", "   ", "a", "We sat on the bank of the river.", "new account"] * 3
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+        yield client
+
+
+def _series():
+    index = pd.Index([f"doc{i:02d}" for i in range(len(TEXTS))], name="id")
+    return pd.Series(TEXTS, index=index, name="text")
+
+
+def test_importing_skbert_does_not_import_dask():
+    import subprocess
+
+    code = "import sys, skbert; print('dask' in sys.modules, 'distributed' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_the_dask_result_equals_a_single_process_transform(client, tiny_bert):
+    series = _series()
+    embedder = BertEmbedder(tiny_bert, pooling="mean_max", precision="float32").fit(["a"])
+    lazy = embed(dd.from_pandas(series, npartitions=4), embedder)
+    assert list(lazy.columns) == list(embedder.get_feature_names_out()) and lazy.npartitions == 4
+    got = lazy.compute()
+    assert got.index.tolist() == series.index.tolist()  # order and index kept, repeats and empties included
+    want = BertEmbedder(tiny_bert, pooling="mean_max", precision="float32", cache=None).fit_transform(TEXTS)
+    assert_allclose(got.to_numpy(), want, rtol=1e-6, atol=1e-6)
+    assert dd.from_pandas(series, npartitions=4).divisions == lazy.divisions
+    frame = dd.from_pandas(series.to_frame().assign(n=1), npartitions=3)
+    assert_allclose(embed(frame, embedder, column="text").compute().to_numpy(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_each_worker_loads_the_model_once_and_reuses_it(client, tiny_bert):
+    embedder = BertEmbedder(tiny_bert, precision="float32").fit(["a"])
+    embed(dd.from_pandas(_series(), npartitions=6), embedder).compute()
+    embed(dd.from_pandas(_series(), npartitions=6), embedder).compute()
+
+    def loaded_models():
+        from skbert import _models
+
+        return len(_models._REGISTRY)
+
+    assert set(client.run(loaded_models).values()) == {1}
+
+
+def test_a_fitted_pipeline_predicts_partition_by_partition(client, tiny_bert):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    labels = np.array([("river" in t) or ("water" in t) for t in TEXTS], dtype=int)
+    pipe = make_pipeline(BertEmbedder(tiny_bert, precision="float32"), LogisticRegression(max_iter=200))
+    pipe.fit(TEXTS, labels)
+    got = predict(dd.from_pandas(_series(), npartitions=3), pipe).compute()
+    assert got.index.tolist() == _series().index.tolist()
+    assert got.tolist() == pipe.predict(TEXTS).tolist()
+
+
+def test_a_worker_killed_mid_computation_still_gives_the_complete_result(client, tiny_bert, tmp_path):
+    """A worker process dies once, in the middle; Dask reruns what it held and the output is whole."""
+    marker = tmp_path / "killed"
+    embedder = BertEmbedder(tiny_bert, precision="float32").fit(["a"])
+    lazy = embed(dd.from_pandas(_series(), npartitions=6), embedder)
+
+    def die_once(part):
+        if not marker.exists() and len(part):
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return part
+
+    got = lazy.map_partitions(die_once, meta=lazy._meta).compute()
+    assert marker.exists()
+    want = BertEmbedder(tiny_bert, precision="float32", cache=None).fit_transform(TEXTS)
+    assert got.index.tolist() == _series().index.tolist()
+    assert_allclose(got.to_numpy(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_input_names_the_problem(tiny_bert):
+    embedder = BertEmbedder(tiny_bert).fit(["a"])
+    frame = dd.from_pandas(pd.DataFrame({"a": ["x"], "b": ["y"]}), npartitions=1)
+    with pytest.raises(ValueError, match="2 columns.*column="):
+        embed(frame, embedder)
+    with pytest.raises(ValueError, match="column 'c' is not among"):
+        embed(frame, embedder, column="c")
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        embed(frame, BertEmbedder(tiny_bert), column="a")
