@@ -2,9 +2,10 @@
 
 Why SQLite (standard library) rather than LMDB or ``diskcache``, measured on the same
 22 kB MiniLM entries by ``benchmarks/cache_scale.py`` (results in
-``benchmarks/results/``): over four runs on the 2-core development machine, LMDB
+``benchmarks/results/``): over five runs on the 2-core development machine, LMDB
 wrote between 0.8x and 1.8x as many entries per second as this tier (which wrote
-4,600-8,700 a second) and read 1.3x as many (this tier: about 30,000 a second), and
+4,600-9,200 a second) and read 1.3-1.6x as many (this tier: about 30,000 a second;
+with 3.4 kB entries LMDB read 1.4-2.2x as many), and
 ``diskcache`` was the slowest of the three. SQLite is kept because the gap is small
 and goes both ways beside encoding (a CPU encodes a few hundred texts a
 second), and because it does in SQL what LMDB would need code of ours for: the byte
