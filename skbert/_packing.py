@@ -39,10 +39,26 @@ def varlen_kernel():
     return varlen_attn
 
 
+def transformers_passes_lengths() -> bool:
+    """Whether this transformers hands attention keyword arguments down from ``BertModel.forward``
+    (transformers 5 does; the packed path needs it)."""
+    import transformers
+
+    return int(transformers.__version__.split(".")[0]) >= 5
+
+
 def use_packed(attention: str, device: torch.device) -> bool:
-    """Whether batches are packed: ``"auto"`` packs where the varlen kernel runs (CUDA)."""
+    """Whether batches are packed: ``"auto"`` packs where the varlen kernel runs (CUDA).
+
+    Raises
+    ------
+    ValueError
+        For ``"packed"`` with a transformers older than 5.
+    """
+    if attention == "packed" and not transformers_passes_lengths():
+        raise ValueError("attention='packed' needs transformers >= 5; use 'padded' or 'auto' with this version.")
     if attention == "auto":
-        return device.type == "cuda" and varlen_kernel() is not None
+        return device.type == "cuda" and varlen_kernel() is not None and transformers_passes_lengths()
     return attention == "packed"
 
 
@@ -74,13 +90,17 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     return torch.cat(parts, dim=2).transpose(1, 2), None
 
 
+_REGISTERED = False
+
+
 def _register() -> None:
-    from transformers import AttentionInterface
+    """Register :func:`packed_attention` with transformers, once, on first packed use."""
+    global _REGISTERED
+    if not _REGISTERED:
+        from transformers import AttentionInterface
 
-    AttentionInterface.register(ATTENTION, packed_attention)
-
-
-_register()
+        AttentionInterface.register(ATTENTION, packed_attention)
+        _REGISTERED = True
 
 
 def pack(tokenized: list[TokenizedText], windows: list[Window]) -> dict[str, torch.Tensor]:
@@ -119,6 +139,7 @@ def packed_attention_on(model):
     still gets SDPA (the function falls back to it without packed lengths).
     """
     with _SWITCH:
+        _register()
         before = model.config._attn_implementation
         model.config._attn_implementation = ATTENTION
         try:

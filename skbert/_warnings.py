@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 import warnings
 
-_INTERNAL = ("skbert", "sklearn")
+_INTERNAL = ("skbert", "sklearn", "joblib")  # Pipeline steps run through joblib.Memory
 
 
 def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
-    """Warn, attributed to the first caller outside skbert and scikit-learn.
+    """Warn, attributed to the first caller outside skbert, scikit-learn and joblib.
 
     A transform reached through ``set_output``'s wrapper, a ``Pipeline`` or
     ``GridSearchCV`` then shows the user's call, whatever the depth in between.

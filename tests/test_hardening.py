@@ -60,6 +60,9 @@ def test_the_truncation_warning_points_at_the_users_line_through_set_output_and_
     with pytest.warns(UserWarning, match="were truncated") as caught:
         pipe.transform([long_text, "a"])
     assert caught[0].filename == __file__
+    with pytest.warns(UserWarning, match="were truncated") as caught:  # fit runs its steps through joblib
+        make_pipeline(BertEmbedder(tiny_bert), StandardScaler()).fit([long_text, "a"])
+    assert caught[0].filename == __file__
 
 
 def test_a_progress_bar_only_for_work_that_takes_a_while(tiny_bert, capsys, monkeypatch):

@@ -83,3 +83,12 @@ def test_packed_batches_run_no_padding(tiny_bert, monkeypatch):
     real_tokens = sum(shape[1] for shape, _ in shapes)
     tokenized = TextTokenizer(embedder._load().tokenizer)(TEXTS)
     assert real_tokens == sum(min(len(t.ids), 64) for t in tokenized)  # every token once, no padding
+
+
+def test_packing_needs_transformers_5(tiny_bert, monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "4.57.0")
+    assert not use_packed("auto", torch.device("cuda"))
+    with pytest.raises(ValueError, match="attention='packed' needs transformers >= 5"):
+        BertEmbedder(tiny_bert, attention="packed").fit(["a"]).transform(["a"])
