@@ -162,14 +162,14 @@ def statistics_from_entries(
         In the entries' dtype (float32 if any entry is).
     """
     stacked = np.stack([entry.values for entry in entries])  # one C-level copy (float32 if any entry is)
-    values = stacked[:, [KINDS.index(kind) for kind in kinds]][:, :, list(layers)]
     has_pooler = all(entry.pooler is not None for entry in entries)
-    return Statistics(
+    every = Statistics(
         np.asarray(positions),
-        values,
-        tuple(kinds),
-        tuple(layers),
+        stacked,
+        KINDS,
+        tuple(range(stacked.shape[2])),
         np.array([entry.n_content for entry in entries]),
         np.array([entry.n_tokens for entry in entries]),
         np.stack([entry.pooler for entry in entries]) if has_pooler else None,
     )
+    return every.select(kinds, layers)

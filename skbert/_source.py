@@ -135,12 +135,10 @@ class StatisticsSource:
             self.loaded, [texts[i] for i in missing], layers=every_layer, kinds=KINDS,
             with_pooler=self.loaded.has_pooler, report=report, **self.encoding,
         ):
-            positions = missing[batch.positions]
+            batch.positions = missing[batch.positions]
             entries, stored = entries_from_statistics(batch, self.stored_dtype)
-            self.store.put_many([(keys[p], entry) for p, entry in zip(positions, entries)])
-            yield Statistics(positions, stored.values[:, [KINDS.index(kind) for kind in request.kinds]][
-                :, :, list(request.layers)], request.kinds, request.layers, stored.n_content, stored.n_tokens,
-                stored.pooler)
+            self.store.put_many([(keys[p], entry) for p, entry in zip(batch.positions, entries)])
+            yield stored.select(request.kinds, request.layers)
 
 
 def make_source(loaded: LoadedModel, store: Store | None, precision: str, encoding: dict) -> StatisticsSource:
