@@ -6,6 +6,7 @@ import os
 from numbers import Integral
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -219,8 +220,8 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         ndarray of shape (n_texts, n_features), float32
         """
         self._validate_params()  # parameters first, as fit does
-        texts = validate_texts(X)
-        return self.fit(texts).transform(X if hasattr(X, "iloc") else texts)  # pandas: keep the index
+        texts = pd.Series(validate_texts(X), index=X.index) if hasattr(X, "iloc") else validate_texts(X)
+        return self.fit(texts).transform(texts)  # checked once; pandas input keeps its index
 
     def transform(self, X):
         """Embed texts.

@@ -40,6 +40,16 @@ def test_lone_surrogates_become_u_fffd_everywhere_texts_enter(tiny_bert):
     assert_allclose(words, embedder.embed_words(clean, ["fine", "flooded"]), rtol=0, atol=0)
 
 
+def test_pandas_input_with_a_lone_surrogate_warns_once_and_keeps_its_index(tiny_bert):
+    series = pd.Series(["fine", "broken \ud800"], index=["x", "y"], dtype=object)  # str dtype refuses it
+    embedder = BertEmbedder(tiny_bert).set_output(transform="pandas")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = embedder.fit_transform(series)
+    assert len([w for w in caught if "lone surrogate" in str(w.message)]) == 1
+    assert frame.index.tolist() == ["x", "y"]
+
+
 def test_a_torch_device_is_accepted(tiny_bert):
     embedder = BertEmbedder(tiny_bert, device=torch.device("cpu")).fit(TEXTS)
     assert embedder.device_ == "cpu"
