@@ -231,6 +231,13 @@ class BatchLimits:
     token_budget: int | None = None
     max_rows: int | None = None
 
+    def rows(self, longest: int, available: int) -> int:
+        """How many windows (of at most ``longest`` tokens, ``available`` of them) one batch takes; at least one."""
+        cap = available if self.max_rows is None else self.max_rows
+        if self.token_budget is not None:
+            cap = min(cap, self.token_budget // max(longest, 1))
+        return max(1, min(cap, available))
+
     def lower(self, rows: int, longest: int) -> None:
         """After a batch of ``rows`` x ``longest`` ran out of memory: half of it from now on."""
         self.token_budget = max(1, min(self.token_budget or rows * longest, rows * longest) // 2)
@@ -258,10 +265,7 @@ def length_sorted_batches(lengths: np.ndarray, limits: BatchLimits) -> Iterator[
     order = np.argsort(-np.asarray(lengths), kind="stable")
     start = 0
     while start < len(order):
-        longest = int(lengths[order[start]])
-        cap = max(len(order), 1) if limits.max_rows is None else limits.max_rows
-        budget = limits.token_budget
-        rows = cap if budget is None else max(1, min(cap, budget // max(longest, 1)))
+        rows = limits.rows(int(lengths[order[start]]), len(order) - start)
         yield order[start : start + rows]
         start += rows
 

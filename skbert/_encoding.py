@@ -160,7 +160,7 @@ def run_batches(
     pending = [windows]
     while pending:
         part = pending.pop(0)
-        rows = _rows_allowed(part, limits)
+        rows = len(part) if limits is None else limits.rows(len(part[0].token_indices), len(part))
         if rows < len(part):
             pending[:0] = [part[i : i + rows] for i in range(0, len(part), rows)]
             continue
@@ -184,17 +184,6 @@ def run_batches(
         real = batch["input_ids"].numel() if packed else int(batch["attention_mask"].sum())
         _count(report, n_windows=len(part), n_tokens=real)
         yield part, result
-
-
-def _rows_allowed(part: list[Window], limits: BatchLimits | None) -> int:
-    """How many of a longest-first batch's windows fit the current limits (at least one)."""
-    if limits is None:
-        return len(part)
-    longest = len(part[0].token_indices)
-    rows = len(part) if limits.max_rows is None else limits.max_rows
-    if limits.token_budget is not None:
-        rows = min(rows, limits.token_budget // max(longest, 1))
-    return max(1, rows)
 
 
 def _chunks(loaded, texts, max_length, long_text, stride, report) -> Iterator[tuple[int, list, list[Window]]]:

@@ -81,7 +81,9 @@ def validate_texts(X) -> list[str]:
             raise ValueError(f"X is an array of shape {X.shape}; a 1-D array of texts (or one column) was expected.")
         items = X.tolist()
     elif isinstance(X, (set, frozenset, dict)) or not isinstance(X, Iterable):
-        raise TypeError(f"X is {_a(type(X).__name__)}; an ordered iterable of texts (list, array, Series) was expected.")
+        raise TypeError(
+            f"X is {_a(type(X).__name__)}; an ordered iterable of texts (list, array, Series) was expected."
+        )
     else:
         items = list(X)
     if not items:
