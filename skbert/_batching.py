@@ -36,13 +36,18 @@ class TokenizedText:
     ids : ndarray of int64, shape (t,)
     special : ndarray of bool, shape (t,)
     offsets : ndarray of int64, shape (t, 2), or None
-        Character span of each token in the text ((0, 0) for special tokens);
-        None when the tokenizer cannot tell (slow tokenizers).
+        Character span of each token in the text ((0, 0) for special tokens); for
+        a pair, in its own side's text. None when the tokenizer cannot tell (slow
+        tokenizers).
+    type_ids : ndarray of int64, shape (t,), or None
+        Token types (segment ids) of a sentence pair, 0 for ``[CLS] A [SEP]``, 1
+        for ``B [SEP]``; None for a single text.
     """
 
     ids: np.ndarray
     special: np.ndarray
     offsets: np.ndarray | None
+    type_ids: np.ndarray | None = None
 
 
 class TextTokenizer:
@@ -72,32 +77,40 @@ class TextTokenizer:
         """Whether character offsets are available."""
         return self._backend is not None
 
-    def __call__(self, texts: list[str]) -> list[TokenizedText]:
-        """Tokenise texts, special tokens added.
+    def __call__(self, texts: list) -> list[TokenizedText]:
+        """Tokenise texts, or sentence pairs, special tokens added.
 
         Parameters
         ----------
-        texts : list of str
+        texts : list of str, or list of (str, str)
+            Single texts, or pairs (A, B), encoded as the tokenizer encodes
+            ``tokenizer(a, b)``: ``[CLS] A [SEP] B [SEP]`` with token types.
 
         Returns
         -------
         list of TokenizedText
         """
+        pairs = bool(texts) and isinstance(texts[0], tuple)
         if self._backend is not None:
             return [
                 TokenizedText(
                     np.asarray(enc.ids, dtype=np.int64),
                     np.asarray(enc.special_tokens_mask, dtype=bool),
                     np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2),
+                    np.asarray(enc.type_ids, dtype=np.int64) if pairs else None,
                 )
                 for enc in self._backend.encode_batch(texts, add_special_tokens=True)
             ]
+        sides = ([a for a, _ in texts], [b for _, b in texts]) if pairs else (texts,)
         encoded = self.tokenizer(
-            texts, add_special_tokens=True, truncation=False, padding=False, return_special_tokens_mask=True
+            *sides, add_special_tokens=True, truncation=False, padding=False, return_special_tokens_mask=True,
+            return_token_type_ids=pairs,
         )
+        types = encoded["token_type_ids"] if pairs else [None] * len(texts)
         return [
-            TokenizedText(np.asarray(ids, dtype=np.int64), np.asarray(special, dtype=bool), None)
-            for ids, special in zip(encoded["input_ids"], encoded["special_tokens_mask"])
+            TokenizedText(np.asarray(ids, dtype=np.int64), np.asarray(special, dtype=bool), None,
+                          None if type_ids is None else np.asarray(type_ids, dtype=np.int64))
+            for ids, special, type_ids in zip(encoded["input_ids"], encoded["special_tokens_mask"], types)
         ]
 
 
@@ -194,6 +207,69 @@ def plan_windows(special: np.ndarray, max_length: int, strategy: str, stride: in
     return windows
 
 
+def pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+    """How many tokens of each side of a pair a window keeps: Hugging Face's ``longest_first``.
+
+    The rule of the tokenizers library (``truncate_encodings``): if the pair fits,
+    both sides whole; else the shorter side stays whole and the longer one is cut
+    to the rest, unless the shorter takes more than half, in which case each side
+    gets half (the odd token to the side that is longer, or to B on a tie).
+
+    Parameters
+    ----------
+    len_a, len_b : int
+        Tokens of A and of B, special tokens not counted.
+    budget : int
+        Most tokens of A and B together (``max_length`` minus the 3 special tokens).
+
+    Returns
+    -------
+    (int, int)
+    """
+    if len_a + len_b <= budget:
+        return len_a, len_b
+    short, long = sorted((len_a, len_b))
+    long = short if short > budget else max(short, budget - short)
+    if short + long > budget:
+        short, long = budget // 2, budget // 2 + budget % 2
+    keep_a, keep_b = (long, short) if len_a > len_b else (short, long)
+    return min(len_a, keep_a), min(len_b, keep_b)
+
+
+def plan_pair_window(special: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The one window of a sentence pair, ``[CLS] A [SEP] B [SEP]``, cut as :func:`pair_lengths` says.
+
+    Parameters
+    ----------
+    special : ndarray of bool, shape (t,)
+        Special-token mask of the untruncated pair (three special tokens).
+    max_length : int
+
+    Returns
+    -------
+    (token_indices, counted)
+    """
+    n = len(special)
+    if n <= max_length:
+        return np.arange(n), np.ones(n, dtype=bool)
+    middle = int(np.flatnonzero(special)[1])
+    if max_length < 3:
+        raise ValueError(f"max_length={max_length} leaves no room for a pair's 3 special tokens.")
+    keep_a, keep_b = pair_lengths(middle - 1, n - middle - 2, max_length - 3)
+    keep = np.concatenate([np.arange(1 + keep_a), np.arange(middle, middle + 1 + keep_b), [n - 1]])
+    return keep, np.ones(len(keep), dtype=bool)
+
+
+def window_segments(text: TokenizedText, window: Window) -> np.ndarray:
+    """Which segment each of a window's tokens is counted in: 1 for A (or a single text), 2 for B, 0 for none.
+
+    0 marks special tokens and tokens that another window counts. Segments are the
+    stretches between special tokens, so this needs no token types.
+    """
+    special = text.special[window.token_indices]
+    return np.where(window.counted & ~special, np.cumsum(special), 0)
+
+
 def make_windows(tokenized: list[TokenizedText], max_length: int, strategy: str, stride: int) -> list[Window]:
     """Plan the windows of several texts.
 
@@ -210,7 +286,12 @@ def make_windows(tokenized: list[TokenizedText], max_length: int, strategy: str,
     """
     windows = []
     for position, text in enumerate(tokenized):
-        planned = plan_windows(text.special, max_length, strategy, stride)
+        if text.type_ids is not None:  # a sentence pair
+            if strategy != "truncate":
+                raise ValueError(f"long_text={strategy!r} works on single texts; sentence pairs are truncated.")
+            planned = [plan_pair_window(text.special, max_length)]
+        else:
+            planned = plan_windows(text.special, max_length, strategy, stride)
         for k, (indices, counted) in enumerate(planned):
             windows.append(Window(position, k, indices, counted))
     return windows
@@ -284,23 +365,35 @@ def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id:
     Returns
     -------
     dict
-        ``input_ids``, ``attention_mask`` and ``content_mask`` (the non-special
-        tokens each window counts), each a ``(len(windows), longest)`` int64 tensor
-        on the CPU.
+        ``input_ids``, ``attention_mask`` and ``content_mask`` (the segment, 1 or
+        2, of each non-special token the window counts; 0 elsewhere), each a
+        ``(len(windows), longest)`` int64 tensor on the CPU; ``bounds``, the
+        positions of each window's special tokens, ``(len(windows), segments + 1)``;
+        for sentence pairs also ``token_type_ids``.
     """
     width = max(len(w.token_indices) for w in windows)
     n = len(windows)
+    pairs = tokenized[windows[0].text].type_ids is not None
     input_ids = np.full((n, width), pad_token_id, dtype=np.int64)
     attention_mask = np.zeros((n, width), dtype=np.int64)
     content_mask = np.zeros((n, width), dtype=np.int64)
+    type_ids = np.zeros((n, width), dtype=np.int64)
+    bounds = np.zeros((n, 3 if pairs else 2), dtype=np.int64)
     for row, window in enumerate(windows):
         text = tokenized[window.text]
         length = len(window.token_indices)
         input_ids[row, :length] = text.ids[window.token_indices]
         attention_mask[row, :length] = 1
-        content_mask[row, :length] = window.counted & ~text.special[window.token_indices]
-    return {
+        content_mask[row, :length] = window_segments(text, window)
+        bounds[row] = np.flatnonzero(text.special[window.token_indices])
+        if pairs:
+            type_ids[row, :length] = text.type_ids[window.token_indices]
+    batch = {
         "input_ids": torch.from_numpy(input_ids),
         "attention_mask": torch.from_numpy(attention_mask),
         "content_mask": torch.from_numpy(content_mask),
+        "bounds": torch.from_numpy(bounds),
     }
+    if pairs:
+        batch["token_type_ids"] = torch.from_numpy(type_ids)
+    return batch

@@ -51,9 +51,10 @@ _READ_CHUNK = 500  # keys per SELECT ... IN (...)
 _QUEUE_BATCHES = 8  # batches waiting for the writer before encoding waits
 _EVICT_TO = 0.9  # beyond the budget, evict down to this share of it
 
-# magic, dtype code, kinds, hidden states, width, has pooler, n_content, n_tokens
-_HEADER = struct.Struct("<4sBHHI?qq")
-_MAGIC = b"SKB2"
+# magic, dtype code, segments, kinds, hidden states, width, has pooler, n_tokens;
+# then n_content (one int64 per segment), the values and the pooler output
+_HEADER = struct.Struct("<4sBBHHI?q")
+_MAGIC = b"SKB3"
 _DTYPES = {0: np.dtype(np.float16), 1: np.dtype(np.float32)}
 _CODES = {dtype: code for code, dtype in _DTYPES.items()}
 
@@ -71,30 +72,32 @@ _ADD_TO_TOTALS = "UPDATE totals SET value = value + ? WHERE name = ?"
 
 
 def pack_entry(entry: Entry) -> bytes:
-    """Serialise an entry (header, then its values and pooler output)."""
-    kinds, hidden, width = entry.values.shape
+    """Serialise an entry (header, content counts, then its values and pooler output)."""
+    segments, kinds, hidden, width = entry.values.shape
     header = _HEADER.pack(
-        _MAGIC, _CODES[entry.values.dtype], kinds, hidden, width, entry.pooler is not None,
-        entry.n_content, entry.n_tokens,
+        _MAGIC, _CODES[entry.values.dtype], segments, kinds, hidden, width, entry.pooler is not None, entry.n_tokens,
     )
+    counts = np.ascontiguousarray(entry.n_content, dtype="<i8").tobytes()
     pooler = b"" if entry.pooler is None else np.ascontiguousarray(entry.pooler, entry.values.dtype).tobytes()
-    return header + np.ascontiguousarray(entry.values).tobytes() + pooler
+    return header + counts + np.ascontiguousarray(entry.values).tobytes() + pooler
 
 
 def unpack_entry(blob: bytes) -> Entry | None:
     """Read back an entry; None if the blob is not a whole entry of this format."""
     if len(blob) < _HEADER.size:
         return None
-    magic, code, kinds, hidden, width, has_pooler, n_content, n_tokens = _HEADER.unpack_from(blob)
+    magic, code, segments, kinds, hidden, width, has_pooler, n_tokens = _HEADER.unpack_from(blob)
     dtype = _DTYPES.get(code)
     if magic != _MAGIC or dtype is None:
         return None
-    n_values = kinds * hidden * width
-    if len(blob) != _HEADER.size + dtype.itemsize * (n_values + (width if has_pooler else 0)):
+    n_values = segments * kinds * hidden * width
+    start = _HEADER.size + 8 * segments
+    if len(blob) != start + dtype.itemsize * (n_values + (width if has_pooler else 0)):
         return None
-    flat = np.frombuffer(blob, dtype=dtype, offset=_HEADER.size)
+    n_content = np.frombuffer(blob, dtype="<i8", count=segments, offset=_HEADER.size).astype(np.int64)
+    flat = np.frombuffer(blob, dtype=dtype, offset=start)
     pooler = flat[n_values:] if has_pooler else None
-    return Entry(flat[:n_values].reshape(kinds, hidden, width), int(n_content), int(n_tokens), pooler)
+    return Entry(flat[:n_values].reshape(segments, kinds, hidden, width), n_content, int(n_tokens), pooler)
 
 
 def checksum(key: bytes, value: bytes) -> int:

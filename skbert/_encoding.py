@@ -30,6 +30,7 @@ from ._batching import (
     collate,
     length_sorted_batches,
     make_windows,
+    window_segments,
 )
 from ._models import LoadedModel
 from ._packing import forward_packed, pack, packed_pooler, segment_statistics
@@ -115,6 +116,7 @@ def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor]):
     output = loaded.model(
         input_ids=on_device["input_ids"],
         attention_mask=None if unpadded else on_device["attention_mask"],
+        token_type_ids=on_device.get("token_type_ids"),  # sentence pairs; None: all type 0
         output_hidden_states=True,
         return_dict=True,
     )
@@ -200,6 +202,7 @@ def _chunks(loaded, texts, max_length, long_text, stride, report) -> Iterator[tu
     else:  # overlap tokenisation of the next chunk with the GPU's work on this one
         prepared = _prefetching(prepare, starts)
     for start, tokenized, windows in prepared:
+        _check_layout(tokenized)
         long = sum(len(t.ids) > max_length for t in tokenized)
         _count(report, n_encoded=len(tokenized), n_long=long)
         yield start, tokenized, windows
@@ -251,11 +254,13 @@ def _encoded_windows(loaded, texts, reduce, report, *, max_length, long_text, st
 
 
 def _check_layout(tokenized: list[TokenizedText]) -> None:
-    """Statistics assume BERT's single-text layout: one special token first, one last."""
+    """Statistics assume BERT's layouts: [CLS] text [SEP], or [CLS] A [SEP] B [SEP] for a pair."""
     for text in tokenized:
-        if not (text.special[0] and text.special[-1] and np.count_nonzero(text.special) == 2):
+        expected = 2 if text.type_ids is None else 3
+        if not (text.special[0] and text.special[-1] and np.count_nonzero(text.special) == expected):
+            layout = "[CLS] text [SEP]" if text.type_ids is None else "[CLS] A [SEP] B [SEP]"
             raise ValueError(
-                "skbert pools BERT-style inputs, [CLS] text [SEP]; this tokenizer adds special tokens "
+                f"skbert pools BERT-style inputs, {layout}; this tokenizer adds special tokens "
                 f"elsewhere (special-token mask {text.special.astype(int).tolist()[:8]}...)."
             )
 
@@ -283,7 +288,9 @@ def iter_statistics(
     Parameters
     ----------
     loaded : LoadedModel
-    texts : list of str
+    texts : list of str, or list of (str, str)
+        Single texts, or sentence pairs (A, B) encoded as ``[CLS] A [SEP] B [SEP]``
+        with token types 0 and 1 (truncated as Hugging Face's ``longest_first``).
     layers : tuple of int
         Hidden states to keep (0 is the embedding layer).
     kinds : tuple of str, default=KINDS
@@ -317,10 +324,10 @@ def iter_statistics(
     def reduce(output, masks):
         hidden = [output.hidden_states[i] for i in layers]
         if "cu_seqlens" in masks:
-            values = segment_statistics(hidden, masks["cu_seqlens"], masks["content_mask"], kinds)
+            values = segment_statistics(hidden, masks["cu_seqlens"], masks["content_mask"], kinds, masks["bounds"])
             pooler = packed_pooler(loaded.model, output.hidden_states[-1], masks["cu_seqlens"]) if with_pooler else None
         else:
-            values = window_statistics(hidden, masks["attention_mask"], masks["content_mask"], kinds)
+            values = window_statistics(hidden, masks["attention_mask"], masks["content_mask"], kinds, masks["bounds"])
             pooler = output.pooler_output if with_pooler else None
         if pooler is None:
             return values.cpu().numpy(), None
@@ -330,20 +337,21 @@ def iter_statistics(
         return flat[:, :split].reshape(values.shape), flat[:, split:]
 
     def finished(positions, texts_of, values, content, text_of_window, pooler):
-        _check_layout(texts_of)
         finals, n_content = finish_texts(values, content, text_of_window, len(positions), kinds)
         n_tokens = np.array([len(text.ids) for text in texts_of])
         return Statistics(np.asarray(positions), finals, kinds, layers, n_content, n_tokens, pooler)
 
     partial: dict[int, list] = {}  # windows of long texts, until all of a text's are done
     width = loaded.hidden_size
+    n_segments = 2 if texts and isinstance(texts[0], tuple) else 1
     options = dict(max_length=max_length, long_text=long_text, stride=stride, batch_size=batch_size,
                    token_budget=token_budget, packed=packed,
-                   row_bytes=4 * width * (len(kinds) * len(layers) + with_pooler))
+                   row_bytes=4 * width * (n_segments * len(kinds) * len(layers) + with_pooler))
     for start, tokenized, n_windows, done, (values, pooler) in _encoded_windows(
         loaded, texts, reduce, report, **options
     ):
-        content = np.array([np.count_nonzero(w.counted & ~tokenized[w.text].special[w.token_indices]) for w in done])
+        content = np.stack([np.bincount(window_segments(tokenized[w.text], w), minlength=n_segments + 1)[1:]
+                            for w in done])
         whole = np.flatnonzero([n_windows[w.text] == 1 for w in done])
         if whole.size:
             yield finished(

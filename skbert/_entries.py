@@ -1,8 +1,8 @@
 """Cache entries: what is kept of one text, its key, and the conversions to and from batches.
 
-An entry holds the text's :data:`~skbert._statistics.KINDS` for every hidden state,
-its pooler output (if the model has one), its content-token count and its full
-token count: everything any pooling mode, layer choice or aggregation is computed
+An entry holds the text's :data:`~skbert._statistics.KINDS` for every hidden state
+(per segment, for a sentence pair), its pooler output (if the model has one), its
+content-token counts and its full token count: everything any pooling mode, layer choice or aggregation is computed
 from, and nothing that can be derived (see :mod:`skbert._statistics`).
 
 Values are kept in 16 bits (float16) unless the encoder asked for float32: a mean
@@ -21,7 +21,7 @@ import numpy as np
 from ._statistics import KINDS, Statistics
 
 #: Bumped whenever what an entry holds or how it is stored changes.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass(eq=False)
@@ -30,8 +30,9 @@ class Entry:
 
     Attributes
     ----------
-    values : ndarray of shape (len(KINDS), n_layers + 1, d), float16 or float32
-    n_content : int
+    values : ndarray of shape (segments, len(KINDS), n_layers + 1, d), float16 or float32
+        One segment for a single text, two for a sentence pair.
+    n_content : ndarray of int64, shape (segments,)
     n_tokens : int
         The text's full length in tokens, before truncation or windowing.
     pooler : ndarray of shape (d,) or None
@@ -40,7 +41,7 @@ class Entry:
     """
 
     values: np.ndarray
-    n_content: int
+    n_content: np.ndarray
     n_tokens: int
     pooler: np.ndarray | None = None
     on_disk: bool = False
@@ -51,8 +52,16 @@ class Entry:
         return self.values.nbytes + (0 if self.pooler is None else self.pooler.nbytes) + 200
 
 
-def text_key(fingerprint: bytes, text: str) -> bytes:
-    """The 16-byte key of a text under an encoder fingerprint."""
+def text_key(fingerprint: bytes, text) -> bytes:
+    """The 16-byte key of a text, or of a sentence pair, under an encoder fingerprint.
+
+    A pair is hashed with its own personalisation (so no single text shares its key)
+    and with the length of A in front (so ``("a b", "c")`` and ``("a", "b c")`` differ).
+    """
+    if isinstance(text, tuple):
+        first, second = (side.encode("utf-8", "surrogatepass") for side in text)
+        data = len(first).to_bytes(8, "little") + first + second
+        return hashlib.blake2b(data, digest_size=16, key=fingerprint[:64], person=b"skbert-pair").digest()
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16, key=fingerprint[:64]).digest()
 
 
@@ -113,7 +122,7 @@ def entries_from_statistics(statistics: Statistics, dtype) -> tuple[list[Entry],
     stored : Statistics
         The batch as the entries hold it (what a cache hit would give).
     """
-    if statistics.kinds != KINDS or statistics.layers != tuple(range(statistics.values.shape[2])):
+    if statistics.kinds != KINDS or statistics.layers != tuple(range(statistics.values.shape[3])):
         raise ValueError("cache entries need every kind of statistic for every hidden state")
     dtype = np.dtype(dtype)
     values, overflow = _narrow(statistics.values, dtype)
@@ -132,7 +141,7 @@ def entries_from_statistics(statistics: Statistics, dtype) -> tuple[list[Entry],
         entries.append(
             Entry(
                 values[row].astype(dtype) if narrow else values[row].copy(),
-                int(statistics.n_content[row]),
+                statistics.n_content[row].astype(np.int64),
                 int(statistics.n_tokens[row]),
                 None if pooler is None else (pooler[row].astype(dtype) if narrow else pooler[row].copy()),
             )
@@ -167,8 +176,8 @@ def statistics_from_entries(
         np.asarray(positions),
         stacked,
         KINDS,
-        tuple(range(stacked.shape[2])),
-        np.array([entry.n_content for entry in entries]),
+        tuple(range(stacked.shape[3])),
+        np.stack([entry.n_content for entry in entries]),
         np.array([entry.n_tokens for entry in entries]),
         np.stack([entry.pooler for entry in entries]) if has_pooler else None,
     )

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ._batching import TokenizedText, Window
+from ._batching import TokenizedText, Window, window_segments
 
 ATTENTION = "skbert_packed"
 ATTENTION_CHOICES = ("auto", "packed", "padded")
@@ -110,22 +110,30 @@ def pack(tokenized: list[TokenizedText], windows: list[Window]) -> dict[str, tor
     -------
     dict
         ``input_ids``, ``position_ids``, ``token_type_ids`` (1, total) int64;
-        ``content_mask`` (total,) the non-special tokens each window counts;
-        ``cu_seqlens`` (n + 1,) int32; ``max_length`` (a 0-d tensor); all on the CPU.
+        ``content_mask`` (total,) the segment (1, or 2 for a pair's B) of each
+        non-special token a window counts, 0 elsewhere; ``bounds`` (n, segments + 1)
+        the flat positions of each window's special tokens; ``cu_seqlens`` (n + 1,)
+        int32; ``max_length`` (a 0-d tensor); all on the CPU.
     """
-    ids, positions, content, lengths = [], [], [], []
+    ids, positions, types, content, bounds, lengths = [], [], [], [], [], []
+    offset = 0
     for window in windows:
         text = tokenized[window.text]
         ids.append(text.ids[window.token_indices])
         positions.append(np.arange(len(window.token_indices)))
-        content.append(window.counted & ~text.special[window.token_indices])
+        types.append(np.zeros(len(window.token_indices), np.int64) if text.type_ids is None
+                     else text.type_ids[window.token_indices])
+        content.append(window_segments(text, window))
+        bounds.append(offset + np.flatnonzero(text.special[window.token_indices]))
         lengths.append(len(window.token_indices))
+        offset += len(window.token_indices)
     input_ids = torch.from_numpy(np.concatenate(ids)).unsqueeze(0)
     return {
         "input_ids": input_ids,
         "position_ids": torch.from_numpy(np.concatenate(positions)).unsqueeze(0),
-        "token_type_ids": torch.zeros_like(input_ids),
+        "token_type_ids": torch.from_numpy(np.concatenate(types)).unsqueeze(0),
         "content_mask": torch.from_numpy(np.concatenate(content)),
+        "bounds": torch.from_numpy(np.stack(bounds)),
         "cu_seqlens": torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),
         "max_length": torch.tensor(max(lengths)),
     }
@@ -165,18 +173,21 @@ def forward_packed(model, batch: dict[str, torch.Tensor]):
         )
 
 
-def segment_statistics(hidden_states, cu_seqlens: torch.Tensor, content_mask: torch.Tensor, kinds) -> torch.Tensor:
-    """:func:`~skbert._statistics.window_statistics` for a packed batch, window by window.
+def segment_statistics(hidden_states, cu_seqlens: torch.Tensor, content_mask: torch.Tensor, kinds,
+                       bounds: torch.Tensor) -> torch.Tensor:
+    """:func:`~skbert._statistics.window_statistics` for a packed batch.
 
     Returns
     -------
-    Tensor of shape (n_windows, len(kinds), len(hidden_states), d), float32
+    Tensor of shape (n_windows, segments, len(kinds), len(hidden_states), d), float32
     """
-    starts, ends = cu_seqlens[:-1].long(), cu_seqlens[1:].long()
-    n = len(starts)
-    segment = torch.repeat_interleave(torch.arange(n, device=starts.device), ends - starts)
-    content = content_mask.bool()
-    owner = segment[content]
+    n, n_segments = bounds.shape[0], bounds.shape[1] - 1
+    window = torch.repeat_interleave(
+        torch.arange(n, device=bounds.device), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    )
+    content = content_mask > 0
+    owner = window[content] * n_segments + content_mask[content] - 1  # one row per (window, segment)
+    firsts, lasts = bounds[:, :-1].reshape(-1), bounds[:, 1:].reshape(-1)
     per_layer = []
     for hidden in hidden_states:
         tokens = hidden[0]
@@ -184,17 +195,18 @@ def segment_statistics(hidden_states, cu_seqlens: torch.Tensor, content_mask: to
         rows = []
         for kind in kinds:
             if kind == "cls":
-                rows.append(tokens[starts].float())
+                rows.append(tokens[firsts].float())
             elif kind == "last":
-                rows.append(tokens[ends - 1].float())
+                rows.append(tokens[lasts].float())
             elif kind == "mean":  # the sum, as window_statistics gives it
-                rows.append(torch.zeros(n, width, device=tokens.device).index_add_(0, owner, tokens[content].float()))
+                rows.append(torch.zeros(n * n_segments, width, device=tokens.device)
+                            .index_add_(0, owner, tokens[content].float()))
             else:
-                fill = torch.full((n, width), torch.finfo(tokens.dtype).min, device=tokens.device)
+                fill = torch.full((n * n_segments, width), torch.finfo(tokens.dtype).min, device=tokens.device)
                 index = owner.unsqueeze(1).expand(-1, width)
                 rows.append(fill.scatter_reduce_(0, index, tokens[content].float(), "amax"))
-        per_layer.append(torch.stack(rows, dim=1))
-    return torch.stack(per_layer, dim=2)
+        per_layer.append(torch.stack(rows, dim=1).reshape(n, n_segments, len(kinds), width))
+    return torch.stack(per_layer, dim=3)
 
 
 def packed_pooler(model, last_hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,12 @@ first window's [CLS] and the last window's [SEP] are *counted* (each token of a 
 is counted in one window only, see :mod:`skbert._batching`), and those are exactly
 the ``cls`` and ``last`` kept for the text.
 
+A sentence pair, ``[CLS] A [SEP] B [SEP]``, has two *segments*, each kept like a
+text of its own between its two bracketing special tokens: A between [CLS] and
+the middle [SEP], B between the middle [SEP] and the last. Pooling over the whole
+pair, over one side, or comparing the sides (``|a - b|``, ``a * b``) all come from
+those. A single text is one segment.
+
 No function here knows about scikit-learn or the cache.
 """
 
@@ -42,14 +48,16 @@ class Statistics:
     ----------
     positions : ndarray of shape (n,)
         Which texts (positions among those asked for) the rows are.
-    values : ndarray of shape (n, len(kinds), len(layers), d)
-        float32, or float16 when read from a 16-bit cache.
+    values : ndarray of shape (n, segments, len(kinds), len(layers), d)
+        float32, or float16 when read from a 16-bit cache. One segment for a
+        single text, two (A, B) for a sentence pair; each segment's ``cls`` and
+        ``last`` are its bracketing special tokens.
     kinds : tuple of str
         Which of :data:`KINDS` ``values`` holds, in order (always ``cls`` and ``last``).
     layers : tuple of int
         Which hidden states ``values`` holds, in order (0 is the embedding layer).
-    n_content : ndarray of shape (n,)
-        Non-special tokens the mean and max cover.
+    n_content : ndarray of shape (n, segments)
+        Non-special tokens the mean and max of each segment cover.
     n_tokens : ndarray of shape (n,)
         Each text's full length in tokens, special tokens included, before any
         truncation or windowing.
@@ -69,14 +77,19 @@ class Statistics:
         """The same texts with only some kinds and hidden states (a copy of those)."""
         kind_positions = [self.kinds.index(kind) for kind in kinds]
         layer_positions = [self.layers.index(i) for i in layer_indices]
-        values = self.values[:, kind_positions][:, :, layer_positions]
+        values = self.values[:, :, kind_positions][:, :, :, layer_positions]
         return Statistics(self.positions, values, tuple(kinds), tuple(layer_indices), self.n_content, self.n_tokens,
                           self.pooler)
 
-    def get(self, kind: str, layer_indices: Sequence[int]) -> np.ndarray:
-        """One kind of vector for some hidden states, as float32 of shape (n, len(layer_indices), d)."""
+    @property
+    def n_segments(self) -> int:
+        """1 for single texts, 2 for sentence pairs."""
+        return self.values.shape[1]
+
+    def get(self, kind: str, layer_indices: Sequence[int], segment: int = 0) -> np.ndarray:
+        """One kind of vector of one segment for some hidden states, as float32 of shape (n, len(layer_indices), d)."""
         layer_positions = [self.layers.index(i) for i in layer_indices]
-        return self.values[:, self.kinds.index(kind)][:, layer_positions].astype(np.float32)
+        return self.values[:, segment, self.kinds.index(kind)][:, layer_positions].astype(np.float32)
 
 
 def kinds_needed(modes: Sequence[str]) -> tuple[str, ...]:
@@ -103,6 +116,7 @@ def window_statistics(
     attention_mask: torch.Tensor,
     content_mask: torch.Tensor,
     kinds: Sequence[str] = KINDS,
+    bounds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reduce some hidden states of a padded batch of windows, on their device.
 
@@ -113,29 +127,39 @@ def window_statistics(
     attention_mask : Tensor of shape (n, t)
         1 for real tokens, 0 for padding (on the right).
     content_mask : Tensor of shape (n, t)
-        The non-special tokens each window counts (see :class:`~skbert._batching.Window`).
+        The segment (1, or 2 for a pair's B) of each non-special token the window
+        counts, 0 elsewhere (see :func:`~skbert._batching.window_segments`).
     kinds : sequence of str, default=KINDS
         Which of :data:`KINDS` to compute, in :data:`KINDS` order.
+    bounds : Tensor of shape (n, segments + 1), optional
+        Positions of each window's special tokens; segment ``s`` lies between
+        ``bounds[:, s]`` and ``bounds[:, s + 1]``. None: one segment, from the
+        first token to the last real one.
 
     Returns
     -------
-    Tensor of shape (n, len(kinds), len(hidden_states), d), float32
+    Tensor of shape (n, segments, len(kinds), len(hidden_states), d), float32
         For ``"mean"`` the *sum* over counted content tokens (windows of one text
         add up; :func:`finish_texts` divides); for ``"max"`` their maximum (the
         dtype's minimum where a window counts none).
     """
     real = attention_mask.bool()
-    content = content_mask.bool() & real
     rows = torch.arange(real.shape[0], device=real.device)
-    last = real.long().sum(dim=1) - 1
-    reducers = {
-        "cls": lambda hidden: hidden[:, 0].float(),
-        "last": lambda hidden: hidden[rows, last].float(),
-        "mean": lambda hidden: pool_sum(hidden, content),
-        "max": lambda hidden: pool_max(hidden, content),
-    }
-    per_layer = [torch.stack([reducers[kind](hidden) for kind in kinds], dim=1) for hidden in hidden_states]
-    return torch.stack(per_layer, dim=2)
+    if bounds is None:
+        bounds = torch.stack([torch.zeros_like(rows), real.long().sum(dim=1) - 1], dim=1)
+    segments = []
+    for segment in range(bounds.shape[1] - 1):
+        content = (content_mask == segment + 1) & real
+        first, last = bounds[:, segment], bounds[:, segment + 1]
+        reducers = {
+            "cls": lambda hidden: hidden[rows, first].float(),
+            "last": lambda hidden: hidden[rows, last].float(),
+            "mean": lambda hidden: pool_sum(hidden, content),
+            "max": lambda hidden: pool_max(hidden, content),
+        }
+        per_layer = [torch.stack([reducers[kind](hidden) for kind in kinds], dim=1) for hidden in hidden_states]
+        segments.append(torch.stack(per_layer, dim=2))
+    return torch.stack(segments, dim=1)
 
 
 def finish_texts(
@@ -149,9 +173,9 @@ def finish_texts(
 
     Parameters
     ----------
-    window_values : ndarray of shape (n_windows, len(kinds), L, d), float32
+    window_values : ndarray of shape (n_windows, segments, len(kinds), L, d), float32
         From :func:`window_statistics`, windows of each text in window order.
-    window_content : ndarray of shape (n_windows,)
+    window_content : ndarray of shape (n_windows, segments)
         Content tokens each window counts.
     text_of_window : ndarray of shape (n_windows,)
         Which text (``0 .. n_texts - 1``) each window belongs to, non-decreasing.
@@ -160,37 +184,44 @@ def finish_texts(
 
     Returns
     -------
-    values : ndarray of shape (n_texts, len(kinds), L, d), float32
+    values : ndarray of shape (n_texts, segments, len(kinds), L, d), float32
         ``cls`` from each text's first window, ``last`` from its last; sums added and
-        divided by the text's content count; maxima combined (``-inf`` where a text
-        has no content token).
-    n_content : ndarray of shape (n_texts,)
+        divided by the text's content count; maxima combined (``-inf`` where a
+        segment has no content token).
+    n_content : ndarray of shape (n_texts, segments)
     """
     starts = np.searchsorted(text_of_window, np.arange(n_texts))
     ends = np.append(starts[1:], len(text_of_window))
-    n_content = np.add.reduceat(window_content, starts) if n_texts else np.zeros(0, np.int64)
+    if n_texts:
+        n_content = np.add.reduceat(window_content, starts, axis=0)
+    else:
+        n_content = np.zeros((0, window_content.shape[1]), np.int64)
     if len(text_of_window) == n_texts:  # one window each (the common case): nothing to combine
         values = window_values.copy()
     else:
         values = np.empty((n_texts, *window_values.shape[1:]), dtype=np.float32)
         for position, kind in enumerate(kinds):
-            part = window_values[:, position]
+            part = window_values[:, :, position]
             if kind == "cls":
-                values[:, position] = part[starts]
+                values[:, :, position] = part[starts]
             elif kind == "last":
-                values[:, position] = part[ends - 1]
+                values[:, :, position] = part[ends - 1]
             elif kind == "mean":
-                values[:, position] = np.add.reduceat(part, starts, axis=0)
+                values[:, :, position] = np.add.reduceat(part, starts, axis=0)
             else:
-                values[:, position] = np.maximum.reduceat(part, starts, axis=0)
+                values[:, :, position] = np.maximum.reduceat(part, starts, axis=0)
     if "mean" in kinds:
-        values[:, kinds.index("mean")] /= np.maximum(n_content, 1)[:, None, None]
+        values[:, :, kinds.index("mean")] /= np.maximum(n_content, 1)[:, :, None, None]
     if "max" in kinds:
-        values[n_content == 0, kinds.index("max")] = -np.inf
+        maxima = values[:, :, kinds.index("max")]  # a view
+        maxima[n_content == 0] = -np.inf
     return values, n_content
 
 
-def pool_statistics(statistics: Statistics, mode: str, layer_indices: Sequence[int], include_special_tokens: bool):
+def pool_statistics(
+    statistics: Statistics, mode: str, layer_indices: Sequence[int], include_special_tokens: bool,
+    segment: int | None = None,
+):
     """Compute one pooling mode for some layers from :class:`Statistics`.
 
     Parameters
@@ -200,8 +231,13 @@ def pool_statistics(statistics: Statistics, mode: str, layer_indices: Sequence[i
     layer_indices : sequence of int
         Hidden states to pool (``statistics.layers`` must hold them).
     include_special_tokens : bool
-        Whether mean and max count [CLS] and [SEP]. A text with no other token (an
-        empty string) falls back on them, so it never pools to nothing.
+        Whether mean and max count the special tokens ([CLS] and every [SEP] for
+        the whole input; a segment's two bracketing tokens for one segment). Where
+        there is no other token (an empty text or side) they are used anyway, so
+        nothing pools to nothing.
+    segment : int or None, default=None
+        None: the whole input (both sides of a pair). 0 or 1: one side of a pair,
+        ``"mean"`` and ``"max"`` only.
 
     Returns
     -------
@@ -211,44 +247,99 @@ def pool_statistics(statistics: Statistics, mode: str, layer_indices: Sequence[i
         if statistics.pooler is None:
             raise ValueError("pooling='pooler' needs the model's pooler output, which is not available.")
         return statistics.pooler[:, None, :].astype(np.float32)
-    if mode in ("cls", "last"):
-        return statistics.get(mode, layer_indices)
+    last_segment = statistics.n_segments - 1
+    if mode in ("cls", "last") and segment is None:
+        return statistics.get(mode, layer_indices, 0 if mode == "cls" else last_segment)
     if mode not in ("mean", "max"):
-        raise ValueError(f"unknown pooling mode {mode!r}")
-    cls, last = statistics.get("cls", layer_indices), statistics.get("last", layer_indices)
-    content = statistics.get(mode, layer_indices)
-    n_content = statistics.n_content.astype(np.float32)[:, None, None]
+        raise ValueError(f"pooling mode {mode!r} " + ("is not per segment" if mode in ("cls", "last") else "is unknown"))
+    segments = range(statistics.n_segments) if segment is None else [segment]
+    # the special tokens around the pooled tokens: [CLS], then each segment's closing [SEP]
+    specials = [statistics.get("cls", layer_indices, segments[0])]
+    specials += [statistics.get("last", layer_indices, s) for s in segments]
+    counts = statistics.n_content[:, list(segments)].astype(np.float32)
+    n_content = counts.sum(axis=1)[:, None, None]
+    parts = [statistics.get(mode, layer_indices, s) for s in segments]
     if mode == "mean":
-        everything = (content * n_content + cls + last) / (n_content + 2)
+        total = sum(part * count[:, None, None] for part, count in zip(parts, counts.T))
+        content = parts[0] if len(parts) == 1 else total / np.maximum(n_content, 1)
+        everything = (total + sum(specials)) / (n_content + len(specials))
     else:
-        everything = np.maximum(np.maximum(content, cls), last)
+        content = np.maximum.reduce(parts)
+        everything = np.maximum.reduce([content, *specials])
     if include_special_tokens:
         return everything
     return np.where(n_content > 0, content, everything)
 
 
-def pool_features(
-    statistics: Statistics, modes: Sequence[str], layer_indices: Sequence[int], aggregation: str,
+#: What ``segments`` may name: the whole input, one side of a pair, or a comparison of the sides.
+SEGMENT_CHOICES = ("joint", "a", "b", "abs_diff", "product")
+
+
+def pool_segments(
+    statistics: Statistics, segment: str, mode: str, layer_indices: Sequence[int], aggregation: str,
     include_special_tokens: bool,
 ) -> np.ndarray:
-    """Every pooling mode for the selected layers, layers combined, modes concatenated.
+    """One pooling mode over the whole input, one side, or both sides compared, layers combined.
+
+    ``"abs_diff"`` and ``"product"`` compare the sides' vectors after the layers are
+    combined: ``|a - b|`` and ``a * b``, element-wise.
+
+    Returns
+    -------
+    ndarray of shape (n, width), float32
+    """
+    def side(index):
+        pooled = pool_statistics(statistics, mode, layer_indices, include_special_tokens, index)
+        return aggregate_layers(pooled, aggregation)
+
+    if segment == "joint":
+        return side(None)
+    if statistics.n_segments != 2:
+        raise ValueError(f"segment {segment!r} needs sentence pairs.")
+    if segment in ("a", "b"):
+        return side("ab".index(segment))
+    a, b = side(0), side(1)
+    if segment == "abs_diff":
+        return np.abs(a - b)
+    if segment == "product":
+        return a * b
+    raise ValueError(f"segment {segment!r} is not one of {SEGMENT_CHOICES}.")
+
+
+def pool_features(
+    statistics: Statistics, modes: Sequence[str], layer_indices: Sequence[int], aggregation: str,
+    include_special_tokens: bool, segments: Sequence[str] = ("joint",),
+) -> np.ndarray:
+    """Every segment choice and pooling mode for the selected layers, layers combined, blocks concatenated.
 
     Returns
     -------
     ndarray of shape (n, n_features), float32
-        Blocks in the order :func:`feature_names` names them.
+        Blocks in the order :func:`feature_names` names them: by segment choice,
+        then by pooling mode.
     """
     blocks = [
-        aggregate_layers(pool_statistics(statistics, mode, layer_indices, include_special_tokens), aggregation)
+        pool_segments(statistics, segment, mode, layer_indices, aggregation, include_special_tokens)
+        for segment in segments
         for mode in modes
     ]
     return np.concatenate(blocks, axis=1)
 
 
-def feature_names(modes: Sequence[str], layer_indices: Sequence[int], aggregation: str, width: int) -> list[str]:
-    """Column names for :func:`pool_features`: pooling mode, layer(s), dimension.
+def feature_names(
+    modes: Sequence[str], layer_indices: Sequence[int], aggregation: str, width: int,
+    segments: Sequence[str] = ("joint",),
+) -> list[str]:
+    """Column names for :func:`pool_features`: segment (unless joint), pooling mode, layer(s), dimension.
 
-    E.g. ``"mean_layer12_0"``, or ``"max_layers9+10+11+12_mean_0"`` for averaged layers.
+    E.g. ``"mean_layer12_0"``, ``"max_layers9+10+11+12_mean_0"`` for averaged
+    layers, or ``"abs_diff_mean_layer6_0"`` for a pair's sides compared.
     """
-    labels = [f"{mode}_{label}" for mode in modes for label in describe_layers(tuple(layer_indices), aggregation)]
+    layer_labels = describe_layers(tuple(layer_indices), aggregation)
+    labels = [
+        f"{'' if segment == 'joint' else segment + '_'}{mode}_{label}"
+        for segment in segments
+        for mode in modes
+        for label in layer_labels
+    ]
     return [f"{label}_{j}" for label in labels for j in range(width)]

@@ -71,8 +71,8 @@ def test_a_text_gives_the_same_vector_whether_or_not_it_was_cached(tiny_bert, te
 
 
 def _fake_statistics(n_layers, width, rng):
-    values = rng.standard_normal((2, len(KINDS), n_layers + 1, width)).astype(np.float32)
-    return Statistics(np.arange(2), values, KINDS, tuple(range(n_layers + 1)), np.array([3, 0]), np.array([5, 2]),
+    values = rng.standard_normal((2, 1, len(KINDS), n_layers + 1, width)).astype(np.float32)
+    return Statistics(np.arange(2), values, KINDS, tuple(range(n_layers + 1)), np.array([[3], [0]]), np.array([5, 2]),
                       rng.standard_normal((2, width)).astype(np.float32))
 
 
@@ -88,10 +88,10 @@ def test_entries_fit_the_size_targets(n_layers, width, limit, rng):
 
 def test_values_that_overflow_16_bits_keep_float32(rng):
     statistics = _fake_statistics(2, 8, rng)
-    statistics.values[1, 0, 0, 0] = 1e6
+    statistics.values[1, 0, 0, 0, 0] = 1e6
     entries, stored = entries_from_statistics(statistics, np.float16)
     assert entries[0].values.dtype == np.float16 and entries[1].values.dtype == np.float32
-    assert entries[1].values[0, 0, 0] == 1e6
+    assert entries[1].values[0, 0, 0, 0] == 1e6
     # the batch handed out holds what the entries hold: row 0 rounded to 16 bits, row 1 exact
     assert np.array_equal(stored.values[0], entries[0].values.astype(np.float32))
     assert np.array_equal(stored.values[1], statistics.values[1])
@@ -99,11 +99,11 @@ def test_values_that_overflow_16_bits_keep_float32(rng):
 
 def test_entry_round_trip_and_checks(rng):
     for entry in entries_from_statistics(_fake_statistics(2, 8, rng), np.float16)[0] + [
-        Entry(rng.random((4, 3, 8), dtype=np.float32), 5, 9, None)
+        Entry(rng.random((2, 4, 3, 8), dtype=np.float32), np.array([5, 0]), 9, None)  # a sentence pair's
     ]:
         back = unpack_entry(pack_entry(entry))
         assert back.values.dtype == entry.values.dtype and np.array_equal(back.values, entry.values)
-        assert (back.n_content, back.n_tokens) == (entry.n_content, entry.n_tokens)
+        assert back.n_content.tolist() == entry.n_content.tolist() and back.n_tokens == entry.n_tokens
         assert (back.pooler is None) == (entry.pooler is None)
         blob = pack_entry(entry)
         assert unpack_entry(blob[:-1]) is None and unpack_entry(b"") is None and unpack_entry(b"XXXX" + blob[4:]) is None
@@ -196,14 +196,14 @@ def test_duplicates_are_encoded_once_and_rows_come_back_in_order(tiny_bert):
 
 
 def test_memory_tier_is_least_recently_used():
-    entry = Entry(np.zeros((4, 2, 4), np.float16), 1, 3)
+    entry = Entry(np.zeros((1, 4, 2, 4), np.float16), np.array([1]), 3)
     tier = MemoryTier(max_bytes=2 * entry.nbytes)
     assert tier.put_many([(b"a", entry), (b"b", entry)]) == []
     assert tier.get_many([b"a"]) == [entry]  # "a" is now the most recent
     assert tier.put_many([(b"c", entry)]) == [(b"b", entry)]
     assert tier.get_many([b"b", b"a", b"c"]) == [None, entry, entry]
     assert tier.evictions == 1 and tier.bytes == 2 * entry.nbytes
-    big = Entry(np.zeros((4, 20, 40), np.float16), 1, 3)
+    big = Entry(np.zeros((1, 4, 20, 40), np.float16), np.array([1]), 3)
     assert tier.put_many([(b"d", big)]) == [(b"d", big)]  # larger than the budget: not kept
 
 
@@ -392,7 +392,7 @@ def test_writes_happen_off_the_encoding_thread_and_are_readable_while_queued(tin
 
     monkeypatch.setattr(_disk.DiskTier, "_commit", slow_commit)
     store = Store(10**6, tmp_path, None)
-    entry = Entry(np.ones((4, 2, 3), np.float16), 1, 3)
+    entry = Entry(np.ones((1, 4, 2, 3), np.float16), np.array([1]), 3)
     store.put_many([(b"k" * 16, entry)])  # returns while the writer waits
     assert store.disk.get_many([b"k" * 16])[b"k" * 16] is entry  # served from the queue
     assert _rows(tmp_path) == []

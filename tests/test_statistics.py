@@ -25,7 +25,7 @@ def _batch(seed=0, t=7, d=5):
 def _statistics(states, mask, content, kinds=KINDS, layers=(0, 1)):
     values = window_statistics([states[i] for i in layers], mask, content, kinds).numpy()
     n = len(values)
-    finished, n_content = finish_texts(values, content.sum(1).numpy(), np.arange(n), n, kinds)
+    finished, n_content = finish_texts(values, content.sum(1, keepdim=True).numpy(), np.arange(n), n, kinds)
     return Statistics(np.arange(n), finished, kinds, layers, n_content, mask.sum(1).numpy())
 
 
@@ -33,7 +33,7 @@ def _statistics(states, mask, content, kinds=KINDS, layers=(0, 1)):
 def test_every_mode_from_the_statistics_matches_loops(include):
     states, mask, content = _batch()
     stats = _statistics(states, mask, content)
-    assert stats.values.shape == (4, len(KINDS), 2, 5) and stats.n_content.tolist() == [5, 2, 0, 3]
+    assert stats.values.shape == (4, 1, len(KINDS), 2, 5) and stats.n_content[:, 0].tolist() == [5, 2, 0, 3]
     for layer, state in enumerate(states):
         h = state.double().numpy()
         mean = pool_statistics(stats, "mean", (layer,), include)[:, 0]
@@ -65,7 +65,7 @@ def test_only_the_kinds_and_layers_asked_for_are_computed_and_give_the_same_resu
     assert kinds_needed(("pooler",)) == ("cls", "last")
     for modes in (("cls",), ("last",), ("mean",), ("max",), ("mean", "max"), ("last", "mean", "cls")):
         part = _statistics(states, mask, content, kinds_needed(modes), layers=(1,))
-        assert part.values.shape[1:3] == (len(kinds_needed(modes)), 1)
+        assert part.values.shape[1:4] == (1, len(kinds_needed(modes)), 1)
         for mode in modes:
             for include in (False, True):
                 want = pool_statistics(full, mode, (1,), include)
@@ -88,12 +88,12 @@ def test_windows_combine_into_the_statistics_of_the_whole_text():
     content = counted.clone()
     content[:, 0] = content[:, -1] = 0
     values = window_statistics([hidden], mask, content).numpy()
-    finished, n_content = finish_texts(values, content.sum(1).numpy(), np.zeros(3, np.int64), 1, KINDS)
+    finished, n_content = finish_texts(values, content.sum(1, keepdim=True).numpy(), np.zeros(3, np.int64), 1, KINDS)
     stats = Statistics(np.arange(1), finished, KINDS, (0,), n_content, np.array([12]))
     h = hidden.double().numpy()
     content_vectors = np.concatenate([h[w, content[w].bool().numpy()] for w in range(3)])
     every_counted = np.concatenate([h[w, counted[w].bool().numpy()] for w in range(3)])
-    assert n_content.tolist() == [8] and len(every_counted) == 10
+    assert n_content.tolist() == [[8]] and len(every_counted) == 10
     assert_allclose(pool_statistics(stats, "mean", (0,), False)[0, 0], content_vectors.mean(0), rtol=1e-5)
     assert_allclose(pool_statistics(stats, "max", (0,), False)[0, 0], content_vectors.max(0), rtol=1e-6)
     assert_allclose(pool_statistics(stats, "mean", (0,), True)[0, 0], every_counted.mean(0), rtol=1e-5)
@@ -119,4 +119,4 @@ def test_half_precision_statistics_stay_finite():
     assert np.isfinite(mean).all() and np.isfinite(pool_statistics(stats, "max", (0, 1), False)).all()
     h = big[0].double().numpy()
     assert_allclose(mean[0, 0], h[0, 1:6].mean(0), rtol=1e-3)
-    assert np.isneginf(stats.values[2, KINDS.index("max")]).all()
+    assert np.isneginf(stats.values[2, 0, KINDS.index("max")]).all()
