@@ -1,6 +1,7 @@
 """The command line: ``skbert embed INPUT --column text -o OUTPUT``.
 
-Reads a CSV or Parquet file, embeds one text column with :class:`BertEmbedder`,
+Reads a CSV or Parquet file, embeds one text column (or two, as sentence pairs)
+with :class:`BertEmbedder`,
 and writes the embeddings as Parquet (ids and one column per feature) or as a
 ``.npy`` array with the ids beside it. A disk cache next to the output makes a
 re-run after an interruption resume where it stopped. A user's mistake gives a
@@ -47,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("input", help="a .csv, .tsv or .parquet file")
     embed.add_argument("-o", "--output", required=True, help="a .parquet or .npy file to write")
     embed.add_argument("--column", default="text", help="the text column (default: text)")
+    embed.add_argument("--pair-column", help="a second text column: embed (column, pair column) as sentence pairs, "
+                       "[CLS] A [SEP] B [SEP]")
+    embed.add_argument("--segments", default="joint", help="with --pair-column: joint, a, b, abs_diff, product, "
+                       "or a comma list (default: joint)")
     embed.add_argument("--id-column", help="the column of row ids to keep (default: the row number)")
     embed.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2",
                        help="model folder or id (default: sentence-transformers/all-MiniLM-L6-v2)")
@@ -86,19 +91,22 @@ def read_table(path: Path):
         raise UserError(f"could not read {str(path)!r}: {error}") from None
 
 
-def select_texts(frame, column: str, id_column: str | None):
-    if column not in frame.columns:
-        raise UserError(f"column {column!r} is not in the input; its columns are {list(frame.columns)}")
-    if id_column is not None and id_column not in frame.columns:
-        raise UserError(f"id column {id_column!r} is not in the input; its columns are {list(frame.columns)}")
+def select_texts(frame, column: str, id_column: str | None, pair_column: str | None = None):
+    """The texts (or, with a pair column, the (A, B) pairs) and the ids of a table."""
+    for kind, name in (("column", column), ("pair column", pair_column), ("id column", id_column)):
+        if name is not None and name not in frame.columns:
+            raise UserError(f"{kind} {name!r} is not in the input; its columns are {list(frame.columns)}")
     ids = frame[id_column] if id_column else frame.index.to_series(name=frame.index.name or "row")
-    texts = frame[column]
-    missing = texts.isna() | ~texts.map(lambda v: isinstance(v, str))
-    if missing.any():
-        rows = [str(i) for i in ids[missing].tolist()[:5]]
-        more = f" and {int(missing.sum()) - 5} more" if missing.sum() > 5 else ""
-        raise UserError(f"{int(missing.sum())} row(s) have no text in column {column!r}: ids {', '.join(rows)}{more}")
-    return texts.tolist(), ids
+    for name in (column, pair_column) if pair_column else (column,):
+        texts = frame[name]
+        missing = texts.isna() | ~texts.map(lambda v: isinstance(v, str))
+        if missing.any():
+            rows = [str(i) for i in ids[missing].tolist()[:5]]
+            more = f" and {int(missing.sum()) - 5} more" if missing.sum() > 5 else ""
+            raise UserError(f"{int(missing.sum())} row(s) have no text in column {name!r}: ids {', '.join(rows)}{more}")
+    if pair_column:
+        return list(zip(frame[column].tolist(), frame[pair_column].tolist())), ids
+    return frame[column].tolist(), ids
 
 
 def write_output(path: Path, X, names, ids) -> list[Path]:
@@ -127,14 +135,15 @@ def embed(args) -> int:
     if output.suffix.lower() not in WRITERS:
         raise UserError(f"output {str(output)!r}: expected a .parquet or .npy file")
     frame = read_table(Path(args.input))
-    texts, ids = select_texts(frame, args.column, args.id_column)
+    texts, ids = select_texts(frame, args.column, args.id_column, args.pair_column)
     if not texts:
         raise UserError(f"input file {args.input!r} has no rows")
     cache = None if args.no_cache else Path(args.cache or output.parent / ".skbert-cache")
     embedder = BertEmbedder(
         args.model, pooling=_parse_pooling(args.pooling), layers=_parse_layers(args.layers),
         layer_aggregation=args.layer_aggregation, include_special_tokens=args.include_special_tokens,
-        normalize=args.normalize, max_length=args.max_length, long_text=args.long_text, batch_size=args.batch_size,
+        normalize=args.normalize, pairs=args.pair_column is not None, segments=_parse_pooling(args.segments),
+        max_length=args.max_length, long_text=args.long_text, batch_size=args.batch_size,
         device=args.device, precision=args.precision, show_progress=not args.quiet, cache=cache,
     )
     try:

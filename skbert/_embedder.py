@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import os
-from numbers import Integral
-
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._batching import LONG_TEXT_STRATEGIES
 from ._cache import check_cache_location
-from ._device import PRECISIONS
 from ._encoder_access import EncoderAccessMixin
 from ._encoding import EncodingReport
-from ._layers import LAYER_AGGREGATIONS, LAYER_PRESETS
-from ._packing import ATTENTION_CHOICES
-from ._pooling import POOLING_MODES, expand_pooling
-from ._settings import fitted_settings
+from ._pooling import expand_pooling
+from ._settings import PARAMETER_CONSTRAINTS, fitted_settings
 from ._source import Request, make_source
 from ._statistics import feature_names, kinds_needed, pool_features
 from ._token_level import TokenLevelMixin
-from ._validation import validate_texts
 
 
 class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEstimator):
@@ -56,6 +46,17 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         Whether mean and max count [CLS] and [SEP]. An empty text always does.
     normalize : bool, default=False
         Scale each row to unit L2 norm.
+    pairs : bool, default=False
+        Whether X holds sentence pairs (A, B): a two-column DataFrame or array, or
+        a sequence of 2-tuples. Each is read as BERT reads a pair, ``[CLS] A [SEP]
+        B [SEP]`` with segment (token type) 0 for A and 1 for B, and cut as Hugging
+        Face's ``longest_first`` does when too long.
+    segments : str or tuple of str, default="joint"
+        What a pair's vector pools: ``"joint"`` (all its tokens; for single texts,
+        the text), ``"a"`` or ``"b"`` (one side's tokens), ``"abs_diff"`` or
+        ``"product"`` (``|a - b|``, ``a * b``). A tuple concatenates them. Per side,
+        pooling is ``"mean"``, ``"max"`` or ``"mean_max"``; special tokens, when
+        included, are the side's [CLS]/[SEP] around it.
     max_length : int or None, default=None
         Most tokens seen at once, [CLS]/[SEP] included (None: the model's 512).
     long_text : {"truncate", "head_tail", "chunk"}, default="truncate"
@@ -104,8 +105,8 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         The model's encoder layers and width.
     layer_indices_ : tuple of int
         The selected hidden states.
-    pooling_modes_ : tuple of str
-        The pooling modes, ``"mean_max"`` expanded, in output order.
+    pooling_modes_, segments_ : tuple of str
+        The pooling modes (``"mean_max"`` expanded) and segment choices, in output order.
     max_length_, stride_ : int
         The token limit and chunk overlap in force.
     device_, precision_, model_location_ : str
@@ -122,27 +123,7 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
     ['mean_layer5_0', 'mean_layer5_1']
     """
 
-    _parameter_constraints: dict = {
-        "model_name": [str, os.PathLike],
-        "pooling": [StrOptions(set(POOLING_MODES)), tuple, list],
-        "layers": [Integral, StrOptions(set(LAYER_PRESETS)), tuple, list],
-        "layer_aggregation": [StrOptions(set(LAYER_AGGREGATIONS))],
-        "include_special_tokens": ["boolean"],
-        "normalize": ["boolean"],
-        "max_length": [Interval(Integral, 2, None, closed="left"), None],
-        "long_text": [StrOptions(set(LONG_TEXT_STRATEGIES))],
-        "stride": [Interval(Integral, 0, None, closed="left"), None],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
-        "token_budget": [Interval(Integral, 1, None, closed="left"), None],
-        "attention": [StrOptions(set(ATTENTION_CHOICES))],
-        "device": [str, torch.device],
-        "precision": [StrOptions(set(PRECISIONS))],
-        "revision": [str, None],
-        "show_progress": ["boolean"],
-        "cache": [str, os.PathLike, None],
-        "cache_memory_bytes": [Interval(Integral, 0, None, closed="left")],
-        "cache_disk_bytes": [Interval(Integral, 0, None, closed="left"), None],
-    }
+    _parameter_constraints: dict = PARAMETER_CONSTRAINTS
 
     def __init__(
         self,
@@ -153,6 +134,8 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         layer_aggregation="concat",
         include_special_tokens=False,
         normalize=False,
+        pairs=False,
+        segments="joint",
         max_length=None,
         long_text="truncate",
         stride=None,
@@ -173,6 +156,8 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         self.layer_aggregation = layer_aggregation
         self.include_special_tokens = include_special_tokens
         self.normalize = normalize
+        self.pairs = pairs
+        self.segments = segments
         self.max_length = max_length
         self.long_text = long_text
         self.stride = stride
@@ -194,13 +179,15 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         Parameters
         ----------
         X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
+            With ``pairs=True``: a two-column DataFrame, an (n, 2) array or a
+            sequence of (A, B) tuples.
         y : None
 
         Returns
         -------
         self : BertEmbedder
         """
-        validate_texts(X)
+        self._read(X)
         check_cache_location(self.cache)
         modes = expand_pooling(self.pooling)
         for name, value in fitted_settings(self.get_params(), modes, self._load()).items():
@@ -220,7 +207,7 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         ndarray of shape (n_texts, n_features), float32
         """
         self._validate_params()  # parameters first, as fit does
-        texts = pd.Series(validate_texts(X), index=X.index) if hasattr(X, "iloc") else validate_texts(X)
+        texts = pd.Series(self._read(X), index=X.index, dtype=object) if hasattr(X, "iloc") else self._read(X)
         return self.fit(texts).transform(texts)  # checked once; pandas input keeps its index
 
     def transform(self, X):
@@ -229,6 +216,8 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         Parameters
         ----------
         X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
+            With ``pairs=True``: a two-column DataFrame, an (n, 2) array or a
+            sequence of (A, B) tuples.
             Texts (any iterable of str); empty strings are valid.
 
         Returns
@@ -245,6 +234,8 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         Parameters
         ----------
         X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
+            With ``pairs=True``: a two-column DataFrame, an (n, 2) array or a
+            sequence of (A, B) tuples.
 
         Returns
         -------
@@ -252,7 +243,7 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         report : TransformReport
         """
         check_is_fitted(self)
-        texts = validate_texts(X)
+        texts = self._read(X)
         encoding = EncodingReport()
         request = Request(kinds_needed(self.pooling_modes_), self.layer_indices_, "pooler" in self.pooling_modes_)
         loaded = self._load()
@@ -263,7 +254,8 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         with self._progress(n_unique) as bar:
             for batch in batches:
                 output[batch.positions] = pool_features(batch, self.pooling_modes_, self.layer_indices_,
-                                                        self.layer_aggregation, self.include_special_tokens)
+                                                        self.layer_aggregation, self.include_special_tokens,
+                                                        self.segments_)
                 n_tokens[batch.positions] = batch.n_tokens
                 bar.update(len(batch.positions))
         report = self._report(encoding, len(texts), n_unique, int((n_tokens[inverse] > self.max_length_).sum()))
@@ -282,18 +274,19 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         Returns
         -------
         ndarray of str
-            E.g. ``"mean_layer12_0"``, or ``"max_layers9+10+11+12_mean_0"`` for
-            averaged layers.
+            E.g. ``"mean_layer12_0"``, ``"max_layers9+10+11+12_mean_0"`` for
+            averaged layers, ``"a_mean_layer12_0"`` for side A of a pair.
         """
         check_is_fitted(self)
-        names = feature_names(self.pooling_modes_, self.layer_indices_, self.layer_aggregation, self.hidden_size_)
+        names = feature_names(self.pooling_modes_, self.layer_indices_, self.layer_aggregation, self.hidden_size_,
+                              self.segments_)
         return np.asarray(names, dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        tags.input_tags.one_d_array = True
+        tags.input_tags.two_d_array = self.pairs  # pairs come as two columns
+        tags.input_tags.one_d_array = not self.pairs
         tags.target_tags.required = False
         tags.transformer_tags.preserves_dtype = []
         return tags

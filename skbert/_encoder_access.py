@@ -14,6 +14,7 @@ from ._encoding import TOTALS, EncodingReport
 from ._models import LoadedModel, load_model
 from ._packing import use_packed
 from ._report import TransformReport
+from ._validation import validate_pairs, validate_texts
 from ._warnings import warn_user
 
 #: Seconds a call runs before ``show_progress`` draws its bar.
@@ -22,6 +23,10 @@ PROGRESS_DELAY_S = 1.0
 
 class EncoderAccessMixin:
     """Helpers over the estimator's parameters; no state of its own."""
+
+    def _read(self, X) -> list:
+        """The input's texts (or, with ``pairs=True``, its (A, B) pairs), checked, in order."""
+        return validate_pairs(X) if self.pairs else validate_texts(X)
 
     def _load(self) -> LoadedModel:
         device = resolve_device(self.device, self.precision)

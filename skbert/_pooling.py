@@ -45,6 +45,50 @@ def expand_pooling(pooling) -> tuple[str, ...]:
     return tuple(modes)
 
 
+#: What ``segments`` may name: the whole input, one side of a sentence pair, or the sides compared.
+SEGMENT_CHOICES = ("joint", "a", "b", "abs_diff", "product")
+
+
+def expand_segments(segments, pairs: bool, modes: tuple[str, ...]) -> tuple[str, ...]:
+    """Check a ``segments`` spec against the input kind and the pooling modes.
+
+    Parameters
+    ----------
+    segments : str or tuple/list of str
+        One of :data:`SEGMENT_CHOICES`, or several to concatenate.
+    pairs : bool
+        Whether the input is sentence pairs.
+    modes : tuple of str
+        The pooling modes, expanded.
+
+    Returns
+    -------
+    tuple of str
+
+    Raises
+    ------
+    ValueError
+        For an unknown, empty or repeated choice; a side or comparison without
+        pairs; or one with a pooling mode that has no per-side value (``cls``,
+        ``last``, ``pooler`` are of the whole input).
+    """
+    items = (segments,) if isinstance(segments, str) else tuple(segments) if isinstance(segments, (tuple, list)) else ()
+    if not items or any(not isinstance(item, str) or item not in SEGMENT_CHOICES for item in items):
+        raise ValueError(f"segments={segments!r}: expected one of {SEGMENT_CHOICES} or a non-empty tuple of them.")
+    if len(set(items)) != len(items):
+        raise ValueError(f"segments={segments!r} names the same choice more than once.")
+    per_side = [item for item in items if item != "joint"]
+    if per_side and not pairs:
+        raise ValueError(f"segments={segments!r}: {per_side[0]!r} needs sentence pairs (pairs=True).")
+    whole = [mode for mode in modes if mode not in ("mean", "max")]
+    if per_side and whole:
+        raise ValueError(
+            f"segments={segments!r} pools each side, and pooling {whole[0]!r} is of the whole pair; per side, "
+            "pooling takes 'mean', 'max' or 'mean_max' (or use segments='joint')."
+        )
+    return items
+
+
 def pool_cls(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Return the first token's vector (BERT's [CLS]) of each row, as float32.
 

@@ -2,8 +2,43 @@
 
 from __future__ import annotations
 
-from ._layers import resolve_layers
+import os
+from numbers import Integral
+
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ._batching import LONG_TEXT_STRATEGIES
+from ._device import PRECISIONS
+from ._layers import LAYER_AGGREGATIONS, LAYER_PRESETS, resolve_layers
 from ._models import LoadedModel
+from ._packing import ATTENTION_CHOICES
+from ._pooling import POOLING_MODES, expand_segments
+
+#: ``BertEmbedder._parameter_constraints``: the type and range of every parameter.
+PARAMETER_CONSTRAINTS: dict = {
+    "model_name": [str, os.PathLike],
+    "pooling": [StrOptions(set(POOLING_MODES)), tuple, list],
+    "layers": [Integral, StrOptions(set(LAYER_PRESETS)), tuple, list],
+    "layer_aggregation": [StrOptions(set(LAYER_AGGREGATIONS))],
+    "include_special_tokens": ["boolean"],
+    "normalize": ["boolean"],
+    "pairs": ["boolean"],
+    "segments": [str, tuple, list],
+    "max_length": [Interval(Integral, 2, None, closed="left"), None],
+    "long_text": [StrOptions(set(LONG_TEXT_STRATEGIES))],
+    "stride": [Interval(Integral, 0, None, closed="left"), None],
+    "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+    "token_budget": [Interval(Integral, 1, None, closed="left"), None],
+    "attention": [StrOptions(set(ATTENTION_CHOICES))],
+    "device": [str, torch.device],
+    "precision": [StrOptions(set(PRECISIONS))],
+    "revision": [str, None],
+    "show_progress": ["boolean"],
+    "cache": [str, os.PathLike, None],
+    "cache_memory_bytes": [Interval(Integral, 0, None, closed="left")],
+    "cache_disk_bytes": [Interval(Integral, 0, None, closed="left"), None],
+}
 
 
 def fitted_settings(params: dict, modes: tuple[str, ...], loaded: LoadedModel) -> dict:
@@ -21,17 +56,26 @@ def fitted_settings(params: dict, modes: tuple[str, ...], loaded: LoadedModel) -
     -------
     dict
         Attribute name -> value: ``n_layers_``, ``hidden_size_``, ``layer_indices_``,
-        ``pooling_modes_``, ``max_length_``, ``stride_``, ``device_``, ``precision_``,
-        ``model_location_``.
+        ``pooling_modes_``, ``segments_``, ``max_length_``, ``stride_``, ``device_``,
+        ``precision_``, ``model_location_``.
 
     Raises
     ------
     ValueError
         For a layer the model lacks, ``"pooler"`` on another layer or on a model
         without pooler weights, ``max_length`` beyond the model's positions, or a
-        chunk stride that leaves no new tokens per window.
+        chunk stride that leaves no new tokens per window, a ``segments`` choice
+        that does not fit the input or the pooling, or a long-text strategy other
+        than truncation for sentence pairs.
     """
     model_name = params["model_name"]
+    segments = expand_segments(params["segments"], params["pairs"], modes)
+    if params["pairs"] and params["long_text"] != "truncate":
+        raise ValueError(
+            f"long_text={params['long_text']!r} works on single texts; sentence pairs are truncated as Hugging "
+            "Face's tokenizer(a, b, truncation='longest_first') does (tokens come off the longer side). "
+            "Use long_text='truncate'."
+        )
     indices = resolve_layers(params["layers"], loaded.n_layers)
     if "pooler" in modes:
         if indices != (loaded.n_layers,):
@@ -61,6 +105,7 @@ def fitted_settings(params: dict, modes: tuple[str, ...], loaded: LoadedModel) -
         "hidden_size_": loaded.hidden_size,
         "layer_indices_": indices,
         "pooling_modes_": modes,
+        "segments_": segments,
         "max_length_": max_length,
         "stride_": stride,
         "device_": str(loaded.device),

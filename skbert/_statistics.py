@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ._layers import aggregate_layers, describe_layers
-from ._pooling import pool_max, pool_sum
+from ._pooling import SEGMENT_CHOICES, pool_max, pool_sum
 
 #: The per-layer vectors kept for each text, in this order.
 KINDS = ("cls", "last", "mean", "max")
@@ -269,10 +269,6 @@ def pool_statistics(
     if include_special_tokens:
         return everything
     return np.where(n_content > 0, content, everything)
-
-
-#: What ``segments`` may name: the whole input, one side of a pair, or a comparison of the sides.
-SEGMENT_CHOICES = ("joint", "a", "b", "abs_diff", "product")
 
 
 def pool_segments(

@@ -37,13 +37,15 @@ class TokenLevelMixin(EncoderAccessMixin):
         Parameters
         ----------
         X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
+            With ``pairs=True``, sentence pairs as ``transform`` takes them.
 
         Returns
         -------
         TokenEmbeddings
             A list with one :class:`~skbert.TokenEmbedding` per text, in input
-            order (``.tokens``, ``.offsets``, ``.vectors``, ``.special_mask``);
-            ``.to_frame()`` gives one long DataFrame with a ``text_id`` column.
+            order (``.tokens``, ``.offsets``, ``.vectors``, ``.special_mask``,
+            ``.segments``: 1 for a pair's B tokens); ``.to_frame()`` gives one long
+            DataFrame with a ``text_id`` column.
 
         Examples
         --------
@@ -56,7 +58,7 @@ class TokenLevelMixin(EncoderAccessMixin):
         ([[0, 5], [5, 9], [9, 10]], (7, 384))
         """
         check_is_fitted(self)
-        texts = validate_texts(X)
+        texts = self._read(X)
         index = X.index if hasattr(X, "iloc") else None  # pandas input: its row labels become text ids
         return TokenEmbeddings(self._token_records(texts), self._token_feature_names(), index)
 
@@ -91,6 +93,11 @@ class TokenLevelMixin(EncoderAccessMixin):
         (2, 384)
         """
         check_is_fitted(self)
+        if self.pairs:
+            raise ValueError(
+                "embed_words takes single texts, and this estimator reads sentence pairs (pairs=True); "
+                "transform_tokens gives each token of a pair with its segment and offsets."
+            )
         texts = validate_texts(texts)
         if pooling not in WORD_POOLING:
             renamed = {"first": "first_piece", "last": "last_piece"}
@@ -129,6 +136,7 @@ class TokenLevelMixin(EncoderAccessMixin):
                     offsets=tokenized.offsets[kept],
                     vectors=aggregate_layers(vectors.transpose(1, 0, 2), self.layer_aggregation),
                     special_mask=tokenized.special[kept],
+                    segments=None if tokenized.type_ids is None else tokenized.type_ids[kept],
                 )
                 bar.update(1)
         self._report(report, len(texts), len(texts), report.n_long)  # warns if texts were cut

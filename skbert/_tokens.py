@@ -28,18 +28,27 @@ class TokenEmbedding:
         WordPiece tokens, special tokens included (``"[CLS]"``, ``"[SEP]"``).
     offsets : ndarray of int64, shape (n_tokens, 2)
         ``text[start:end]`` is the piece of text each token came from; special
-        tokens have ``(0, 0)``.
+        tokens have ``(0, 0)``. For a sentence pair, offsets index the token's own
+        side (A or B, as ``segments`` says).
     vectors : ndarray of float32, shape (n_tokens, n_features)
         One vector per token from the estimator's ``layers`` and
         ``layer_aggregation``.
     special_mask : ndarray of bool, shape (n_tokens,)
         True for special tokens.
+    segments : ndarray of int64, shape (n_tokens,), optional
+        Each token's segment (its token type): 0 for a single text and for
+        ``[CLS] A [SEP]`` of a pair, 1 for ``B [SEP]``. None means all 0.
     """
 
     tokens: list
     offsets: np.ndarray
     vectors: np.ndarray
     special_mask: np.ndarray
+    segments: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.segments is None:
+            self.segments = np.zeros(len(self.tokens), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -63,14 +72,14 @@ class TokenEmbeddings(list):
         self.index = index
 
     def to_frame(self):
-        """Return one row per token: text id, position, token, offsets, special flag, vector.
+        """Return one row per token: text id, position, token, segment, offsets, special flag, vector.
 
         Returns
         -------
         pandas.DataFrame
             Columns ``text_id`` (the input's index label, or its position),
-            ``position``, ``token``, ``start``, ``end``, ``special``, then one
-            column per feature.
+            ``position``, ``token``, ``segment`` (0, or 1 for side B of a pair),
+            ``start``, ``end``, ``special``, then one column per feature.
         """
         import pandas as pd
 
@@ -81,6 +90,7 @@ class TokenEmbeddings(list):
                 "text_id": np.repeat(np.asarray(ids, dtype=object), sizes),
                 "position": np.concatenate([np.arange(n) for n in sizes]) if sizes else [],
                 "token": [token for record in self for token in record.tokens],
+                "segment": np.concatenate([r.segments for r in self]) if sizes else [],
                 "start": np.concatenate([r.offsets[:, 0] for r in self]) if sizes else [],
                 "end": np.concatenate([r.offsets[:, 1] for r in self]) if sizes else [],
                 "special": np.concatenate([r.special_mask for r in self]) if sizes else [],

@@ -34,6 +34,13 @@ def _texts(data, column):
     is_frame = getattr(data, "ndim", 1) == 2
     if column is not None and not is_frame:
         raise ValueError(f"column={column!r} was given, but data is a Series, not a frame.")
+    if isinstance(column, (list, tuple)):  # sentence pairs: (A, B) columns
+        if len(column) != 2:
+            raise ValueError(f"column={column!r}: a list of columns names a pair's two sides, (A, B).")
+        absent = [name for name in column if name not in data.columns]
+        if absent:
+            raise ValueError(f"column {absent[0]!r} is not among the frame's columns {list(data.columns)[:10]}.")
+        return data[list(column)]
     if column is None:
         if is_frame:
             if len(data.columns) != 1:
@@ -48,7 +55,7 @@ def _texts(data, column):
     return data[column]
 
 
-def _embed_partition(part: pd.Series, embedder, names) -> pd.DataFrame:
+def _embed_partition(part, embedder, names) -> pd.DataFrame:
     if len(part) == 0:
         return pd.DataFrame(np.empty((0, len(names)), np.float32), index=part.index, columns=names)
     return pd.DataFrame(embedder.transform_with_report(part)[0], index=part.index, columns=names)
@@ -62,9 +69,9 @@ def embed(data, embedder, column=None):
     data : dask.dataframe.Series or dask.dataframe.DataFrame
         The texts; a frame needs ``column`` unless it has a single column.
     embedder : BertEmbedder
-        Fitted.
-    column : str, optional
-        The text column of a frame.
+        Fitted (with ``pairs=True`` for sentence pairs).
+    column : str or list of two str, optional
+        The text column of a frame, or its two columns (A, B) of sentence pairs.
 
     Returns
     -------
@@ -76,6 +83,12 @@ def embed(data, embedder, column=None):
 
     check_is_fitted(embedder)
     texts = _texts(data, column)
+    if embedder.pairs != (getattr(texts, "ndim", 1) == 2):
+        raise ValueError(
+            "embedder reads sentence pairs (pairs=True): pass column=[A, B], two columns of the frame."
+            if embedder.pairs else
+            f"column={column!r} names two columns (a sentence pair); the embedder needs pairs=True for that."
+        )
     names = [str(name) for name in embedder.get_feature_names_out()]
     meta = pd.DataFrame(np.empty((0, len(names)), np.float32), columns=names, index=texts._meta.index)
     return texts.map_partitions(_embed_partition, embedder, names, meta=meta)
@@ -94,8 +107,8 @@ def predict(data, pipeline, column=None, method="predict"):
     data : dask.dataframe.Series or dask.dataframe.DataFrame
     pipeline : fitted estimator
         E.g. ``make_pipeline(BertEmbedder(...), LogisticRegression())``.
-    column : str, optional
-        The text column of a frame.
+    column : str or list of two str, optional
+        The text column of a frame, or its two columns (A, B) of sentence pairs.
     method : str, default="predict"
         The pipeline's method giving one value per text.
 
