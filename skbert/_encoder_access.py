@@ -74,9 +74,11 @@ class EncoderAccessMixin:
         """The call's counts; warns (at the user's line) when texts were truncated."""
         n_truncated = 0 if self.long_text == "chunk" else n_long
         if self.long_text == "truncate" and n_long:
+            what, remedy = ("pairs", " from the longer side") if self.pairs else (
+                "texts", "; long_text='chunk' covers them whole")
             warn_user(
-                f"{n_long} of {n_rows} texts were longer than max_length={self.max_length_} tokens and were "
-                "truncated; long_text='chunk' covers them whole."
+                f"{n_long} of {n_rows} {what} were longer than max_length={self.max_length_} tokens and were "
+                f"truncated{remedy}."
             )
         return TransformReport(n_rows, n_unique, encoding.n_encoded, encoding.n_cache_hits, n_long, n_truncated)
 

@@ -72,14 +72,14 @@ class TokenEmbeddings(list):
         self.index = index
 
     def to_frame(self):
-        """Return one row per token: text id, position, token, segment, offsets, special flag, vector.
+        """Return one row per token: text id, position, token, offsets, special flag, segment, vector.
 
         Returns
         -------
         pandas.DataFrame
             Columns ``text_id`` (the input's index label, or its position),
-            ``position``, ``token``, ``segment`` (0, or 1 for side B of a pair),
-            ``start``, ``end``, ``special``, then one column per feature.
+            ``position``, ``token``, ``start``, ``end``, ``special``, ``segment``
+            (0, or 1 for side B of a pair), then one column per feature.
         """
         import pandas as pd
 
@@ -90,10 +90,10 @@ class TokenEmbeddings(list):
                 "text_id": np.repeat(np.asarray(ids, dtype=object), sizes),
                 "position": np.concatenate([np.arange(n) for n in sizes]) if sizes else [],
                 "token": [token for record in self for token in record.tokens],
-                "segment": np.concatenate([r.segments for r in self]) if sizes else [],
                 "start": np.concatenate([r.offsets[:, 0] for r in self]) if sizes else [],
                 "end": np.concatenate([r.offsets[:, 1] for r in self]) if sizes else [],
                 "special": np.concatenate([r.special_mask for r in self]) if sizes else [],
+                "segment": np.concatenate([r.segments for r in self]) if sizes else [],
             }
         )
         vectors = np.concatenate([r.vectors for r in self]) if sizes else np.empty((0, len(self.feature_names)))

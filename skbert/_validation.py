@@ -51,7 +51,7 @@ def _container(X, width: int):
             wanted = "one text column was expected: select it, e.g. X['text']" if width == 1 else (
                 "sentence pairs need two text columns, A and B: select them, e.g. X[['question', 'answer']]")
             raise ValueError(
-                f"X is a DataFrame with {X.shape[1]} columns {list(X.columns)[:10]}; {wanted}"
+                f"X is a DataFrame with {X.shape[1]} column{'' if X.shape[1] == 1 else 's'} {list(X.columns)[:10]}; {wanted}"
                 f"{pair_hint if X.shape[1] == 2 else ''}."
             )
         columns = list(X.columns)

@@ -46,7 +46,35 @@ CASES = [
      ("ok", r"1 text\(s\) hold lone surrogate characters.*first row 1.*replaced by U\+FFFD")),
     ("a text longer than max_length", lambda: ["word " * 200, "short"],
      ("ok", r"1 of 2 texts were longer than max_length=64 tokens and were truncated")),
+    ("a list of (A, B) tuples", lambda: [("a", "b")], (ValueError, r"row 0 of X is a tuple.*set pairs=True")),
+    # with pairs=True (sentence pairs): every case's name starts with "pairs:"
+    ("pairs: a two-column DataFrame", lambda: pd.DataFrame({"q": ["x", ""], "a": ["y", "z"]}), ("ok", None)),
+    ("pairs: an (n, 2) array", lambda: np.array([["a", "b"], ["c", ""]], dtype=object), ("ok", None)),
+    ("pairs: (A, B) tuples and lists", lambda: [("a", "b"), ["c", "d"]], ("ok", None)),
+    ("pairs: a one-column DataFrame", lambda: pd.DataFrame({"q": ["x"]}),
+     (ValueError, r"DataFrame with 1 column \['q'\]; sentence pairs need two text columns")),
+    ("pairs: a list of texts", lambda: ["a", "b"], (ValueError, r"row 0 of X is a str \('a'\), not a pair")),
+    ("pairs: a 1-D array", lambda: np.array(["a", "b"]), (ValueError, r"array of shape \(2,\); sentence pairs need")),
+    ("pairs: a triple", lambda: [("a", "b", "c")], (ValueError, r"row 0 of X is a tuple.*not a pair")),
+    ("pairs: None on side B", lambda: [("a", "b"), ("c", None)],
+     (ValueError, r"row 1, side B of X is missing \(None\)")),
+    ("pairs: NaN in a frame's second column", lambda: pd.DataFrame({"q": ["x"], "a": [np.nan]}, index=["k"]),
+     (ValueError, r"row 0 \(index 'k'\), side B \(column 'a'\) of X is missing \(NaN\)")),
+    ("pairs: bytes on side A", lambda: [(b"a", "b")], (ValueError, r"row 0, side A of X is a bytes")),
+    ("pairs: an empty list", lambda: [], (ValueError, "holds no pairs")),
+    ("pairs: a bare string", lambda: "a", (TypeError, "single string")),
+    ("pairs: a lone surrogate on side B", lambda: [("ok", "bad \ud800")],
+     ("ok", r"1 text\(s\) hold lone surrogate characters.*first side B of row 0")),
+    ("pairs: a pair longer than max_length", lambda: [("word " * 50, "word " * 40)],
+     ("ok", r"1 of 1 pairs were longer than max_length=64 tokens and were truncated from the longer side")),
 ]
+
+
+def embedder_for(embedder, what: str):
+    """The embedder a case runs on: a copy, reading sentence pairs for the ``"pairs:"`` cases."""
+    from sklearn.base import clone
+
+    return clone(embedder).set_params(pairs=what.startswith("pairs:"))
 
 
 def run_case(embedder, make_X):
@@ -77,7 +105,7 @@ def markdown(embedder) -> str:
     """The README's table: each case and what actually happens to it."""
     lines = ["| input | what happens |", "| --- | --- |"]
     for what, make_X, _ in CASES:
-        kind, message = run_case(embedder, make_X)
+        kind, message = run_case(embedder_for(embedder, what), make_X)
         outcome = f"embedded, {message}" if kind == "ok" else f"`{kind}`: {message}"
         lines.append(f"| {what} | {outcome.replace('|', '/')} |")
     return "\n".join(lines)

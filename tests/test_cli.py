@@ -43,6 +43,22 @@ def test_embed_to_parquet_keeps_ids_and_matches_the_estimator(tiny_bert, table, 
     assert f"{len(TEXTS)} texts -> 128 features" in err
 
 
+def test_a_pair_column_embeds_sentence_pairs(tiny_bert, table, tmp_path, capsys):
+    frame = pd.read_csv(table, keep_default_na=False)
+    frame.assign(answer=frame["text"].str.upper()).to_csv(table, index=False)
+    out = tmp_path / "pairs.parquet"
+    code, err = _run(capsys, "embed", str(table), "--model", tiny_bert, "--pair-column", "answer", "--id-column", "doc",
+                     "--pooling", "mean_max", "--segments", "a,b", "--no-cache", "--quiet", "-o", str(out))
+    assert code == 0, err
+    got = pd.read_parquet(out)
+    assert got.columns[1] == "a_mean_layer3_0" and got.shape == (len(TEXTS), 1 + 4 * 32)
+    pairs = list(zip(TEXTS, [t.upper() for t in TEXTS]))
+    want = BertEmbedder(tiny_bert, pairs=True, pooling="mean_max", segments=("a", "b"), cache=None).fit_transform(pairs)
+    assert_allclose(got.iloc[:, 1:].to_numpy(), want, rtol=1e-4, atol=2e-5)
+    code, err = _run(capsys, "embed", str(table), "--model", tiny_bert, "--pair-column", "nope", "-o", str(out))
+    assert code == 2 and "pair column 'nope' is not in the input" in err
+
+
 def test_embed_to_npy_writes_the_ids_beside_it_and_a_rerun_hits_the_cache(tiny_bert, tmp_path, capsys):
     path = tmp_path / "in.parquet"
     pd.DataFrame({"text": TEXTS[:2] + TEXTS[3:]}, index=pd.Index([10, 11, 13, 14, 15], name="key")).to_parquet(path)

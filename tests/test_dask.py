@@ -54,6 +54,20 @@ def test_the_dask_result_equals_a_single_process_transform(client, tiny_bert):
     assert_allclose(embed(frame, embedder, column="text").compute().to_numpy(), want, rtol=1e-6, atol=1e-6)
 
 
+def test_two_columns_are_embedded_as_sentence_pairs(client, tiny_bert):
+    frame = _series().to_frame().assign(answer=[t[::-1] for t in TEXTS], n=1)
+    embedder = BertEmbedder(tiny_bert, pairs=True, segments=("joint", "abs_diff"), precision="float32").fit([("a", "b")])
+    got = embed(dd.from_pandas(frame, npartitions=3), embedder, column=["text", "answer"]).compute()
+    assert got.index.tolist() == frame.index.tolist()
+    want = BertEmbedder(tiny_bert, pairs=True, segments=("joint", "abs_diff"), precision="float32",
+                        cache=None).fit_transform(frame[["text", "answer"]])
+    assert_allclose(got.to_numpy(), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="pass column=\\[A, B\\]"):
+        embed(dd.from_pandas(frame, npartitions=1), embedder, column="text")
+    with pytest.raises(ValueError, match="needs pairs=True"):
+        embed(dd.from_pandas(frame, npartitions=1), BertEmbedder(tiny_bert).fit(["a"]), column=["text", "answer"])
+
+
 def test_each_worker_loads_the_model_once_and_reuses_it(client, tiny_bert):
     embedder = BertEmbedder(tiny_bert, precision="float32").fit(["a"])
     embed(dd.from_pandas(_series(), npartitions=6), embedder).compute()

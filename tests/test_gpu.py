@@ -48,3 +48,14 @@ def test_gpu_packed_padded_and_cpu_float32_agree(tiny_bert):
         np.testing.assert_allclose(got, cpu, rtol=1e-3, atol=1e-4)
     assert BertEmbedder(tiny_bert, device="cuda")._encoding_options(BertEmbedder(tiny_bert, device="cuda")
                                                                      .fit(["a"])._load())["packed"]
+
+
+@gpu
+def test_gpu_sentence_pairs_packed_and_padded_match_the_cpu(tiny_bert):
+    """Pairs (token types, per-side statistics) through the varlen kernel and padded batches, float32."""
+    pairs = [(a, b) for a, b in zip(TEXTS, reversed(TEXTS))] + [("bank " * 40, "river " * 30)]
+    params = dict(pairs=True, pooling="mean_max", segments=("joint", "a", "b"), precision="float32", cache=None)
+    cpu = BertEmbedder(tiny_bert, device="cpu", attention="padded", **params).fit_transform(pairs)
+    for attention in ("packed", "padded"):
+        got = BertEmbedder(tiny_bert, device="cuda", attention=attention, **params).fit_transform(pairs)
+        np.testing.assert_allclose(got, cpu, rtol=1e-3, atol=1e-4)

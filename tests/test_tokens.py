@@ -51,8 +51,9 @@ def test_to_frame_is_one_row_per_token_with_text_ids(tiny_bert, texts):
     records = embedder.transform_tokens(series)
     frame = records.to_frame()
     assert len(frame) == sum(len(r) for r in records)
-    assert list(frame.columns[:6]) == ["text_id", "position", "token", "start", "end", "special"]
-    assert list(frame.columns[6:8]) == ["layer0_0", "layer0_1"] and frame.columns[-1] == "layer3_31"
+    assert list(frame.columns[:7]) == ["text_id", "position", "token", "start", "end", "special", "segment"]
+    assert list(frame.columns[7:9]) == ["layer0_0", "layer0_1"] and frame.columns[-1] == "layer3_31"
+    assert (frame["segment"] == 0).all()  # single texts: one segment
     assert frame["text_id"].tolist() == ["a"] * len(records[0]) + ["b"] * len(records[1]) + ["c"] * len(records[2])
     assert_allclose(frame.iloc[: len(records[0]), 6:].to_numpy(dtype=np.float32), records[0].vectors)
     from_list = embedder.transform_tokens(texts[:2]).to_frame()  # a list has no labels: positions are the ids

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from bad_inputs import CASES, markdown, matches, run_case
+from bad_inputs import CASES, embedder_for, markdown, matches, run_case
 
 from skbert import BertEmbedder
 from skbert._validation import validate_texts
@@ -15,7 +15,7 @@ from skbert._validation import validate_texts
 @pytest.mark.parametrize("what, make_X, expected", CASES, ids=[case[0] for case in CASES])
 def test_every_bad_input_is_named_or_embedded(tiny_bert, what, make_X, expected):
     """Through ``fit_transform``, as a user would call it."""
-    kind, message = run_case(BertEmbedder(tiny_bert), make_X)
+    kind, message = run_case(embedder_for(BertEmbedder(tiny_bert), what), make_X)
     assert matches(expected, kind, message), (kind, message)
 
 
