@@ -55,7 +55,7 @@ def test_to_frame_is_one_row_per_token_with_text_ids(tiny_bert, texts):
     assert list(frame.columns[7:9]) == ["layer0_0", "layer0_1"] and frame.columns[-1] == "layer3_31"
     assert (frame["segment"] == 0).all()  # single texts: one segment
     assert frame["text_id"].tolist() == ["a"] * len(records[0]) + ["b"] * len(records[1]) + ["c"] * len(records[2])
-    assert_allclose(frame.iloc[: len(records[0]), 6:].to_numpy(dtype=np.float32), records[0].vectors)
+    assert_allclose(frame.iloc[: len(records[0]), 7:].to_numpy(dtype=np.float32), records[0].vectors)
     from_list = embedder.transform_tokens(texts[:2]).to_frame()  # a list has no labels: positions are the ids
     assert from_list["text_id"].tolist() == [0] * len(records[0]) + [1] * len(records[1])
 
