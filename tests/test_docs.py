@@ -20,6 +20,7 @@ def test_readme_python_blocks_run():
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
     assert namespace["X"].shape == (3, 1152)
+    assert namespace["P"].shape == (2, 1152)
     assert namespace["tokens"][0].tokens == ["[CLS]", "river", "##bank", "##s", "flood", ".", "[SEP]"]
 
 

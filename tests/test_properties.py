@@ -92,3 +92,25 @@ def test_token_offsets_slice_back_to_each_tokens_text(reference, texts):
             assert 0 <= start <= end <= len(text)
             if not is_special and token != "[UNK]":
                 assert normalize(clean[start:end]) == token.removeprefix("##"), (token, clean[start:end])
+
+
+@st.composite
+def pair_lists(draw):
+    """A list of (A, B) pairs, some repeated, some sides swapped (a different pair)."""
+    base = draw(st.lists(st.tuples(one_text, one_text), min_size=1, max_size=6))
+    repeats = draw(st.lists(st.sampled_from(base), max_size=3))
+    swapped = [(b, a) for a, b in draw(st.lists(st.sampled_from(base), max_size=2))]
+    return list(draw(st.permutations(base + repeats + swapped)))
+
+
+@SETTINGS
+@given(pairs=pair_lists(), batch_size=st.integers(1, 7), attention=st.sampled_from(["padded", "packed"]))
+def test_pair_rows_align_and_do_not_depend_on_batching_order_or_packing(tiny_bert, pairs, batch_size, attention):
+    params = dict(pairs=True, pooling="mean_max", segments=("joint", "a", "b"), precision="float32", cache=None)
+    want = _quietly(BertEmbedder(tiny_bert, batch_size=1, attention="padded", **params).fit_transform, pairs)
+    assert want.shape == (len(pairs), 3 * 2 * 32) and np.isfinite(want).all()
+    for i, pair in enumerate(pairs):  # equal pairs, equal rows
+        assert np.array_equal(want[i], want[pairs.index(pair)])
+    other = BertEmbedder(tiny_bert, batch_size=batch_size, attention=attention, **params).fit([("a", "b")])
+    order = np.random.default_rng(len(pairs)).permutation(len(pairs))
+    assert_allclose(_quietly(other.transform, [pairs[i] for i in order]), want[order], rtol=1e-4, atol=1e-5)
