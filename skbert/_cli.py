@@ -1,7 +1,12 @@
 """The command line: ``skbert embed INPUT --column text -o OUTPUT``.
 
-Reads a CSV or Parquet file, embeds one text column (or two, as sentence pairs)
-with :class:`BertEmbedder`,
+With ``-o DIRECTORY`` (no file suffix) the input (a CSV/Parquet file, a directory of
+them, or a glob) is streamed in bounded chunks into a Parquet dataset of parts, which
+a re-run resumes (:mod:`skbert._streaming`), in this process or on Dask workers
+(``--workers N``, ``--scheduler ADDRESS``).
+
+With ``-o FILE.parquet`` or ``FILE.npy`` it reads one CSV or Parquet file whole,
+embeds one text column (or two, as sentence pairs) with :class:`BertEmbedder`,
 and writes the embeddings as Parquet (ids and one column per feature) or as a
 ``.npy`` array with the ids beside it. A disk cache next to the output makes a
 re-run after an interruption resume where it stopped. A user's mistake gives a
@@ -15,8 +20,8 @@ import sys
 from pathlib import Path
 
 from ._device import PRECISIONS
+from ._streaming import EMBEDDING_COLUMN, READERS
 
-READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 WRITERS = (".parquet", ".npy")
 
 
@@ -45,14 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skbert", description="Contextual BERT embeddings from the command line.")
     commands = parser.add_subparsers(dest="command", required=True)
     embed = commands.add_parser("embed", help="embed a text column of a CSV or Parquet file")
-    embed.add_argument("input", help="a .csv, .tsv or .parquet file")
-    embed.add_argument("-o", "--output", required=True, help="a .parquet or .npy file to write")
+    embed.add_argument("input", help="a .csv, .tsv or .parquet file; for a dataset output also a directory of "
+                       "them or a glob (quote it)")
+    embed.add_argument("-o", "--output", required=True, help="a directory (no suffix): a Parquet dataset streamed "
+                       "part by part, resumable; or a .parquet or .npy file, written at once")
     embed.add_argument("--column", default="text", help="the text column (default: text)")
     embed.add_argument("--pair-column", help="a second text column: embed (column, pair column) as sentence pairs, "
                        "[CLS] A [SEP] B [SEP]")
     embed.add_argument("--segments", default="joint", help="with --pair-column: joint, a, b, abs_diff, product, "
                        "or a comma list (default: joint)")
-    embed.add_argument("--id-column", help="the column of row ids to keep (default: the row number)")
+    embed.add_argument("--chunk-rows", type=int, default=10_000,
+                       help="dataset output: rows read, embedded and written per part (default: 10000)")
+    embed.add_argument("--layout", choices=["list", "columns", "both"],
+                       help="the embedding as one fixed-size list column 'embedding' (default for a dataset), "
+                       "one column per feature (default for a .parquet file), or both")
+    embed.add_argument("--on-null", choices=["error", "empty", "skip"], default="error",
+                       help="dataset output, a row without text: stop naming it (default), embed it as empty, "
+                       "or skip it (counted)")
+    embed.add_argument("--workers", type=int, help="dataset output: run on a local Dask cluster of N worker processes")
+    embed.add_argument("--scheduler", help="dataset output: run on the Dask cluster at this address (the output "
+                       "directory must be reachable from its workers)")
+    embed.add_argument("--id-column", action="append", help="a column of row ids to keep; repeat for several "
+                       "(default: the row number, and for a dataset the file too)")
     embed.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2",
                        help="model folder or id (default: sentence-transformers/all-MiniLM-L6-v2)")
     embed.add_argument("--pooling", default="mean", help="cls, mean, max, mean_max, last, pooler, or a comma list")
@@ -91,17 +110,18 @@ def read_table(path: Path):
         raise UserError(f"could not read {str(path)!r}: {error}") from None
 
 
-def select_texts(frame, column: str, id_column: str | None, pair_column: str | None = None):
-    """The texts (or, with a pair column, the (A, B) pairs) and the ids of a table."""
-    for kind, name in (("column", column), ("pair column", pair_column), ("id column", id_column)):
+def select_texts(frame, column: str, id_columns: list | None, pair_column: str | None = None):
+    """The texts (or, with a pair column, the (A, B) pairs) and the id columns of a table."""
+    named = [("column", column), ("pair column", pair_column)] + [("id column", c) for c in id_columns or []]
+    for kind, name in named:
         if name is not None and name not in frame.columns:
             raise UserError(f"{kind} {name!r} is not in the input; its columns are {list(frame.columns)}")
-    ids = frame[id_column] if id_column else frame.index.to_series(name=frame.index.name or "row")
+    ids = frame[id_columns] if id_columns else frame.index.to_frame(name=frame.index.name or "row")
     for name in (column, pair_column) if pair_column else (column,):
         texts = frame[name]
         missing = texts.isna() | ~texts.map(lambda v: isinstance(v, str))
         if missing.any():
-            rows = [str(i) for i in ids[missing].tolist()[:5]]
+            rows = [str(i) for i in ids.iloc[:, 0][missing].tolist()[:5]]
             more = f" and {int(missing.sum()) - 5} more" if missing.sum() > 5 else ""
             raise UserError(f"{int(missing.sum())} row(s) have no text in column {name!r}: ids {', '.join(rows)}{more}")
     if pair_column:
@@ -109,56 +129,152 @@ def select_texts(frame, column: str, id_column: str | None, pair_column: str | N
     return frame[column].tolist(), ids
 
 
-def write_output(path: Path, X, names, ids) -> list[Path]:
+def write_output(path: Path, X, names, ids, layout: str) -> list[Path]:
     import numpy as np
-    import pandas as pd
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npy":
         np.save(path, X)
         id_path = path.with_suffix(".ids.csv")
-        pd.DataFrame({ids.name or "id": ids.to_numpy()}).to_csv(id_path, index=False)
+        ids.to_csv(id_path, index=False)
         return [path, id_path]
-    frame = pd.DataFrame(X, columns=list(names))
-    frame.insert(0, ids.name or "id", ids.to_numpy())
     try:
-        frame.to_parquet(path, index=False)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
     except ImportError as error:
         raise UserError(f"writing Parquet needs pyarrow (pip install pyarrow): {error}") from None
+    table = pa.Table.from_pandas(ids.reset_index(drop=True), preserve_index=False)
+    if layout in ("list", "both"):
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), X.shape[1])
+        table = table.append_column(EMBEDDING_COLUMN, vectors)
+    if layout in ("columns", "both"):
+        for j, name in enumerate(names):
+            table = table.append_column(str(name), pa.array(X[:, j], pa.float32()))
+    pq.write_table(table, path)
     return [path]
 
 
-def embed(args) -> int:
+def _embedder(args, cache, cache_memory_bytes=2 * 1024**3):
     from . import BertEmbedder
 
-    output = Path(args.output)
-    if output.suffix.lower() not in WRITERS:
-        raise UserError(f"output {str(output)!r}: expected a .parquet or .npy file")
+    return BertEmbedder(
+        args.model, pooling=_parse_pooling(args.pooling), layers=_parse_layers(args.layers),
+        layer_aggregation=args.layer_aggregation, include_special_tokens=args.include_special_tokens,
+        normalize=args.normalize, pairs=args.pair_column is not None, segments=_parse_pooling(args.segments),
+        max_length=args.max_length, long_text=args.long_text, batch_size=args.batch_size,
+        device=args.device, precision=args.precision, show_progress=False, cache=cache,
+        cache_memory_bytes=cache_memory_bytes,
+    )
+
+
+def settings_digest(embedder, options) -> str:
+    """What a dataset part is made with: everything that changes its numbers or columns."""
+    import hashlib
+    import json
+
+    skip = {"show_progress", "cache", "cache_memory_bytes", "cache_disk_bytes", "batch_size", "token_budget",
+            "device", "attention"}
+    params = {k: v for k, v in embedder.get_params().items() if k not in skip}
+    described = json.dumps([params, options.text_columns, options.id_columns, options.layout], default=str,
+                           sort_keys=True)
+    return hashlib.blake2b(described.encode(), digest_size=16).hexdigest()
+
+
+def embed_file(args, output: Path) -> int:
+    """``-o FILE.parquet`` or ``FILE.npy``: one table, read and written whole."""
+    if not Path(args.input).is_file():
+        if Path(args.input).is_dir() or any(ch in args.input for ch in "*?["):
+            raise UserError(f"input {args.input!r} names several files: write a dataset (-o a directory)")
+        raise UserError(f"input file {args.input!r} does not exist")
+    if args.workers or args.scheduler:
+        raise UserError("--workers and --scheduler write a dataset: give -o a directory")
     frame = read_table(Path(args.input))
     texts, ids = select_texts(frame, args.column, args.id_column, args.pair_column)
     if not texts:
         raise UserError(f"input file {args.input!r} has no rows")
     cache = None if args.no_cache else Path(args.cache or output.parent / ".skbert-cache")
-    embedder = BertEmbedder(
-        args.model, pooling=_parse_pooling(args.pooling), layers=_parse_layers(args.layers),
-        layer_aggregation=args.layer_aggregation, include_special_tokens=args.include_special_tokens,
-        normalize=args.normalize, pairs=args.pair_column is not None, segments=_parse_pooling(args.segments),
-        max_length=args.max_length, long_text=args.long_text, batch_size=args.batch_size,
-        device=args.device, precision=args.precision, show_progress=not args.quiet, cache=cache,
-    )
+    embedder = _embedder(args, cache).set_params(show_progress=not args.quiet)
     try:
         X, report = embedder.fit(texts[:1]).transform_with_report(texts)
     except KeyboardInterrupt:
         hint = " re-run the same command to resume from the cache" if cache else ""
         print(f"skbert: interrupted;{hint}", file=sys.stderr)
         return 130
-    written = write_output(output, X, embedder.get_feature_names_out(), ids)
+    written = write_output(output, X, embedder.get_feature_names_out(), ids, args.layout or "columns")
     print(
         f"skbert: {len(texts)} texts -> {X.shape[1]} features; encoded {report.n_encoded}, "
         f"from cache {report.n_cache_hits}; wrote {', '.join(map(str, written))}",
         file=sys.stderr,
     )
     return 0
+
+
+def _client(args):
+    """A Dask client for --workers or --scheduler, or None."""
+    if not (args.workers or args.scheduler):
+        return None
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as error:
+        raise UserError(f"--workers and --scheduler need Dask (pip install skbert[dask]): {error}") from None
+    if args.scheduler:
+        return Client(args.scheduler)
+    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=40)
+    return Client(cluster)
+
+
+def embed_dataset(args, output: Path) -> int:
+    """``-o DIRECTORY``: stream the input, chunk by chunk, into a resumable Parquet dataset."""
+    from tqdm.auto import tqdm
+
+    from ._streaming import Options, StreamError, stream_embed
+
+    if args.chunk_rows < 1:
+        raise UserError(f"--chunk-rows {args.chunk_rows}: at least 1")
+    text_columns = [args.column] + ([args.pair_column] if args.pair_column else [])
+    options = Options(text_columns, args.id_column or ["file", "row"], args.layout or "list")
+    cache = Path(args.cache) if args.cache and not args.no_cache else None  # the parts are what resumes
+    embedder = _embedder(args, cache, cache_memory_bytes=256 * 2**20)
+    embedder.fit([("a", "b")] if args.pair_column else ["a"])
+    client = _client(args)
+    try:
+        with tqdm(unit="row", desc="skbert", disable=args.quiet, delay=1.0) as bar:
+            summary = stream_embed(embedder, args.input, output, options, chunk_rows=args.chunk_rows,
+                                   on_null=args.on_null, settings=settings_digest(embedder, options), client=client,
+                                   progress=bar.update)
+    except StreamError as error:
+        raise UserError(str(error)) from None
+    except KeyboardInterrupt:
+        print("skbert: interrupted; re-run the same command to resume (finished parts are kept)", file=sys.stderr)
+        return 130
+    finally:
+        if client is not None:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    nulls = f"; {summary.null_rows} row(s) without text {'skipped' if args.on_null == 'skip' else 'embedded as empty'}"
+    print(
+        f"skbert: {summary.rows} rows in {summary.parts} parts ({summary.parts_skipped} already complete) -> "
+        f"{len(embedder.get_feature_names_out())} features; encoded {summary.encoded}, from cache "
+        f"{summary.cache_hits}{nulls if summary.null_rows else ''}"
+        f"{f'; {summary.truncated} truncated to --max-length' if summary.truncated else ''}"
+        f"{f'; removed {summary.removed} stale part(s)' if summary.removed else ''}; wrote {output}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def embed(args) -> int:
+    output = Path(args.output)
+    suffix = output.suffix.lower()
+    if suffix in WRITERS:
+        return embed_file(args, output)
+    if suffix and not output.is_dir():
+        raise UserError(f"output {str(output)!r}: expected a .parquet or .npy file, or a directory (no suffix) "
+                        "for a Parquet dataset")
+    return embed_dataset(args, output)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,388 @@
+"""Streaming tables of any size through an embedder into a Parquet dataset, one part per input chunk.
+
+Input is a CSV/TSV/Parquet file, a directory of them or a glob. Each file is read in
+chunks of at most ``chunk_rows`` rows (Parquet batches via pyarrow, CSV through pandas'
+chunked reader), so memory is bounded by the chunk, not by the input. Each chunk
+becomes one part of the output dataset, written under a temporary name and renamed
+into place, so a part is either whole or absent. A part records, in its Parquet
+metadata, which chunk it came from, a digest of that chunk's ids and texts, and the
+settings it was made with; a re-run reads each chunk again and skips it when its part
+verifies (readable footer, same digest, same settings, same row count), so resuming
+needs no per-text cache. Parts that no chunk of this run produced are removed at the
+end, so the dataset never holds a row twice.
+
+With a Dask client the chunks are embedded and written by the workers (the output
+directory must be reachable from them); a worker lost mid-chunk has its task run
+again, and since a part appears only whole, the result is the same.
+
+pyarrow does the Parquet reading and writing: it streams row batches, writes
+fixed-size list columns and per-file metadata, and its datasets read the parts back
+as one table.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+LAYOUTS = ("list", "columns", "both")
+ON_NULL = ("error", "empty", "skip")
+METADATA_KEY = b"skbert"
+#: Name of the fixed-size list column that holds each row's embedding.
+EMBEDDING_COLUMN = "embedding"
+
+
+class StreamError(Exception):
+    """A problem with the input or output that the user can fix; reported without a traceback."""
+
+
+def input_files(spec: str) -> list[Path]:
+    """The input files a path, directory or glob names, sorted.
+
+    Parameters
+    ----------
+    spec : str
+        A file, a directory (every CSV/TSV/Parquet file under it, recursively) or a
+        glob pattern (``data/*.parquet``, ``data/**/*.csv``).
+
+    Returns
+    -------
+    list of Path
+
+    Raises
+    ------
+    StreamError
+        If nothing readable is found, or a named file has another suffix.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS]
+        where = f"directory {spec!r}"
+    elif any(ch in spec for ch in "*?["):
+        files = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
+        files = [p for p in files if p.suffix.lower() in READERS]
+        where = f"pattern {spec!r}"
+    else:
+        if not path.is_file():
+            raise StreamError(f"input file {spec!r} does not exist")
+        if path.suffix.lower() not in READERS:
+            raise StreamError(f"input file {spec!r}: expected one of {', '.join(READERS)}")
+        return [path]
+    if not files:
+        raise StreamError(f"{where} holds no {', '.join(READERS)} files")
+    return sorted(files)
+
+
+def file_columns(path: Path) -> list[str]:
+    """The columns of a file, read from its header or footer only (an unreadable file is an error)."""
+    kind = READERS[path.suffix.lower()]
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        import pandas as pd
+
+        return list(pd.read_csv(path, sep="\t" if kind == "tsv" else ",", nrows=0).columns)
+    except ImportError as error:
+        raise StreamError(f"reading Parquet needs pyarrow (pip install pyarrow): {error}") from None
+    except Exception as error:  # a malformed or unreadable file
+        raise StreamError(f"could not read {str(path)!r}: {error}") from None
+
+
+def iter_chunks(path: Path, columns: list[str], chunk_rows: int, text_columns: list[str]) -> Iterator:
+    """Read the given columns of a file, at most ``chunk_rows`` rows at a time, as pandas frames.
+
+    CSV text and id columns are read as text (``str``), so every chunk of a file has
+    the same types; an empty CSV cell is missing (None).
+    """
+    import pandas as pd
+
+    kind = READERS[path.suffix.lower()]
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
+                yield batch.to_pandas()
+            return
+        reader = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", usecols=columns, chunksize=chunk_rows,
+                             dtype=str, keep_default_na=False, na_values=[""])
+        for frame in reader:
+            yield frame.astype(object).where(frame.notna(), None)
+    except StreamError:
+        raise
+    except Exception as error:  # the file went bad part way
+        raise StreamError(f"could not read {str(path)!r}: {error}") from None
+
+
+def chunk_digest(frame, columns: list[str]) -> str:
+    """A digest of a chunk's ids and texts, in order."""
+    digest = hashlib.blake2b(digest_size=16)
+    for column in columns:
+        digest.update(column.encode())
+        for value in frame[column].tolist():
+            digest.update(repr(value).encode("utf-8", "surrogatepass"))
+            digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def part_name(path: Path, root: Path, chunk: int) -> str:
+    """A part's file name: the source file's name, a digest of its path, the chunk number."""
+    relative = str(path.resolve().relative_to(root)) if path.resolve().is_relative_to(root) else str(path.resolve())
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)[:40]
+    tag = hashlib.blake2b(relative.encode(), digest_size=4).hexdigest()
+    return f"part-{stem}-{tag}-{chunk:06d}.parquet"
+
+
+def part_is_complete(path: Path, expected: dict) -> bool:
+    """Whether a part file is whole and was made from the same chunk with the same settings."""
+    if not path.is_file():
+        return False
+    try:
+        import pyarrow.parquet as pq
+
+        metadata = pq.read_metadata(path)
+        recorded = json.loads(metadata.metadata[METADATA_KEY])
+    except Exception:  # truncated, not Parquet, or without our record
+        return False
+    return recorded == expected and metadata.num_rows == expected["rows"]
+
+
+@dataclass
+class PartJob:
+    """One chunk to embed and write.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        The chunk's id and text columns (null rows already handled).
+    destination : str
+        The part's final path.
+    record : dict
+        What the part's metadata records (source, chunk, rows, digest, settings).
+    """
+
+    frame: object
+    destination: str
+    record: dict
+
+
+@dataclass
+class Options:
+    """How chunks become parts.
+
+    Attributes
+    ----------
+    text_columns : list of str
+        One column, or two (A, B) for sentence pairs.
+    id_columns : list of str
+        Kept in the output before the embedding.
+    layout : {"list", "columns", "both"}
+        The embedding as one fixed-size list column, one column per feature, or both.
+    """
+
+    text_columns: list
+    id_columns: list
+    layout: str = "list"
+    extra: dict = field(default_factory=dict)
+
+
+def embed_part(embedder, job: PartJob, options: Options) -> dict:
+    """Embed one chunk and write its part atomically; returns counts.
+
+    Runs in this process or on a Dask worker: the embedder arrives fitted and
+    without weights, and the model loads once per process.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = job.frame
+    if len(options.text_columns) == 2:
+        texts = list(zip(frame[options.text_columns[0]].tolist(), frame[options.text_columns[1]].tolist()))
+    else:
+        texts = frame[options.text_columns[0]].tolist()
+    names = [str(name) for name in embedder.get_feature_names_out()]
+    with warnings.catch_warnings():  # truncation is counted and reported once for the run, not per part
+        warnings.filterwarnings("ignore", message=".* longer than max_length", category=UserWarning)
+        X, report = embedder.transform_with_report(texts)
+    counts = {"encoded": report.n_encoded, "cache_hits": report.n_cache_hits, "truncated": report.n_truncated}
+    arrays, fields = [], []
+    for column in options.id_columns:
+        arrays.append(pa.array(frame[column].tolist()))
+        fields.append(column)
+    if options.layout in ("list", "both"):
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), X.shape[1]))
+        fields.append(EMBEDDING_COLUMN)
+    if options.layout in ("columns", "both"):
+        arrays.extend(pa.array(X[:, j], pa.float32()) for j in range(X.shape[1]))
+        fields.extend(names)
+    table = pa.Table.from_arrays(arrays, names=fields)
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(job.record).encode()})
+    destination = Path(job.destination)
+    temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
+    pq.write_table(table, temporary)
+    os.replace(temporary, destination)  # the part appears whole, or not at all
+    return {"rows": len(frame), **counts}
+
+
+@dataclass
+class StreamSummary:
+    """What a streaming run did.
+
+    Attributes
+    ----------
+    rows, parts, parts_skipped, null_rows, encoded, cache_hits, truncated, removed : int
+        Rows written (this run and kept from before), parts in the dataset, parts
+        found complete and kept, rows with a missing text (skipped or embedded as
+        empty), texts encoded, served from a cache, truncated, and stale parts removed.
+    """
+
+    rows: int = 0
+    parts: int = 0
+    parts_skipped: int = 0
+    null_rows: int = 0
+    encoded: int = 0
+    cache_hits: int = 0
+    truncated: int = 0
+    removed: int = 0
+
+
+def _handle_nulls(frame, path: Path, start: int, options: Options, on_null: str):
+    """Apply the ``on_null`` policy to a chunk; returns the frame to embed and how many rows had no text."""
+    missing = np.zeros(len(frame), dtype=bool)
+    for column in options.text_columns:
+        missing |= ~frame[column].map(lambda value: isinstance(value, str)).to_numpy(dtype=bool)
+    if not missing.any():
+        return frame, 0
+    if on_null == "error":
+        row = int(np.flatnonzero(missing)[0])
+        value = next(frame[c].iloc[row] for c in options.text_columns if not isinstance(frame[c].iloc[row], str))
+        ids = ", ".join(f"{c}={frame[c].iloc[row]!r}" for c in options.id_columns)
+        raise StreamError(
+            f"{str(path)!r}, row {start + row}{f' ({ids})' if ids else ''}: no text ({value!r}); "
+            f"{int(missing.sum())} row(s) of this chunk have none. --on-null empty embeds them as empty "
+            "texts, --on-null skip leaves them out"
+        )
+    if on_null == "skip":
+        return frame[~missing], int(missing.sum())
+    frame = frame.copy()
+    for column in options.text_columns:
+        frame[column] = [value if isinstance(value, str) else "" for value in frame[column].tolist()]
+    return frame, int(missing.sum())
+
+
+def _jobs(files, output: Path, root: Path, options: Options, chunk_rows: int, on_null: str, settings: str,
+          summary: StreamSummary, expected: set):
+    """Read every chunk; yield the jobs whose parts are not already complete."""
+    import pandas as pd
+
+    for path in files:
+        available = file_columns(path)
+        needed = options.text_columns + [c for c in options.id_columns if c not in ("file", "row")]
+        for column in needed:
+            if column not in available:
+                raise StreamError(f"column {column!r} is not in {str(path)!r}; its columns are {available}")
+        start = 0
+        for index, frame in enumerate(iter_chunks(path, list(dict.fromkeys(needed)), chunk_rows,
+                                                  options.text_columns)):
+            frame = frame.reset_index(drop=True)
+            if "row" in options.id_columns and "row" not in available:
+                frame["row"] = np.arange(start, start + len(frame), dtype=np.int64)
+            if "file" in options.id_columns and "file" not in available:
+                frame["file"] = pd.Series([str(path)] * len(frame), dtype=object)
+            n_read = len(frame)
+            frame, nulls = _handle_nulls(frame, path, start, options, on_null)
+            start += n_read
+            summary.null_rows += nulls
+            if len(frame) == 0:  # every row skipped: no part
+                continue
+            name = part_name(path, root, index)
+            expected.add(name)
+            record = {"source": str(path), "chunk": index, "rows": len(frame),
+                      "digest": chunk_digest(frame, options.id_columns + options.text_columns), "settings": settings}
+            summary.parts += 1
+            summary.rows += len(frame)
+            if part_is_complete(output / name, record):
+                summary.parts_skipped += 1
+                continue
+            yield PartJob(frame, str(output / name), record)
+
+
+def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_rows: int = 10_000,
+                 on_null: str = "error", settings: str = "", client=None, progress=None) -> StreamSummary:
+    """Embed every chunk of the input into a Parquet dataset of parts under ``output``.
+
+    Parameters
+    ----------
+    embedder : BertEmbedder
+        Fitted.
+    spec : str
+        A file, directory or glob (:func:`input_files`).
+    output : Path
+        The dataset directory (made if needed).
+    options : Options
+    chunk_rows : int, default=10_000
+        Rows read, embedded and written at a time (one part each).
+    on_null : {"error", "empty", "skip"}, default="error"
+        A missing or non-string text: stop with the file, row and id; embed it as
+        an empty text; or leave the row out (counted).
+    settings : str
+        A digest of the settings the parts are made with (a part made otherwise is redone).
+    client : distributed.Client, optional
+        Run the chunks on its workers, a few per worker in flight at a time.
+    progress : callable, optional
+        Called with the rows of each finished part.
+
+    Returns
+    -------
+    StreamSummary
+    """
+    files = input_files(spec)
+    for path in files:  # every file readable before any work starts
+        file_columns(path)
+    output.mkdir(parents=True, exist_ok=True)
+    root = Path(os.path.commonpath([str(p.resolve().parent) for p in files]))
+    summary, expected = StreamSummary(), set()
+    jobs = _jobs(files, output, root, options, chunk_rows, on_null, settings, summary, expected)
+
+    def account(counts):
+        summary.encoded += counts["encoded"]
+        summary.cache_hits += counts["cache_hits"]
+        summary.truncated += counts["truncated"]
+        if progress is not None:
+            progress(counts["rows"])
+
+    if client is None:
+        for job in jobs:
+            account(embed_part(embedder, job, options))
+    else:
+        from distributed import as_completed
+
+        limit = 2 * max(1, len(client.scheduler_info().get("workers", {})))
+        running = as_completed()
+        for job in jobs:  # a bounded number of chunks in flight: memory stays bounded on this side too
+            running.add(client.submit(embed_part, embedder, job, options, pure=False))
+            while running.count() >= limit:
+                account(next(running).result())
+        for future in running:
+            account(future.result())
+    for stale in output.glob("part-*.parquet"):  # parts no chunk of this run made: from other inputs
+        if stale.name not in expected:
+            stale.unlink()
+            summary.removed += 1
+    for leftover in output.glob(".part-*.tmp-*"):  # a killed writer's temporary file
+        leftover.unlink(missing_ok=True)
+    if summary.rows == 0 and summary.null_rows == 0:
+        raise StreamError(f"input {spec!r} has no rows")
+    return summary

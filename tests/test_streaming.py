@@ -1,0 +1,195 @@
+"""The streaming command line: files, directories and globs in bounded chunks, a Parquet dataset of parts
+out, verified resume after a kill, null policies, bad files, and the same run on Dask workers."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from numpy.testing import assert_allclose
+
+from skbert import BertEmbedder
+from skbert._cli import main
+
+pa = pytest.importorskip("pyarrow")
+ds = pytest.importorskip("pyarrow.dataset")
+pq = pytest.importorskip("pyarrow.parquet")
+
+WORDS = "the a bank river money water fish loan paid deposit muddy walked sat stream account house".split()
+
+
+def _texts(n, seed):
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(WORDS, rng.integers(0, 9))) for _ in range(n)]
+    for i in range(0, n - 1, 7):  # some repeats
+        texts[i] = texts[i + 1]
+    return texts
+
+
+@pytest.fixture
+def parquet_dir(tmp_path):
+    """Three Parquet files of several row groups, ids unique across them."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k, n in enumerate((40, 25, 31)):
+        frame = pd.DataFrame({"doc": [f"f{k}-{i}" for i in range(n)], "text": _texts(n, k), "n": range(n)})
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / f"file{k}.parquet",
+                       row_group_size=9)
+    return folder
+
+
+def _inputs(folder):
+    frames = [pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def _read(out):
+    return ds.dataset(out, format="parquet").to_table().to_pandas()
+
+
+def _embed(tiny_bert, texts, **params):
+    return BertEmbedder(tiny_bert, precision="float32", cache=None, **params).fit(["a"]).transform(texts)
+
+
+def test_a_directory_streams_into_parts_that_match_one_transform(tiny_bert, parquet_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = _run(capsys, "embed", parquet_dir, "--model", tiny_bert, "--id-column", "doc", "--id-column", "n",
+                     "--chunk-rows", 8, "--layout", "both", "--precision", "float32", "--quiet", "-o", out)
+    assert code == 0, err
+    inputs = _inputs(parquet_dir)
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) == 5 + 4 + 4 and "96 rows in 13 parts (0 already complete)" in err
+    got = _read(out)
+    assert got["doc"].tolist() == inputs["doc"].tolist() and got["n"].tolist() == inputs["n"].tolist()
+    table = pq.read_table(parts[0])
+    assert pa.types.is_fixed_size_list(table.schema.field("embedding").type)
+    assert table.schema.field("embedding").type.list_size == 32
+    vectors = np.stack(got["embedding"].to_numpy())
+    assert_allclose(vectors, got.loc[:, "mean_layer3_0":"mean_layer3_31"].to_numpy(), rtol=0, atol=0)
+    assert_allclose(vectors, _embed(tiny_bert, inputs["text"].tolist()), rtol=1e-5, atol=1e-6)
+
+
+def test_a_killed_run_resumes_from_its_verified_parts(tiny_bert, tmp_path, capsys):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for k in range(3):
+        texts = [f"row {k} {i} " + t for i, t in enumerate(_texts(1500, k))]
+        pd.DataFrame({"doc": [f"{k}-{i}" for i in range(1500)], "text": texts}).to_parquet(folder / f"p{k}.parquet")
+    out = tmp_path / "out"
+    argv = ["embed", str(folder), "--model", tiny_bert, "--id-column", "doc", "--chunk-rows", "50",
+            "--precision", "float32", "--quiet", "-o", str(out)]
+    child = subprocess.Popen([sys.executable, "-m", "skbert", *argv], stderr=subprocess.PIPE,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 240
+    while len(list(out.glob("part-*.parquet"))) < 4 and child.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    done_before = len(list(out.glob("part-*.parquet")))
+    assert 4 <= done_before < 90, "the run must be killed part way"
+    code, err = _run(capsys, *argv)
+    assert code == 0 and f"4500 rows in 90 parts ({done_before} already complete)" in err, err
+    got = _read(out)
+    assert got["doc"].is_unique and len(got) == 4500 and not list(out.glob(".part-*"))
+    inputs = _inputs(folder)
+    assert got["doc"].tolist() == inputs["doc"].tolist()
+    assert_allclose(np.stack(got["embedding"].to_numpy()), _embed(tiny_bert, inputs["text"].tolist()),
+                    rtol=1e-5, atol=1e-6)
+
+
+def test_a_truncated_or_stale_part_is_redone_and_parts_of_gone_inputs_removed(tiny_bert, parquet_dir, tmp_path,
+                                                                               capsys):
+    out = tmp_path / "out"
+    argv = ["embed", parquet_dir, "--model", tiny_bert, "--chunk-rows", 10, "--precision", "float32", "--quiet",
+            "-o", out]
+    assert _run(capsys, *argv)[0] == 0
+    first = _read(out)
+    part = sorted(out.glob("part-*.parquet"))[2]
+    blob = part.read_bytes()
+    part.write_bytes(blob[: len(blob) // 2])  # as a kill during a copy would leave it
+    code, err = _run(capsys, *argv)
+    assert code == 0 and "96 rows in 11 parts (10 already complete)" in err
+    pd.testing.assert_frame_equal(_read(out), first)
+    code, err = _run(capsys, *argv[:-2], "--pooling", "max", "-o", out)  # other settings: every part redone
+    assert code == 0 and "(0 already complete)" in err
+    assert_allclose(np.stack(_read(out)["embedding"].to_numpy()),
+                    _embed(tiny_bert, _inputs(parquet_dir)["text"].tolist(), pooling="max"), rtol=1e-5, atol=1e-6)
+    (parquet_dir / "file1.parquet").unlink()
+    code, err = _run(capsys, *argv)
+    assert code == 0 and "71 rows in 8 parts" in err and "removed 3 stale part(s)" in err
+    got = _read(out)
+    assert len(got) == 71 and set(got["file"].map(os.path.basename)) == {"file0.parquet", "file2.parquet"}
+    assert got["row"].tolist() == list(range(40)) + list(range(31))
+
+
+def test_csv_files_by_glob_and_every_null_policy(tiny_bert, tmp_path, capsys):
+    (tmp_path / "a.csv").write_text("id,text\n007,a river\n008,\n009,the bank\n")
+    (tmp_path / "b.csv").write_text("id,text\n010,money\n")
+    pattern = str(tmp_path / "*.csv")
+    base = ["embed", pattern, "--model", tiny_bert, "--id-column", "id", "--precision", "float32", "--quiet"]
+    code, err = _run(capsys, *base, "-o", tmp_path / "o1")
+    assert code == 2 and "a.csv', row 1 (id='008'): no text (None)" in err and "--on-null" in err
+    code, err = _run(capsys, *base, "--on-null", "skip", "-o", tmp_path / "o2")
+    assert code == 0 and "3 rows" in err and "1 row(s) without text skipped" in err
+    got = _read(tmp_path / "o2")
+    assert got["id"].tolist() == ["007", "009", "010"]  # CSV ids kept as written
+    assert_allclose(np.stack(got["embedding"].to_numpy()), _embed(tiny_bert, ["a river", "the bank", "money"]),
+                    rtol=1e-5, atol=1e-6)
+    code, err = _run(capsys, *base, "--on-null", "empty", "-o", tmp_path / "o3")
+    assert code == 0 and "1 row(s) without text embedded as empty" in err
+    got = _read(tmp_path / "o3")
+    assert got["id"].tolist() == ["007", "008", "009", "010"]
+    assert_allclose(np.stack(got["embedding"].to_numpy())[1], _embed(tiny_bert, [""])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_inputs_name_the_file_and_write_nothing(tiny_bert, parquet_dir, tmp_path, capsys):
+    (parquet_dir / "broken.parquet").write_bytes(b"PAR1 not really parquet")
+    out = tmp_path / "out"
+    code, err = _run(capsys, "embed", parquet_dir, "--model", tiny_bert, "-o", out)
+    assert code == 2 and "could not read" in err and "broken.parquet" in err and "Traceback" not in err
+    assert not list(out.glob("part-*"))
+    (parquet_dir / "broken.parquet").unlink()
+    code, err = _run(capsys, "embed", parquet_dir, "--model", tiny_bert, "--column", "body", "-o", out)
+    assert code == 2 and "column 'body' is not in" in err
+    code, err = _run(capsys, "embed", tmp_path / "nothing-*.csv", "--model", tiny_bert, "-o", out)
+    assert code == 2 and "holds no .csv" in err
+    (tmp_path / "empty.csv").write_text("text\n")
+    code, err = _run(capsys, "embed", tmp_path / "empty.csv", "--model", tiny_bert, "-o", out)
+    assert code == 2 and "has no rows" in err
+    code, err = _run(capsys, "embed", parquet_dir, "--model", tiny_bert, "-o", tmp_path / "one.parquet")
+    assert code == 2 and "names several files: write a dataset" in err
+    code, err = _run(capsys, "embed", parquet_dir, "--model", tiny_bert, "-o", tmp_path / "x.csv")
+    assert code == 2 and "or a directory (no suffix)" in err
+
+
+def test_pairs_stream_too(tiny_bert, tmp_path, capsys):
+    path = tmp_path / "pairs.parquet"
+    pd.DataFrame({"q": ["a river", "", "money"], "a": ["the bank", "a loan", ""]}).to_parquet(path)
+    code, err = _run(capsys, "embed", path, "--model", tiny_bert, "--pair-column", "a", "--column", "q",
+                     "--segments", "joint,abs_diff", "--precision", "float32", "--quiet", "-o", tmp_path / "out")
+    assert code == 0, err
+    got = np.stack(_read(tmp_path / "out")["embedding"].to_numpy())
+    want = BertEmbedder(tiny_bert, pairs=True, segments=("joint", "abs_diff"), precision="float32", cache=None)
+    assert_allclose(got, want.fit_transform([("a river", "the bank"), ("", "a loan"), ("money", "")]),
+                    rtol=1e-5, atol=1e-6)
+
+
+def test_the_same_command_runs_on_dask_workers(tiny_bert, parquet_dir, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    local, cluster = tmp_path / "local", tmp_path / "cluster"
+    base = ["embed", parquet_dir, "--model", tiny_bert, "--id-column", "doc", "--chunk-rows", 8,
+            "--precision", "float32", "--quiet"]
+    assert _run(capsys, *base, "-o", local)[0] == 0
+    code, err = _run(capsys, *base, "--workers", 2, "-o", cluster)
+    assert code == 0 and "96 rows in 13 parts" in err, err
+    pd.testing.assert_frame_equal(_read(cluster), _read(local))
+    assert sorted(p.name for p in cluster.glob("*")) == sorted(p.name for p in local.glob("*"))
