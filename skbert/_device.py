@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from ._warnings import warn_user
@@ -20,13 +22,35 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def dask_worker_rank() -> int | None:
+    """The number of the Dask worker running this code, or None outside a numbered worker.
+
+    ``LocalCluster`` names its workers 0, 1, ...; ``dask worker --name N`` does the
+    same on other machines. Dask is never imported here: only a process where it is
+    already loaded can be a worker.
+    """
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        name = distributed.get_worker().name
+    except ValueError:  # not inside a worker's task
+        return None
+    try:
+        return int(name)
+    except (TypeError, ValueError):
+        return None
+
+
 def resolve_device(device: str | torch.device, precision: str = "auto") -> torch.device:
     """Turn a device specification into a :class:`torch.device`.
 
     Parameters
     ----------
     device : str or torch.device
-        ``"auto"`` (CUDA when available, else MPS, else CPU), any string that
+        ``"auto"`` (CUDA when available, else MPS, else CPU; on a Dask worker that
+        sees several GPUs, GPU ``rank % n_gpus`` for worker number ``rank``, so one
+        worker per GPU spreads over them), any string that
         :class:`torch.device` accepts, such as ``"cpu"``, ``"cuda"`` or ``"cuda:1"``,
         or a :class:`torch.device`.
     precision : str, default="auto"
@@ -49,7 +73,8 @@ def resolve_device(device: str | torch.device, precision: str = "auto") -> torch
         if precision == "int8":
             return torch.device("cpu")
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            rank = dask_worker_rank() if torch.cuda.device_count() > 1 else None
+            return torch.device("cuda") if rank is None else torch.device("cuda", rank % torch.cuda.device_count())
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")

@@ -18,10 +18,13 @@ Examples
 >>> embed(texts, embedder).compute().shape
 (3, 384)
 
-On a cluster, connect a ``distributed.Client`` first; with several GPUs start one
-worker per GPU, each seeing only its own (``CUDA_VISIBLE_DEVICES`` set per worker, as
-``dask_cuda.LocalCUDACluster`` does), and keep ``device="auto"``: every worker then
-uses its GPU, and N GPUs give about N times the throughput.
+On a cluster, connect a ``distributed.Client`` first. With several GPUs, start one
+worker process per GPU and keep ``device="auto"``: a worker that sees only its own GPU
+(``CUDA_VISIBLE_DEVICES`` set per worker, as ``dask_cuda.LocalCUDACluster`` does) uses
+it, and a numbered worker that sees them all (``LocalCluster(n_workers=n_gpus,
+threads_per_worker=1)``, or ``dask worker --name 0`` ... on other machines) takes GPU
+``number % n_gpus``; so each GPU gets one worker, and N GPUs give up to N times the
+throughput. Sentence pairs: ``embed(frame, BertEmbedder(..., pairs=True), column=["a", "b"])``.
 """
 
 from __future__ import annotations

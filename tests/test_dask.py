@@ -68,6 +68,27 @@ def test_two_columns_are_embedded_as_sentence_pairs(client, tiny_bert):
         embed(dd.from_pandas(frame, npartitions=1), BertEmbedder(tiny_bert).fit(["a"]), column=["text", "answer"])
 
 
+def test_each_worker_picks_its_own_gpu(client):
+    """Simulated on the CPU: with 2 GPUs visible to every worker, device="auto" in worker 0's tasks is
+    cuda:0 and in worker 1's cuda:1 (with one GPU per worker, as CUDA_VISIBLE_DEVICES gives, both are cuda)."""
+
+    def resolve_as_if_on(n_gpus):
+        from unittest import mock
+
+        from skbert._device import resolve_device
+
+        with mock.patch("torch.cuda.is_available", return_value=True), \
+                mock.patch("torch.cuda.device_count", return_value=n_gpus):
+            return str(resolve_device("auto"))
+
+    workers = sorted(client.scheduler_info()["workers"].items(), key=lambda item: item[1]["name"])
+    for n_gpus, want in ((2, ["cuda:0", "cuda:1"]), (1, ["cuda", "cuda"]), (4, ["cuda:0", "cuda:1"])):
+        got = [client.submit(resolve_as_if_on, n_gpus, workers=[address], pure=False).result()
+               for address, _ in workers]
+        assert got == want
+    assert resolve_as_if_on(2) == "cuda"  # outside a worker: the current GPU, as before
+
+
 def test_each_worker_loads_the_model_once_and_reuses_it(client, tiny_bert):
     embedder = BertEmbedder(tiny_bert, precision="float32").fit(["a"])
     embed(dd.from_pandas(_series(), npartitions=6), embedder).compute()
