@@ -1,0 +1,158 @@
+"""Scaling out: Dask workers against one process, and the streaming command line's throughput and memory.
+
+1. The same texts embedded by one process (``transform``) and by ``skbert.dask.embed``
+   on a ``LocalCluster`` of 1 and 2 worker processes (one thread each, torch threads
+   split between them), every one with the model already loaded; cluster start-up and
+   the first (model-loading) call are reported apart.
+2. ``skbert embed INPUT_DIR -o DATASET_DIR`` on a directory of Parquet files at several
+   sizes, each run a fresh process: rows/s and peak resident memory (the child's
+   ``ru_maxrss``), showing that memory follows the chunk, not the input.
+
+    python benchmarks/scale_out.py [--dask-n 4000] [--cli-rows 10000,100000,200000,1000000]
+
+Texts are real Debian descriptions (short: their first sentence or two), repeated with a
+distinguishing prefix. Part 1 uses the offline MiniLM; part 2 the small random BERT of
+cache_scale.py (2 layers, 128 wide, bert-base vocabulary), so a million rows fit in minutes.
+Writes benchmarks/results/scale_out-cpu.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cache_scale import small_model_dir  # noqa: E402
+from common import MINILM, load_texts, markdown_table, write_results  # noqa: E402
+
+
+def distinct(texts: list[str]) -> list[str]:
+    return [f"{i} {text}" for i, text in enumerate(texts)]
+
+
+def dask_rows(n: int) -> list[dict]:
+    import dask.dataframe as dd
+    import numpy as np
+    import pandas as pd
+    import torch
+    from distributed import Client, LocalCluster
+
+    from skbert import BertEmbedder
+    from skbert.dask import embed
+
+    texts = distinct(load_texts("short", n))
+    params = dict(pooling="mean", precision="float32", cache=None, max_length=128)
+    embedder = BertEmbedder(MINILM, **params).fit(["a"])
+    embedder.transform(texts[:64])  # the model loaded, kernels warm
+    start = time.perf_counter()
+    single = embedder.transform(texts)
+    single_s = time.perf_counter() - start
+    rows = [{"setup": "one process (transform)", "workers": 0, "seconds": single_s, "texts_per_s": n / single_s,
+             "vs_one_process": 1.0, "start_s": float("nan"), "first_call_s": float("nan"), "max_abs_diff": 0.0}]
+    series = pd.Series(texts, name="text")
+    cores = os.cpu_count() or 1
+    for workers in (1, 2):
+        start = time.perf_counter()
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=40)
+        client = Client(cluster)
+        client.run(torch.set_num_threads, max(1, cores // workers))
+        started = time.perf_counter() - start
+        warm = dd.from_pandas(pd.Series(texts[:8 * workers], name="text"), npartitions=workers)
+        start = time.perf_counter()
+        embed(warm, embedder).compute()
+        first = time.perf_counter() - start
+        lazy = embed(dd.from_pandas(series, npartitions=4 * workers), embedder)
+        start = time.perf_counter()
+        got = lazy.compute().to_numpy()
+        seconds = time.perf_counter() - start
+        client.close()
+        cluster.close()
+        rows.append({"setup": f"Dask LocalCluster, {workers} worker process(es)", "workers": workers,
+                     "seconds": seconds, "texts_per_s": n / seconds, "vs_one_process": single_s / seconds,
+                     "start_s": started, "first_call_s": first, "max_abs_diff": float(np.abs(got - single).max())})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def write_inputs(folder: Path, rows: int, files: int = 10) -> None:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True)
+    base = load_texts("short", min(rows, 20_000))
+    per_file = -(-rows // files)
+    for k in range(files):
+        lo, hi = k * per_file, min(rows, (k + 1) * per_file)
+        if lo >= hi:
+            break
+        frame = pd.DataFrame({"id": range(lo, hi), "text": [f"{i} {base[i % len(base)]}" for i in range(lo, hi)]})
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / f"part{k:02d}.parquet",
+                       row_group_size=10_000)
+
+
+def cli_row(rows: int, model: str, chunk_rows: int, work: Path) -> dict:
+    folder, out = work / f"in-{rows}", work / f"out-{rows}"
+    write_inputs(folder, rows)
+    command = [sys.executable, "-m", "skbert", "embed", str(folder), "--model", model, "--id-column", "id",
+               "--max-length", "128", "--precision", "float32", "--chunk-rows", str(chunk_rows), "--quiet",
+               "-o", str(out)]
+    # a wrapper process whose only child is the command: its RUSAGE_CHILDREN peak is the command's own
+    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "print(r.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+               "print(r.stderr[-2000:], file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    code, seconds, rss_kib = result.stdout.split()
+    if code != "0":
+        raise RuntimeError(result.stderr)
+    size = sum(p.stat().st_size for p in out.glob("*.parquet"))
+    shutil.rmtree(folder)
+    shutil.rmtree(out)
+    row = {"rows": rows, "seconds": float(seconds), "rows_per_s": rows / float(seconds),
+           "peak_rss_mib": int(rss_kib) / 1024, "parts": -(-rows // chunk_rows), "output_mib": size / 2**20}
+    print(row, flush=True)
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dask-n", type=int, default=4000)
+    parser.add_argument("--cli-rows", default="10000,100000,200000,1000000")
+    parser.add_argument("--chunk-rows", type=int, default=10_000)
+    args = parser.parse_args()
+    dask = dask_rows(args.dask_n)
+    work = Path(tempfile.mkdtemp(prefix="skbert-scale-out-"))
+    try:
+        model = small_model_dir()
+        cli = [cli_row(int(n), model, args.chunk_rows, work) for n in args.cli_rows.split(",")]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = (
+        f"## One process vs Dask workers ({args.dask_n} short texts, MiniLM, float32, cache off)\n\n"
+        + markdown_table(dask, ["setup", "seconds", "texts_per_s", "vs_one_process", "start_s", "first_call_s",
+                                "max_abs_diff"],
+                         {"seconds": "{:.1f}", "texts_per_s": "{:.0f}", "vs_one_process": "{:.2f}x",
+                          "start_s": "{:.1f}", "first_call_s": "{:.1f}", "max_abs_diff": "{:.1e}"})
+        + f"\n\n## Streaming CLI (small random BERT, float32, --chunk-rows {args.chunk_rows}, 10 Parquet files)\n\n"
+        + markdown_table(cli, ["rows", "seconds", "rows_per_s", "peak_rss_mib", "parts", "output_mib"],
+                         {"seconds": "{:.0f}", "rows_per_s": "{:.0f}", "peak_rss_mib": "{:.0f}",
+                          "output_mib": "{:.0f}"})
+    )
+    print(table)
+    print(write_results("scale_out", "cpu", {"dask": dask, "cli": cli, "chunk_rows": args.chunk_rows}, table))
+
+
+if __name__ == "__main__":
+    main()
