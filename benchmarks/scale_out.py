@@ -117,11 +117,12 @@ def cli_row(rows: int, model: str, chunk_rows: int, work: Path) -> dict:
     code, seconds, rss_kib = result.stdout.split()
     if code != "0":
         raise RuntimeError(result.stderr)
-    size = sum(p.stat().st_size for p in out.glob("*.parquet"))
+    parts = list(out.glob("part-*.parquet"))
+    size = sum(p.stat().st_size for p in parts)
     shutil.rmtree(folder)
     shutil.rmtree(out)
     row = {"rows": rows, "seconds": float(seconds), "rows_per_s": rows / float(seconds),
-           "peak_rss_mib": int(rss_kib) / 1024, "parts": -(-rows // chunk_rows), "output_mib": size / 2**20}
+           "peak_rss_mib": int(rss_kib) / 1024, "parts": len(parts), "output_mib": size / 2**20}
     print(row, flush=True)
     return row
 
