@@ -40,6 +40,7 @@ def distinct(texts: list[str]) -> list[str]:
 
 
 def dask_rows(n: int) -> list[dict]:
+    import dask
     import dask.dataframe as dd
     import numpy as np
     import pandas as pd
@@ -56,16 +57,22 @@ def dask_rows(n: int) -> list[dict]:
     start = time.perf_counter()
     single = embedder.transform(texts)
     single_s = time.perf_counter() - start
-    rows = [{"setup": "one process (transform)", "workers": 0, "seconds": single_s, "texts_per_s": n / single_s,
+    rows = [{"setup": f"one process (transform), torch threads {torch.get_num_threads()}", "workers": 0, "seconds": single_s, "texts_per_s": n / single_s,
              "vs_one_process": 1.0, "start_s": float("nan"), "first_call_s": float("nan"), "max_abs_diff": 0.0}]
     series = pd.Series(texts, name="text")
     cores = os.cpu_count() or 1
     for workers in (1, 2):
         start = time.perf_counter()
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=40)
+        # Dask starts workers with OMP_NUM_THREADS=1; give each its share of the cores, as `skbert embed
+        # --workers` does (with the default, one worker runs torch on one core)
+        threads = str(max(1, cores // workers))
+        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+                   "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=40)
         client = Client(cluster)
-        client.run(torch.set_num_threads, max(1, cores // workers))
+        worker_threads = set(client.run(torch.get_num_threads).values())
         started = time.perf_counter() - start
         warm = dd.from_pandas(pd.Series(texts[:8 * workers], name="text"), npartitions=workers)
         start = time.perf_counter()
@@ -77,7 +84,8 @@ def dask_rows(n: int) -> list[dict]:
         seconds = time.perf_counter() - start
         client.close()
         cluster.close()
-        rows.append({"setup": f"Dask LocalCluster, {workers} worker process(es)", "workers": workers,
+        rows.append({"setup": f"Dask LocalCluster, {workers} worker process(es), torch threads "
+                              f"{'/'.join(map(str, sorted(worker_threads)))} each", "workers": workers,
                      "seconds": seconds, "texts_per_s": n / seconds, "vs_one_process": single_s / seconds,
                      "start_s": started, "first_call_s": first, "max_abs_diff": float(np.abs(got - single).max())})
         print(rows[-1], flush=True)

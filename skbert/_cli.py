@@ -16,6 +16,7 @@ one-line message and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -219,8 +220,15 @@ def _client(args):
         raise UserError(f"--workers and --scheduler need Dask (pip install skbert[dask]): {error}") from None
     if args.scheduler:
         return Client(args.scheduler)
-    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=40)
+    import dask
+
+    # Dask starts workers with OMP_NUM_THREADS=1, which leaves torch one core each: share the cores out
+    threads = str(max(1, (os.cpu_count() or 1) // args.workers))
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+               "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=40)
     return Client(cluster)
 
 

@@ -100,7 +100,7 @@ def file_columns(path: Path) -> list[str]:
         raise StreamError(f"could not read {str(path)!r}: {error}") from None
 
 
-def iter_chunks(path: Path, columns: list[str], chunk_rows: int, text_columns: list[str]) -> Iterator:
+def iter_chunks(path: Path, columns: list[str], chunk_rows: int) -> Iterator:
     """Read the given columns of a file, at most ``chunk_rows`` rows at a time, as pandas frames.
 
     CSV text and id columns are read as text (``str``), so every chunk of a file has
@@ -137,11 +137,16 @@ def chunk_digest(frame, columns: list[str]) -> str:
     return digest.hexdigest()
 
 
+def relative_name(path: Path, root: Path) -> str:
+    """A file's path below the inputs' common folder (the same however the input was spelt)."""
+    resolved = path.resolve()
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else resolved.as_posix()
+
+
 def part_name(path: Path, root: Path, chunk: int) -> str:
     """A part's file name: the source file's name, a digest of its path, the chunk number."""
-    relative = str(path.resolve().relative_to(root)) if path.resolve().is_relative_to(root) else str(path.resolve())
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)[:40]
-    tag = hashlib.blake2b(relative.encode(), digest_size=4).hexdigest()
+    tag = hashlib.blake2b(relative_name(path, root).encode(), digest_size=4).hexdigest()
     return f"part-{stem}-{tag}-{chunk:06d}.parquet"
 
 
@@ -294,13 +299,12 @@ def _jobs(files, output: Path, root: Path, options: Options, chunk_rows: int, on
             if column not in available:
                 raise StreamError(f"column {column!r} is not in {str(path)!r}; its columns are {available}")
         start = 0
-        for index, frame in enumerate(iter_chunks(path, list(dict.fromkeys(needed)), chunk_rows,
-                                                  options.text_columns)):
+        for index, frame in enumerate(iter_chunks(path, list(dict.fromkeys(needed)), chunk_rows)):
             frame = frame.reset_index(drop=True)
             if "row" in options.id_columns and "row" not in available:
                 frame["row"] = np.arange(start, start + len(frame), dtype=np.int64)
             if "file" in options.id_columns and "file" not in available:
-                frame["file"] = pd.Series([str(path)] * len(frame), dtype=object)
+                frame["file"] = pd.Series([relative_name(path, root)] * len(frame), dtype=object)
             n_read = len(frame)
             frame, nulls = _handle_nulls(frame, path, start, options, on_null)
             start += n_read
@@ -309,7 +313,7 @@ def _jobs(files, output: Path, root: Path, options: Options, chunk_rows: int, on
                 continue
             name = part_name(path, root, index)
             expected.add(name)
-            record = {"source": str(path), "chunk": index, "rows": len(frame),
+            record = {"source": relative_name(path, root), "chunk": index, "rows": len(frame),
                       "digest": chunk_digest(frame, options.id_columns + options.text_columns), "settings": settings}
             summary.parts += 1
             summary.rows += len(frame)
@@ -377,12 +381,12 @@ def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_r
                 account(next(running).result())
         for future in running:
             account(future.result())
+    if summary.rows == 0 and summary.null_rows == 0:  # before any clean-up: a wrong input removes nothing
+        raise StreamError(f"input {spec!r} has no rows")
     for stale in output.glob("part-*.parquet"):  # parts no chunk of this run made: from other inputs
         if stale.name not in expected:
             stale.unlink()
             summary.removed += 1
     for leftover in output.glob(".part-*.tmp-*"):  # a killed writer's temporary file
         leftover.unlink(missing_ok=True)
-    if summary.rows == 0 and summary.null_rows == 0:
-        raise StreamError(f"input {spec!r} has no rows")
     return summary
