@@ -19,6 +19,7 @@ Writes benchmarks/results/scale_out-cpu.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cache_scale import small_model_dir  # noqa: E402
-from common import MINILM, load_texts, markdown_table, write_results  # noqa: E402
+from common import MINILM, RESULTS, load_texts, markdown_table, write_results  # noqa: E402
 
 
 def distinct(texts: list[str]) -> list[str]:
@@ -40,7 +41,6 @@ def distinct(texts: list[str]) -> list[str]:
 
 
 def dask_rows(n: int) -> list[dict]:
-    import dask
     import dask.dataframe as dd
     import numpy as np
     import pandas as pd
@@ -63,29 +63,25 @@ def dask_rows(n: int) -> list[dict]:
     cores = os.cpu_count() or 1
     for workers in (1, 2):
         start = time.perf_counter()
-        # Dask starts workers with OMP_NUM_THREADS=1; give each its share of the cores, as `skbert embed
-        # --workers` does (with the default, one worker runs torch on one core)
-        threads = str(max(1, cores // workers))
-        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
-                   "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=40)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=40)
         client = Client(cluster)
-        worker_threads = set(client.run(torch.get_num_threads).values())
         started = time.perf_counter() - start
+        # Dask starts workers with OMP_NUM_THREADS=1; each gets its share of the cores, as `skbert embed
+        # --workers` gives them (with the default, one worker would run torch on one core)
+        threads = max(1, cores // workers)
         warm = dd.from_pandas(pd.Series(texts[:8 * workers], name="text"), npartitions=workers)
         start = time.perf_counter()
-        embed(warm, embedder).compute()
+        embed(warm, embedder, threads=threads).compute()
         first = time.perf_counter() - start
-        lazy = embed(dd.from_pandas(series, npartitions=4 * workers), embedder)
+        lazy = embed(dd.from_pandas(series, npartitions=4 * workers), embedder, threads=threads)
         start = time.perf_counter()
         got = lazy.compute().to_numpy()
         seconds = time.perf_counter() - start
         client.close()
         cluster.close()
-        rows.append({"setup": f"Dask LocalCluster, {workers} worker process(es), torch threads "
-                              f"{'/'.join(map(str, sorted(worker_threads)))} each", "workers": workers,
+        rows.append({"setup": f"Dask LocalCluster, {workers} worker process(es), torch threads {threads} each",
+                     "workers": workers,
                      "seconds": seconds, "texts_per_s": n / seconds, "vs_one_process": single_s / seconds,
                      "start_s": started, "first_call_s": first, "max_abs_diff": float(np.abs(got - single).max())})
         print(rows[-1], flush=True)
@@ -140,16 +136,26 @@ def main():
     parser.add_argument("--dask-n", type=int, default=4000)
     parser.add_argument("--cli-rows", default="10000,100000,200000,1000000")
     parser.add_argument("--chunk-rows", type=int, default=10_000)
+    parser.add_argument("--parts", default="dask,cli",
+                        help="which parts to run; a part not run is taken from the last results file")
     args = parser.parse_args()
-    dask = dask_rows(args.dask_n)
-    work = Path(tempfile.mkdtemp(prefix="skbert-scale-out-"))
-    try:
-        model = small_model_dir()
-        cli = [cli_row(int(n), model, args.chunk_rows, work) for n in args.cli_rows.split(",")]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    parts = args.parts.split(",")
+    previous_file = RESULTS / "scale_out-cpu.json"
+    previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
+    dask = dask_rows(args.dask_n) if "dask" in parts else previous["dask"]
+    if "cli" in parts:
+        work = Path(tempfile.mkdtemp(prefix="skbert-scale-out-"))
+        try:
+            model = small_model_dir()
+            cli = [cli_row(int(n), model, args.chunk_rows, work) for n in args.cli_rows.split(",")]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    else:
+        cli, args.chunk_rows = previous["cli"], previous["chunk_rows"]
+    if "dask" not in parts:
+        args.dask_n = previous.get("dask_n", round(dask[0]["texts_per_s"] * dask[0]["seconds"]))
     table = (
-        f"## One process vs Dask workers ({args.dask_n} short texts, MiniLM, float32, cache off)\n\n"
+        f"## One process vs Dask workers ({int(round(args.dask_n))} short texts, MiniLM, float32, cache off)\n\n"
         + markdown_table(dask, ["setup", "seconds", "texts_per_s", "vs_one_process", "start_s", "first_call_s",
                                 "max_abs_diff"],
                          {"seconds": "{:.1f}", "texts_per_s": "{:.0f}", "vs_one_process": "{:.2f}x",
@@ -160,7 +166,7 @@ def main():
                           "output_mib": "{:.0f}"})
     )
     print(table)
-    print(write_results("scale_out", "cpu", {"dask": dask, "cli": cli, "chunk_rows": args.chunk_rows}, table))
+    print(write_results("scale_out", "cpu", {"dask": dask, "dask_n": args.dask_n, "cli": cli, "chunk_rows": args.chunk_rows}, table))
 
 
 if __name__ == "__main__":

@@ -220,15 +220,8 @@ def _client(args):
         raise UserError(f"--workers and --scheduler need Dask (pip install skbert[dask]): {error}") from None
     if args.scheduler:
         return Client(args.scheduler)
-    import dask
-
-    # Dask starts workers with OMP_NUM_THREADS=1, which leaves torch one core each: share the cores out
-    threads = str(max(1, (os.cpu_count() or 1) // args.workers))
-    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
-               "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=40)
+    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=40)
     return Client(cluster)
 
 
@@ -241,7 +234,9 @@ def embed_dataset(args, output: Path) -> int:
     if args.chunk_rows < 1:
         raise UserError(f"--chunk-rows {args.chunk_rows}: at least 1")
     text_columns = [args.column] + ([args.pair_column] if args.pair_column else [])
-    options = Options(text_columns, args.id_column or ["file", "row"], args.layout or "list")
+    # Dask starts workers with OMP_NUM_THREADS=1: local workers get their share of the cores for torch
+    threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None
+    options = Options(text_columns, args.id_column or ["file", "row"], args.layout or "list", threads)
     cache = Path(args.cache) if args.cache and not args.no_cache else None  # the parts are what resumes
     embedder = _embedder(args, cache, cache_memory_bytes=256 * 2**20)
     embedder.fit([("a", "b")] if args.pair_column else ["a"])

@@ -29,7 +29,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -195,12 +195,14 @@ class Options:
         Kept in the output before the embedding.
     layout : {"list", "columns", "both"}
         The embedding as one fixed-size list column, one column per feature, or both.
+    threads : int or None
+        Threads torch uses for each chunk (set on Dask workers, which start with one).
     """
 
     text_columns: list
     id_columns: list
     layout: str = "list"
-    extra: dict = field(default_factory=dict)
+    threads: int | None = None
 
 
 def embed_part(embedder, job: PartJob, options: Options) -> dict:
@@ -212,6 +214,10 @@ def embed_part(embedder, job: PartJob, options: Options) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
     frame = job.frame
     if len(options.text_columns) == 2:
         texts = list(zip(frame[options.text_columns[0]].tolist(), frame[options.text_columns[1]].tolist()))

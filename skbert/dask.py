@@ -58,13 +58,22 @@ def _texts(data, column):
     return data[column]
 
 
-def _embed_partition(part, embedder, names) -> pd.DataFrame:
+def _use_threads(threads) -> None:
+    """Give torch ``threads`` threads in this task's thread (Dask starts workers with one: OMP_NUM_THREADS=1)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def _embed_partition(part, embedder, names, threads=None) -> pd.DataFrame:
+    _use_threads(threads)
     if len(part) == 0:
         return pd.DataFrame(np.empty((0, len(names)), np.float32), index=part.index, columns=names)
     return pd.DataFrame(embedder.transform_with_report(part)[0], index=part.index, columns=names)
 
 
-def embed(data, embedder, column=None):
+def embed(data, embedder, column=None, threads=None):
     """Embed a Dask Series of texts (or one column of a Dask DataFrame), lazily.
 
     Parameters
@@ -75,6 +84,10 @@ def embed(data, embedder, column=None):
         Fitted (with ``pairs=True`` for sentence pairs).
     column : str or list of two str, optional
         The text column of a frame, or its two columns (A, B) of sentence pairs.
+    threads : int, optional
+        Threads torch uses in each task on a CPU worker. Dask starts worker
+        processes with ``OMP_NUM_THREADS=1`` (one core each); with fewer workers
+        than cores, give each its share (e.g. ``cores // n_workers``). None: leave it.
 
     Returns
     -------
@@ -94,15 +107,16 @@ def embed(data, embedder, column=None):
         )
     names = [str(name) for name in embedder.get_feature_names_out()]
     meta = pd.DataFrame(np.empty((0, len(names)), np.float32), columns=names, index=texts._meta.index)
-    return texts.map_partitions(_embed_partition, embedder, names, meta=meta)
+    return texts.map_partitions(_embed_partition, embedder, names, threads, meta=meta)
 
 
-def _predict_partition(part, pipeline, method, dtype) -> pd.Series:
+def _predict_partition(part, pipeline, method, dtype, threads=None) -> pd.Series:
+    _use_threads(threads)
     values = getattr(pipeline, method)(part) if len(part) else np.empty(0, dtype)
     return pd.Series(values, index=part.index, dtype=dtype, name=method)
 
 
-def predict(data, pipeline, column=None, method="predict"):
+def predict(data, pipeline, column=None, method="predict", threads=None):
     """Apply a fitted pipeline (``BertEmbedder`` first) to a Dask collection of texts, partition by partition.
 
     Parameters
@@ -114,6 +128,8 @@ def predict(data, pipeline, column=None, method="predict"):
         The text column of a frame, or its two columns (A, B) of sentence pairs.
     method : str, default="predict"
         The pipeline's method giving one value per text.
+    threads : int, optional
+        Threads torch uses in each task, as for :func:`embed`.
 
     Returns
     -------
@@ -123,4 +139,4 @@ def predict(data, pipeline, column=None, method="predict"):
     texts = _texts(data, column)
     dtype = getattr(pipeline, "classes_", np.array([0.0])).dtype
     meta = pd.Series([], index=texts._meta.index, dtype=dtype, name=method)
-    return texts.map_partitions(_predict_partition, pipeline, method, dtype, meta=meta)
+    return texts.map_partitions(_predict_partition, pipeline, method, dtype, threads, meta=meta)

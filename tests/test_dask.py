@@ -68,6 +68,24 @@ def test_two_columns_are_embedded_as_sentence_pairs(client, tiny_bert):
         embed(dd.from_pandas(frame, npartitions=1), BertEmbedder(tiny_bert).fit(["a"]), column=["text", "answer"])
 
 
+def test_threads_gives_torch_its_share_of_cores_on_the_workers(client, tiny_bert):
+    """Dask starts workers with OMP_NUM_THREADS=1; threads= sets torch's threads in the tasks' thread."""
+    import torch
+
+    def task_threads():
+        return __import__("torch").get_num_threads()
+
+    addresses = list(client.scheduler_info()["workers"])
+    assert {client.submit(task_threads, workers=[a], pure=False).result() for a in addresses} == {1}
+    embedder = BertEmbedder(tiny_bert, precision="float32").fit(["a"])
+    got = embed(dd.from_pandas(_series(), npartitions=4), embedder, threads=2).compute()
+    assert {client.submit(task_threads, workers=[a], pure=False).result() for a in addresses} == {2}
+    assert_allclose(got.to_numpy(), embedder.transform(TEXTS), rtol=1e-5, atol=1e-6)
+    for address in addresses:  # leave the workers as found: one thread
+
+        client.submit(torch.set_num_threads, 1, workers=[address], pure=False).result()
+
+
 def test_each_worker_picks_its_own_gpu(client):
     """Simulated on the CPU: with 2 GPUs visible to every worker, device="auto" in worker 0's tasks is
     cuda:0 and in worker 1's cuda:1 (with one GPU per worker, as CUDA_VISIBLE_DEVICES gives, both are cuda)."""
