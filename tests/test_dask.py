@@ -82,7 +82,6 @@ def test_threads_gives_torch_its_share_of_cores_on_the_workers(client, tiny_bert
     assert {client.submit(task_threads, workers=[a], pure=False).result() for a in addresses} == {2}
     assert_allclose(got.to_numpy(), embedder.transform(TEXTS), rtol=1e-5, atol=1e-6)
     for address in addresses:  # leave the workers as found: one thread
-
         client.submit(torch.set_num_threads, 1, workers=[address], pure=False).result()
 
 
