@@ -137,7 +137,7 @@ def main():
     parser.add_argument("--cli-rows", default="10000,100000,200000,1000000")
     parser.add_argument("--chunk-rows", type=int, default=10_000)
     parser.add_argument("--parts", default="dask,cli",
-                        help="which parts to run; a part not run is taken from the last results file")
+                        help="which parts to run; a part (or input size) not run is taken from the last results file")
     args = parser.parse_args()
     parts = args.parts.split(",")
     previous_file = RESULTS / "scale_out-cpu.json"
@@ -150,6 +150,9 @@ def main():
             cli = [cli_row(int(n), model, args.chunk_rows, work) for n in args.cli_rows.split(",")]
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if previous.get("chunk_rows") == args.chunk_rows:  # sizes not rerun keep their last measurement
+            by_rows = {row["rows"]: row for row in previous.get("cli", [])} | {row["rows"]: row for row in cli}
+            cli = [by_rows[rows] for rows in sorted(by_rows)]
     else:
         cli, args.chunk_rows = previous["cli"], previous["chunk_rows"]
     if "dask" not in parts:
