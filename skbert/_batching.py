@@ -385,7 +385,11 @@ def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id:
         input_ids[row, :length] = text.ids[window.token_indices]
         attention_mask[row, :length] = 1
         content_mask[row, :length] = window_segments(text, window)
-        bounds[row] = np.flatnonzero(text.special[window.token_indices])
+        specials = np.flatnonzero(text.special[window.token_indices])
+        if len(specials) == bounds.shape[1]:
+            bounds[row] = specials
+        else:  # a layout the statistics refuse (token vectors, which use no bounds, still run)
+            bounds[row, -1] = length - 1
         if pairs:
             type_ids[row, :length] = text.type_ids[window.token_indices]
     batch = {

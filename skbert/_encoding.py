@@ -188,8 +188,12 @@ def run_batches(
         yield part, result
 
 
-def _chunks(loaded, texts, max_length, long_text, stride, report) -> Iterator[tuple[int, list, list[Window]]]:
-    """Tokenise and window texts a chunk at a time; on a GPU the next chunk is prepared meanwhile."""
+def _chunks(loaded, texts, max_length, long_text, stride, report, check_layout=True
+            ) -> Iterator[tuple[int, list, list[Window]]]:
+    """Tokenise and window texts a chunk at a time; on a GPU the next chunk is prepared meanwhile.
+
+    With ``check_layout`` every text must have BERT's special-token layout (statistics rely on it).
+    """
     tokenizer = text_tokenizer(loaded)
 
     def prepare(start):
@@ -202,7 +206,8 @@ def _chunks(loaded, texts, max_length, long_text, stride, report) -> Iterator[tu
     else:  # overlap tokenisation of the next chunk with the GPU's work on this one
         prepared = _prefetching(prepare, starts)
     for start, tokenized, windows in prepared:
-        _check_layout(tokenized)
+        if check_layout:
+            _check_layout(tokenized)
         long = sum(len(t.ids) > max_length for t in tokenized)
         _count(report, n_encoded=len(tokenized), n_long=long)
         yield start, tokenized, windows
@@ -227,7 +232,7 @@ OUTPUT_BYTES_PER_BATCH = 256 * 2**20
 
 
 def _encoded_windows(loaded, texts, reduce, report, *, max_length, long_text, stride, batch_size, token_budget,
-                     row_bytes=None, packed=False):
+                     row_bytes=None, packed=False, check_layout=True):
     """Tokenise, window, batch and run texts; yield each finished batch with what it needs to regroup.
 
     Batches hold at most ``batch_size`` rows and ``token_budget`` padded tokens, and
@@ -244,7 +249,7 @@ def _encoded_windows(loaded, texts, reduce, report, *, max_length, long_text, st
     """
     caps = [c for c in (batch_size, row_bytes and max(1, OUTPUT_BYTES_PER_BATCH // row_bytes)) if c]
     limits = BatchLimits(token_budget, min(caps) if caps else None)
-    for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report):
+    for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report, check_layout):
         n_windows = np.bincount([w.text for w in windows], minlength=len(tokenized))
         lengths = np.fromiter((len(w.token_indices) for w in windows), dtype=np.int64, count=len(windows))
         for batch in length_sorted_batches(lengths, limits):
@@ -422,7 +427,7 @@ def iter_token_vectors(
 
     partial: dict[int, list] = {}  # each text's windows, until all are done
     options = dict(max_length=max_length, long_text=long_text, stride=stride, batch_size=batch_size,
-                   token_budget=token_budget)
+                   token_budget=token_budget, check_layout=False)  # token vectors need no particular layout
     for start, tokenized, n_windows, done, states in _encoded_windows(loaded, texts, reduce, report, **options):
         for row, window in enumerate(done):
             rows = np.flatnonzero(window.counted)
