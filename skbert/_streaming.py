@@ -300,7 +300,8 @@ def _jobs(files, output: Path, root: Path, options: Options, chunk_rows: int, on
 
     for path in files:
         available = file_columns(path)
-        needed = options.text_columns + [c for c in options.id_columns if c not in ("file", "row")]
+        # "file" and "row" are made here unless the file has such a column
+        needed = options.text_columns + [c for c in options.id_columns if c in available or c not in ("file", "row")]
         for column in needed:
             if column not in available:
                 raise StreamError(f"column {column!r} is not in {str(path)!r}; its columns are {available}")
