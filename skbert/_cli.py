@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--device", default="auto")
     embed.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="auto: bfloat16 where the hardware multiplies it natively, else float32 (default: auto)")
-    embed.add_argument("--cache", help="disk cache folder (default: .skbert-cache beside the output)")
+    embed.add_argument("--cache", help="disk cache folder (file output: default .skbert-cache beside it; a dataset "
+                       "resumes from its parts and caches only with --cache)")
     embed.add_argument("--no-cache", action="store_true", help="do not cache (a re-run starts over)")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
