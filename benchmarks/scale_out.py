@@ -41,6 +41,7 @@ def distinct(texts: list[str]) -> list[str]:
 
 
 def dask_rows(n: int) -> list[dict]:
+    import dask
     import dask.dataframe as dd
     import numpy as np
     import pandas as pd
@@ -48,7 +49,7 @@ def dask_rows(n: int) -> list[dict]:
     from distributed import Client, LocalCluster
 
     from skbert import BertEmbedder
-    from skbert.dask import embed
+    from skbert.dask import embed, worker_environ
 
     texts = distinct(load_texts("short", n))
     params = dict(pooling="mean", precision="float32", cache=None, max_length=128)
@@ -61,11 +62,20 @@ def dask_rows(n: int) -> list[dict]:
              "vs_one_process": 1.0, "start_s": float("nan"), "first_call_s": float("nan"), "max_abs_diff": 0.0}]
     series = pd.Series(texts, name="text")
     cores = os.cpu_count() or 1
-    for workers in (1, 2):
+    for workers, tuned in ((1, False), (1, True), (2, True)):
         start = time.perf_counter()
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=40)
+        saved = dict(os.environ)  # a nanny writes its worker environment into this process's too
+        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+        if tuned:  # skbert.dask.worker_environ(): Dask's settings less its malloc trim threshold
+            environ = worker_environ()
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=40)
+        os.environ.clear()
+        os.environ.update(saved)
         client = Client(cluster)
+        trim = set(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values())
         started = time.perf_counter() - start
         # Dask starts workers with OMP_NUM_THREADS=1; each gets its share of the cores, as `skbert embed
         # --workers` gives them (with the default, one worker would run torch on one core)
@@ -80,7 +90,8 @@ def dask_rows(n: int) -> list[dict]:
         seconds = time.perf_counter() - start
         client.close()
         cluster.close()
-        rows.append({"setup": f"Dask LocalCluster, {workers} worker process(es), torch threads {threads} each",
+        rows.append({"setup": f"Dask LocalCluster, {workers} worker process(es), torch threads {threads} each, "
+                              f"MALLOC_TRIM_THRESHOLD_ {'/'.join(str(t) for t in trim)}",
                      "workers": workers,
                      "seconds": seconds, "texts_per_s": n / seconds, "vs_one_process": single_s / seconds,
                      "start_s": started, "first_call_s": first, "max_abs_diff": float(np.abs(got - single).max())})

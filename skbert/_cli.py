@@ -221,8 +221,13 @@ def _client(args):
         raise UserError(f"--workers and --scheduler need Dask (pip install skbert[dask]): {error}") from None
     if args.scheduler:
         return Client(args.scheduler)
-    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=40)
+    import dask
+
+    from .dask import worker_environ
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):  # torch-friendly malloc
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=40)
     return Client(cluster)
 
 
