@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from ._device import PRECISIONS
-from ._streaming import EMBEDDING_COLUMN, READERS
+from ._streaming import READERS, embedding_table
 
 WRITERS = (".parquet", ".npy")
 
@@ -145,14 +145,8 @@ def write_output(path: Path, X, names, ids, layout: str) -> list[Path]:
         import pyarrow.parquet as pq
     except ImportError as error:
         raise UserError(f"writing Parquet needs pyarrow (pip install pyarrow): {error}") from None
-    table = pa.Table.from_pandas(ids.reset_index(drop=True), preserve_index=False)
-    if layout in ("list", "both"):
-        vectors = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), X.shape[1])
-        table = table.append_column(EMBEDDING_COLUMN, vectors)
-    if layout in ("columns", "both"):
-        for j, name in enumerate(names):
-            table = table.append_column(str(name), pa.array(X[:, j], pa.float32()))
-    pq.write_table(table, path)
+    ids_table = pa.Table.from_pandas(ids.reset_index(drop=True), preserve_index=False)
+    pq.write_table(embedding_table(ids_table, X, [str(n) for n in names], layout), path)
     return [path]
 
 

@@ -164,6 +164,30 @@ def part_is_complete(path: Path, expected: dict) -> bool:
     return recorded == expected and metadata.num_rows == expected["rows"]
 
 
+def embedding_table(ids, X: np.ndarray, names: list[str], layout: str):
+    """An Arrow table of the id columns, then the embedding as a fixed-size list column and/or a column per feature.
+
+    Parameters
+    ----------
+    ids : pyarrow.Table
+        The id columns, one row per row of ``X``.
+    X : ndarray of shape (n, d), float32
+    names : list of str
+        The feature names (``get_feature_names_out``).
+    layout : {"list", "columns", "both"}
+    """
+    import pyarrow as pa
+
+    table = ids
+    if layout in ("list", "both"):
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), X.shape[1])
+        table = table.append_column(EMBEDDING_COLUMN, vectors)
+    if layout in ("columns", "both"):
+        for j, name in enumerate(names):
+            table = table.append_column(str(name), pa.array(X[:, j], pa.float32()))
+    return table
+
+
 @dataclass
 class PartJob:
     """One chunk to embed and write.
@@ -228,17 +252,8 @@ def embed_part(embedder, job: PartJob, options: Options) -> dict:
         warnings.filterwarnings("ignore", message=".* longer than max_length", category=UserWarning)
         X, report = embedder.transform_with_report(texts)
     counts = {"encoded": report.n_encoded, "cache_hits": report.n_cache_hits, "truncated": report.n_truncated}
-    arrays, fields = [], []
-    for column in options.id_columns:
-        arrays.append(pa.array(frame[column].tolist()))
-        fields.append(column)
-    if options.layout in ("list", "both"):
-        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), X.shape[1]))
-        fields.append(EMBEDDING_COLUMN)
-    if options.layout in ("columns", "both"):
-        arrays.extend(pa.array(X[:, j], pa.float32()) for j in range(X.shape[1]))
-        fields.extend(names)
-    table = pa.Table.from_arrays(arrays, names=fields)
+    ids = pa.Table.from_arrays([pa.array(frame[c].tolist()) for c in options.id_columns], names=options.id_columns)
+    table = embedding_table(ids, X, names, options.layout)
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(job.record).encode()})
     destination = Path(job.destination)
     temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
