@@ -40,3 +40,23 @@ def minilm(test):
 def gpu(test):
     """Mark a test that needs CUDA; it skips without it."""
     return pytest.mark.gpu(pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")(test))
+
+
+class KilledOnce:
+    """Wraps a fitted embedder; the first ``transform_with_report`` in any process SIGKILLs that process
+    (a marker file says it happened). Importable by Dask worker processes, which get the tests' sys.path."""
+
+    def __init__(self, embedder, marker):
+        self.embedder, self.marker = embedder, str(marker)
+
+    def get_feature_names_out(self):
+        return self.embedder.get_feature_names_out()
+
+    def transform_with_report(self, X):
+        import os
+        import signal
+
+        if not Path(self.marker).exists():
+            Path(self.marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.embedder.transform_with_report(X)

@@ -193,3 +193,25 @@ def test_the_same_command_runs_on_dask_workers(tiny_bert, parquet_dir, tmp_path,
     assert code == 0 and "96 rows in 13 parts" in err, err
     pd.testing.assert_frame_equal(_read(cluster), _read(local))
     assert sorted(p.name for p in cluster.glob("*")) == sorted(p.name for p in local.glob("*"))
+
+
+def test_a_worker_killed_mid_chunk_leaves_a_complete_dataset(tiny_bert, parquet_dir, tmp_path):
+    """On Dask, the worker writing a part dies once; Dask reruns its chunk and the dataset is whole."""
+    distributed = pytest.importorskip("distributed")
+    from support import KilledOnce
+
+    from skbert._streaming import Options, stream_embed
+
+    embedder = BertEmbedder(tiny_bert, precision="float32", cache=None).fit(["a"])
+    marker = tmp_path / "killed"
+    options = Options(["text"], ["doc"], "list")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+        summary = stream_embed(KilledOnce(embedder, marker), str(parquet_dir), tmp_path / "out", options,
+                               chunk_rows=8, settings="s", client=client)
+    assert marker.exists() and summary.parts == 13 and summary.rows == 96
+    got = _read(tmp_path / "out")
+    inputs = _inputs(parquet_dir)
+    assert got["doc"].tolist() == inputs["doc"].tolist() and not list((tmp_path / "out").glob(".part-*"))
+    assert_allclose(np.stack(got["embedding"].to_numpy()), _embed(tiny_bert, inputs["text"].tolist()),
+                    rtol=1e-5, atol=1e-6)
