@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the embedding as one fixed-size list column 'embedding' (default for a dataset), "
                        "one column per feature (default for a .parquet file), or both")
     embed.add_argument("--on-null", choices=["error", "empty", "skip"], default="error",
-                       help="dataset output, a row without text: stop naming it (default), embed it as empty, "
-                       "or skip it (counted)")
+                       help="a row without text: stop naming it (default), embed it as empty, or skip it "
+                       "(counted)")
     embed.add_argument("--workers", type=int, help="dataset output: run on a local Dask cluster of N worker processes")
     embed.add_argument("--scheduler", help="dataset output: run on the Dask cluster at this address (the output "
                        "directory must be reachable from its workers)")
@@ -112,23 +112,34 @@ def read_table(path: Path):
         raise UserError(f"could not read {str(path)!r}: {error}") from None
 
 
-def select_texts(frame, column: str, id_columns: list | None, pair_column: str | None = None):
-    """The texts (or, with a pair column, the (A, B) pairs) and the id columns of a table."""
+def select_texts(frame, column: str, id_columns: list | None, pair_column: str | None = None,
+                 on_null: str = "error"):
+    """The texts (or, with a pair column, the (A, B) pairs), the id columns, and how many rows had no text.
+
+    A row without text is an error naming its ids (``on_null="error"``), embedded as
+    an empty text (``"empty"``) or left out (``"skip"``).
+    """
+    import numpy as np
+
     named = [("column", column), ("pair column", pair_column)] + [("id column", c) for c in id_columns or []]
     for kind, name in named:
         if name is not None and name not in frame.columns:
             raise UserError(f"{kind} {name!r} is not in the input; its columns are {list(frame.columns)}")
     ids = frame[id_columns] if id_columns else frame.index.to_frame(name=frame.index.name or "row")
-    for name in (column, pair_column) if pair_column else (column,):
-        texts = frame[name]
-        missing = texts.isna() | ~texts.map(lambda v: isinstance(v, str))
+    columns = [column, pair_column] if pair_column else [column]
+    missing_by_column = {name: frame[name].map(lambda value: not isinstance(value, str)).to_numpy(dtype=bool)
+                         for name in columns}
+    absent = np.logical_or.reduce(list(missing_by_column.values()))
+    for name, missing in missing_by_column.items() if on_null == "error" else ():
         if missing.any():
             rows = [str(i) for i in ids.iloc[:, 0][missing].tolist()[:5]]
             more = f" and {int(missing.sum()) - 5} more" if missing.sum() > 5 else ""
-            raise UserError(f"{int(missing.sum())} row(s) have no text in column {name!r}: ids {', '.join(rows)}{more}")
-    if pair_column:
-        return list(zip(frame[column].tolist(), frame[pair_column].tolist())), ids
-    return frame[column].tolist(), ids
+            raise UserError(f"{int(missing.sum())} row(s) have no text in column {name!r}: ids {', '.join(rows)}{more}"
+                            "; --on-null empty embeds them as empty texts, --on-null skip leaves them out")
+    if on_null == "skip":
+        frame, ids = frame[~absent], ids[~absent]
+    sides = [[value if isinstance(value, str) else "" for value in frame[name].tolist()] for name in columns]
+    return (list(zip(*sides)) if pair_column else sides[0]), ids, int(absent.sum())
 
 
 def write_output(path: Path, X, names, ids, layout: str) -> list[Path]:
@@ -185,9 +196,9 @@ def embed_file(args, output: Path) -> int:
     if args.workers or args.scheduler:
         raise UserError("--workers and --scheduler write a dataset: give -o a directory")
     frame = read_table(Path(args.input))
-    texts, ids = select_texts(frame, args.column, args.id_column, args.pair_column)
+    texts, ids, n_null = select_texts(frame, args.column, args.id_column, args.pair_column, args.on_null)
     if not texts:
-        raise UserError(f"input file {args.input!r} has no rows")
+        raise UserError(f"input file {args.input!r} has no rows" + (" with text" if n_null else ""))
     cache = None if args.no_cache else Path(args.cache or output.parent / ".skbert-cache")
     embedder = _embedder(args, cache).set_params(show_progress=not args.quiet)
     try:
@@ -197,9 +208,10 @@ def embed_file(args, output: Path) -> int:
         print(f"skbert: interrupted;{hint}", file=sys.stderr)
         return 130
     written = write_output(output, X, embedder.get_feature_names_out(), ids, args.layout or "columns")
+    nulls = f"; {n_null} row(s) without text {'skipped' if args.on_null == 'skip' else 'embedded as empty'}"
     print(
         f"skbert: {len(texts)} texts -> {X.shape[1]} features; encoded {report.n_encoded}, "
-        f"from cache {report.n_cache_hits}; wrote {', '.join(map(str, written))}",
+        f"from cache {report.n_cache_hits}{nulls if n_null else ''}; wrote {', '.join(map(str, written))}",
         file=sys.stderr,
     )
     return 0

@@ -129,3 +129,16 @@ def test_the_installed_command_runs(tiny_bert, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "skbert", "embed", str(tmp_path / "x.csv"), "-o", "o.npy"],
                              capture_output=True, text=True, env=env, timeout=300)
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_file_output_takes_the_null_policies_too(tiny_bert, tmp_path, capsys):
+    path = tmp_path / "gaps.csv"
+    path.write_text("doc,text\nd0,a river\nd1,\nd2,a bank\n")
+    base = ["embed", str(path), "--id-column", "doc", "--model", tiny_bert, "--no-cache", "--quiet"]
+    code, err = _run(capsys, *base, "--on-null", "skip", "-o", str(tmp_path / "skip.parquet"))
+    assert code == 0 and "2 texts" in err and "1 row(s) without text skipped" in err
+    assert pd.read_parquet(tmp_path / "skip.parquet")["doc"].tolist() == ["d0", "d2"]
+    code, err = _run(capsys, *base, "--on-null", "empty", "-o", str(tmp_path / "empty.npy"))
+    assert code == 0 and "1 row(s) without text embedded as empty" in err
+    want = BertEmbedder(tiny_bert, cache=None).fit_transform(["a river", "", "a bank"])
+    assert_allclose(np.load(tmp_path / "empty.npy"), want, rtol=1e-5, atol=1e-6)
