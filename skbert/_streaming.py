@@ -308,13 +308,13 @@ def _handle_nulls(frame, path: Path, start: int, options: Options, on_null: str)
     return frame, int(missing.sum())
 
 
-def _jobs(files, output: Path, root: Path, options: Options, chunk_rows: int, on_null: str, settings: str,
+def _jobs(columns: dict, output: Path, root: Path, options: Options, chunk_rows: int, on_null: str, settings: str,
           summary: StreamSummary, expected: set):
-    """Read every chunk; yield the jobs whose parts are not already complete."""
+    """Read every chunk of every file (``columns``: file -> its columns); yield the jobs whose parts are not
+    already complete."""
     import pandas as pd
 
-    for path in files:
-        available = file_columns(path)
+    for path, available in columns.items():
         # "file" and "row" are made here unless the file has such a column
         needed = options.text_columns + [c for c in options.id_columns if c in available or c not in ("file", "row")]
         for column in needed:
@@ -375,12 +375,11 @@ def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_r
     StreamSummary
     """
     files = input_files(spec)
-    for path in files:  # every file readable before any work starts
-        file_columns(path)
+    columns = {path: file_columns(path) for path in files}  # every file readable before any work starts
     output.mkdir(parents=True, exist_ok=True)
     root = Path(os.path.commonpath([str(p.resolve().parent) for p in files]))
     summary, expected = StreamSummary(), set()
-    jobs = _jobs(files, output, root, options, chunk_rows, on_null, settings, summary, expected)
+    jobs = _jobs(columns, output, root, options, chunk_rows, on_null, settings, summary, expected)
 
     def account(counts):
         summary.encoded += counts["encoded"]
