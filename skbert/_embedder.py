@@ -216,9 +216,9 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         Parameters
         ----------
         X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
-            With ``pairs=True``: a two-column DataFrame, an (n, 2) array or a
+            Texts (any iterable of str); empty strings are valid. With
+            ``pairs=True``: a two-column DataFrame, an (n, 2) array or a
             sequence of (A, B) tuples.
-            Texts (any iterable of str); empty strings are valid.
 
         Returns
         -------
