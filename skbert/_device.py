@@ -22,6 +22,16 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def use_torch_threads(threads: int | None) -> None:
+    """Give torch ``threads`` threads in the calling thread (None: leave it).
+
+    Dask starts worker processes with ``OMP_NUM_THREADS=1`` and runs tasks in their
+    own thread, where this is the setting that reaches torch.
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
 def dask_worker_rank() -> int | None:
     """The number of the Dask worker running this code, or None outside a numbered worker.
 

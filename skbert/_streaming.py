@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._device import use_torch_threads
+
 READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 LAYOUTS = ("list", "columns", "both")
 ON_NULL = ("error", "empty", "skip")
@@ -238,10 +240,7 @@ def embed_part(embedder, job: PartJob, options: Options) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if options.threads:
-        import torch
-
-        torch.set_num_threads(options.threads)
+    use_torch_threads(options.threads)
     frame = job.frame
     if len(options.text_columns) == 2:
         texts = list(zip(frame[options.text_columns[0]].tolist(), frame[options.text_columns[1]].tolist()))

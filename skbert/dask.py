@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ._device import use_torch_threads
+
 
 def _texts(data, column):
     is_frame = getattr(data, "ndim", 1) == 2
@@ -80,16 +82,8 @@ def worker_environ() -> dict:
     return environ
 
 
-def _use_threads(threads) -> None:
-    """Give torch ``threads`` threads in this task's thread (Dask starts workers with one: OMP_NUM_THREADS=1)."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-
-
 def _embed_partition(part, embedder, names, threads=None) -> pd.DataFrame:
-    _use_threads(threads)
+    use_torch_threads(threads)
     if len(part) == 0:
         return pd.DataFrame(np.empty((0, len(names)), np.float32), index=part.index, columns=names)
     return pd.DataFrame(embedder.transform_with_report(part)[0], index=part.index, columns=names)
@@ -133,7 +127,7 @@ def embed(data, embedder, column=None, threads=None):
 
 
 def _predict_partition(part, pipeline, method, dtype, threads=None) -> pd.Series:
-    _use_threads(threads)
+    use_torch_threads(threads)
     values = getattr(pipeline, method)(part) if len(part) else np.empty(0, dtype)
     return pd.Series(values, index=part.index, dtype=dtype, name=method)
 
