@@ -29,8 +29,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._disk import DATABASE, DiskTier, default_disk_budget, spill_tier
-from ._entries import Entry
+from ._disk import DATABASE, DiskTier, default_disk_budget, spill_tier, split_block
+from ._entries import ROW_OVERHEAD, Block, concatenate, gather
 from ._warnings import warn_user
 
 
@@ -76,6 +76,13 @@ class CacheInfo:
 class MemoryTier:
     """Entries in process memory within a byte budget, least recently used evicted first.
 
+    Entries stay in the blocks they came in (an encoded batch, a disk read); the
+    tier indexes them by key and counts a block's arrays while it holds any of its
+    rows, so :attr:`bytes` is what the held blocks really take. A block whose rows
+    were partly evicted keeps its memory until its last row goes: under the scans the
+    cache serves (every fold of a grid search reads the texts in order), rows of a
+    block are used and evicted together.
+
     Parameters
     ----------
     max_bytes : int
@@ -85,46 +92,56 @@ class MemoryTier:
         self.max_bytes = int(max_bytes)
         self.bytes = 0
         self.evictions = 0
-        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+        self._index: OrderedDict[bytes, tuple[Block, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._index)
 
-    def get_many(self, keys: list[bytes]) -> list[Entry | None]:
-        """Entries under ``keys`` (None where absent); found ones become the most recent."""
+    def get_many(self, keys: list[bytes]) -> list[tuple[Block, int] | None]:
+        """Where the entries under ``keys`` are (None where absent); found ones become the most recent."""
         with self._lock:
-            found = [self._entries.get(key) for key in keys]
-            for key, entry in zip(keys, found):
-                if entry is not None:
-                    self._entries.move_to_end(key)
+            found = [self._index.get(key) for key in keys]
+            for key, place in zip(keys, found):
+                if place is not None:
+                    self._index.move_to_end(key)
         return found
 
-    def put_many(self, items: list[tuple[bytes, Entry]]) -> list[tuple[bytes, Entry]]:
-        """Keep entries, evicting the least recently used beyond the budget.
+    def put(self, block: Block) -> list[tuple[bytes, Block, int]]:
+        """Keep a block's rows, evicting the least recently used beyond the budget.
 
         Returns
         -------
-        list of (key, Entry)
-            What was evicted (including any entry too large to keep at all).
+        list of (key, Block, row)
+            What was evicted (the new rows too, if the budget cannot hold them).
         """
         evicted = []
         with self._lock:
-            for key, entry in items:
-                old = self._entries.pop(key, None)
-                if old is not None:
-                    self.bytes -= old.nbytes
-                if entry.nbytes > self.max_bytes:
-                    evicted.append((key, entry))
-                    continue
-                self._entries[key] = entry
-                self.bytes += entry.nbytes
-            while self.bytes > self.max_bytes and self._entries:
-                key, dropped = self._entries.popitem(last=False)
-                self.bytes -= dropped.nbytes
-                evicted.append((key, dropped))
+            for piece in split_block(block, max(self.max_bytes // 16, 1)):  # a small budget holds part of a batch
+                for row, key in enumerate(piece.keys):
+                    old = self._index.pop(key, None)
+                    if old is not None:
+                        self._release(old[0])
+                    self._index[key] = (piece, row)
+                    self._hold(piece)
+                while self.bytes > self.max_bytes and self._index:
+                    key, (dropped, row) = self._index.popitem(last=False)
+                    self._release(dropped)
+                    evicted.append((key, dropped, row))
             self.evictions += len(evicted)
         return evicted
+
+    def _hold(self, block: Block) -> None:
+        if block.live == 0:
+            self.bytes += block.array_bytes
+        block.live += 1
+        self.bytes += ROW_OVERHEAD
+
+    def _release(self, block: Block) -> None:
+        block.live -= 1
+        self.bytes -= ROW_OVERHEAD
+        if block.live == 0:
+            self.bytes -= block.array_bytes
 
 
 class Store:
@@ -181,46 +198,50 @@ class Store:
 
     # -- look-ups --------------------------------------------------------------------
 
-    def get_many(self, keys: list[bytes]) -> list[Entry | None]:
-        """Entries under ``keys`` from memory, then disk (None where neither has one)."""
+    def get_many(self, keys: list[bytes]) -> list[tuple[Block, int] | None]:
+        """Where the entries under ``keys`` are, from memory, then disk (None where neither has one)."""
         found = self.memory.get_many(keys)
-        absent = [i for i, entry in enumerate(found) if entry is None]
+        absent = [i for i, place in enumerate(found) if place is None]
         if absent and self.disk is not None:
             from_disk = self.disk.get_many([keys[i] for i in absent])
-            promoted = []
             for i in absent:
-                entry = from_disk.get(keys[i])
-                if entry is not None:
-                    found[i] = entry
-                    promoted.append((keys[i], entry))
-            self.disk_hits += len(promoted)
-            self._keep_in_memory(promoted)
-        n_found = sum(entry is not None for entry in found)
+                found[i] = from_disk.get(keys[i])
+            self.disk_hits += len(from_disk)
+            read = {id(block): block for block, _ in from_disk.values()}
+            for block in read.values():
+                self._keep_in_memory(block)
+        n_found = sum(place is not None for place in found)
         self.hits += n_found
         self.misses += len(keys) - n_found
         return found
 
-    def put_many(self, items: list[tuple[bytes, Entry]]) -> None:
-        """Store new entries: in memory, and on disk (all of them in a cache directory;
-        in a spill directory, what memory evicts)."""
+    def put(self, block: Block) -> None:
+        """Store newly encoded entries: in memory, and on disk (all of them in a cache
+        directory; in a spill directory, what memory evicts)."""
         if self.directory is not None and self.disk is not None:
-            self.disk.write(items)
-        self._keep_in_memory(items)
+            self.disk.write(block)
+        self._keep_in_memory(block)
 
-    def _keep_in_memory(self, items: list[tuple[bytes, Entry]]) -> None:
-        """Put entries in the memory tier; what it evicts and no disk holds goes to the disk tier."""
-        evicted = [(key, entry) for key, entry in self.memory.put_many(items) if not entry.on_disk]
-        if evicted:
-            disk = self._disk_for_spill()
-            if disk is not None:
-                disk.write(evicted)
-            elif "memory" not in self._warned:
-                self._warned.add("memory")
-                warn_user(
-                    f"skbert's memory cache is full (cache_memory_bytes={self.memory.max_bytes:,}) and has no disk "
-                    "tier; evicted texts will be encoded again if asked for. Raise cache_memory_bytes or give a "
-                    "cache directory."
-                )
+    def _keep_in_memory(self, block: Block) -> None:
+        """Put a block in the memory tier; what it evicts and no disk holds goes to the disk tier."""
+        evicted = [(dropped, row) for _, dropped, row in self.memory.put(block) if not dropped.on_disk]
+        if not evicted:
+            return
+        disk = self._disk_for_spill()
+        if disk is not None:
+            order, parts = gather(evicted)
+            by_shape: dict[tuple, list[Block]] = {}
+            for part in parts:
+                by_shape.setdefault(part.shape, []).append(part)
+            for same in by_shape.values():
+                disk.write(concatenate(same))
+        elif "memory" not in self._warned:
+            self._warned.add("memory")
+            warn_user(
+                f"skbert's memory cache is full (cache_memory_bytes={self.memory.max_bytes:,}) and has no disk "
+                "tier; evicted texts will be encoded again if asked for. Raise cache_memory_bytes or give a "
+                "cache directory."
+            )
 
     def flush(self) -> None:
         """Wait for queued disk writes, and warn once if the disk tier failed or had to evict."""

@@ -1,29 +1,39 @@
-"""The cache's disk tier: entries in one SQLite database, written by a background thread.
+"""The cache's disk tier: blocks of entries in one SQLite database, written by a background thread.
 
-Why SQLite (standard library) rather than LMDB or ``diskcache``, measured on the same
-22 kB MiniLM entries by ``benchmarks/cache_scale.py`` (results in
-``benchmarks/results/``): over five runs on the 2-core development machine, LMDB
-wrote between 0.8x and 1.8x as many entries per second as this tier (which wrote
-4,600-9,200 a second) and read 1.3-1.6x as many (this tier: about 30,000 a second;
-with 3.4 kB entries LMDB read 1.4-2.2x as many), and
-``diskcache`` was the slowest of the three. SQLite is kept because the gap is small
-and goes both ways beside encoding (a CPU encodes a few hundred texts a
-second), and because it does in SQL what LMDB would need code of ours for: the byte
-total and eviction of the oldest entries in the same atomic transaction as the
-write (LMDB has no insertion order; a second index would have to be kept by hand),
-no memory map size to choose and grow, and no compiled dependency. It gives what
-the cache needs: atomic batched transactions (a killed writer never leaves a
-half-written entry), many processes reading and writing one file
+Entries are stored a block at a time (:class:`~skbert._entries.Block`: the rows of
+one encoded batch, split so that no block exceeds :data:`BLOCK_BYTES`): one blob
+and one checksum per block, and an index row per entry (key -> block, row). A batch
+is one transaction (one write, and no fsync of its own: see below), a look-up is
+one indexed query for the keys and one read per block, parsed with a few
+``numpy.frombuffer`` calls, so a hit costs microseconds whatever the model.
+Reading a whole block for one of its rows is the price of a random look-up;
+blocks are kept small (:data:`BLOCK_BYTES`) to bound it, and the cache's own access
+pattern (a batch of texts read back in the order it was written, a fold of a grid
+search) reads most of each block it touches.
+
+Why SQLite (standard library) rather than LMDB or ``diskcache``, measured on the
+same blocks by ``benchmarks/cache_scale.py`` (results in ``benchmarks/results/``):
+with one value per block, all three write and read far faster than the encoder
+produces entries (see the results for the numbers on each machine), and LMDB is
+the fastest by a small factor. SQLite is kept because it does in SQL what LMDB
+would need code of ours for: the byte total and eviction of the oldest blocks with
+their index rows in the same atomic transaction as the write (LMDB has no
+insertion order; a second index would have to be kept by hand), no memory map size
+to choose and grow, and no compiled dependency. It gives what the cache needs:
+atomic transactions (a killed writer never leaves a half-written block or an index
+row without its block), many processes reading and writing one file
 (``GridSearchCV(n_jobs=2)`` workers), and three files however many entries there
-are (the database, its write-ahead log and its index). Settings measured: 16 kB
-pages (1.4x the writes of 4 kB pages for such entries in plain SQLite), ``synchronous=NORMAL`` in
-WAL mode (safe against a killed process; fsync at checkpoints, not per batch).
+are (the database, its write-ahead log and its shared-memory index). Settings
+measured: 16 kB pages, ``synchronous=NORMAL`` in WAL mode (safe against a killed
+process; fsync at checkpoints, not per transaction).
 
-What is ours: one row per entry with a CRC of its key and value (a damaged entry is
-detected, deleted and encoded again), a running byte total updated in the same
-transactions, eviction of the oldest entries beyond a byte budget, and a writer
-thread behind a bounded queue so that encoding does not wait on the disk (it waits
-only when the queue is full, or at :meth:`DiskTier.flush`).
+What is ours: the block format, a CRC of each block (keys and values; a damaged
+block is detected, deleted with its index rows and its texts encoded again; an
+index row that points at a block row of another key is found the same way), a
+running byte total updated in the same transactions, eviction of the oldest blocks
+beyond a byte budget, and a writer thread behind a bounded queue so that encoding
+does not wait on the disk (it waits only when the queue is full, or at
+:meth:`DiskTier.flush`).
 """
 
 from __future__ import annotations
@@ -42,91 +52,111 @@ from pathlib import Path
 
 import numpy as np
 
-from ._entries import FORMAT_VERSION, Entry
+from ._entries import FORMAT_VERSION, Block
 
 #: File name of the database in a cache directory; the format version is part of it.
 DATABASE = f"skbert-cache-v{FORMAT_VERSION}.sqlite"
+#: A stored block's values at most (bytes; at least one row per block).
+BLOCK_BYTES = 1 << 20
 _SPILL_PREFIX = "skbert-spill-"
-_READ_CHUNK = 500  # keys per SELECT ... IN (...)
+_READ_CHUNK = 2000  # keys or blocks per SELECT ... IN (...)
 _QUEUE_BATCHES = 8  # batches waiting for the writer before encoding waits
 _EVICT_TO = 0.9  # beyond the budget, evict down to this share of it
 
-# magic, dtype code, segments, kinds, hidden states, width, has pooler, n_tokens;
-# then n_content (one int64 per segment), the values and the pooler output
-_HEADER = struct.Struct("<4sBBHHI?q")
-_MAGIC = b"SKB3"
-_DTYPES = {0: np.dtype(np.float16), 1: np.dtype(np.float32)}
+# magic, dtype code, has pooler, segments, kinds, hidden states, width, rows;
+# then the keys (16 bytes each), n_tokens (int64), n_content (int64 per segment),
+# the values and the pooler outputs
+_HEADER = struct.Struct("<4sB?BHHII")
+_MAGIC = b"SKB4"
+_KEY_BYTES = 16
+_DTYPES = {0: np.dtype("<f2"), 1: np.dtype("<f4")}
 _CODES = {dtype: code for code, dtype in _DTYPES.items()}
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    id INTEGER PRIMARY KEY,
-    key BLOB UNIQUE NOT NULL,
-    value BLOB NOT NULL,
-    checksum INTEGER NOT NULL
-);
+CREATE TABLE IF NOT EXISTS blocks (id INTEGER PRIMARY KEY, data BLOB NOT NULL, checksum INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (key BLOB PRIMARY KEY, block INTEGER NOT NULL, row INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_by_block ON entries (block);
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO totals VALUES ('bytes', 0), ('entries', 0);
 """
 _ADD_TO_TOTALS = "UPDATE totals SET value = value + ? WHERE name = ?"
 
 
-def pack_entry(entry: Entry) -> bytes:
-    """Serialise an entry (header, content counts, then its values and pooler output)."""
-    segments, kinds, hidden, width = entry.values.shape
-    header = _HEADER.pack(
-        _MAGIC, _CODES[entry.values.dtype], segments, kinds, hidden, width, entry.pooler is not None, entry.n_tokens,
-    )
-    counts = np.ascontiguousarray(entry.n_content, dtype="<i8").tobytes()
-    pooler = b"" if entry.pooler is None else np.ascontiguousarray(entry.pooler, entry.values.dtype).tobytes()
-    return header + counts + np.ascontiguousarray(entry.values).tobytes() + pooler
+def pack_block(block: Block) -> bytes:
+    """Serialise a block: header, keys, token counts, content counts, values, pooler outputs."""
+    n = len(block)
+    segments, kinds, hidden, width = block.values.shape[1:]
+    dtype = _DTYPES[_CODES[block.values.dtype.newbyteorder("<")]]
+    header = _HEADER.pack(_MAGIC, _CODES[dtype], block.pooler is not None, segments, kinds, hidden, width, n)
+    parts = [header, b"".join(block.keys), block.n_tokens.astype("<i8").tobytes(),
+             block.n_content.astype("<i8").tobytes(), block.values.astype(dtype, copy=False).tobytes()]
+    if block.pooler is not None:
+        parts.append(block.pooler.astype(dtype, copy=False).tobytes())
+    return b"".join(parts)
 
 
-def unpack_entry(blob: bytes) -> Entry | None:
-    """Read back an entry; None if the blob is not a whole entry of this format."""
-    if len(blob) < _HEADER.size:
+def unpack_block(data: bytes) -> Block | None:
+    """Read back a block (arrays viewing ``data``); None if it is not a whole block of this format."""
+    if len(data) < _HEADER.size:
         return None
-    magic, code, segments, kinds, hidden, width, has_pooler, n_tokens = _HEADER.unpack_from(blob)
+    magic, code, has_pooler, segments, kinds, hidden, width, n = _HEADER.unpack_from(data)
     dtype = _DTYPES.get(code)
     if magic != _MAGIC or dtype is None:
         return None
-    n_values = segments * kinds * hidden * width
-    start = _HEADER.size + 8 * segments
-    if len(blob) != start + dtype.itemsize * (n_values + (width if has_pooler else 0)):
+    n_values = n * segments * kinds * hidden * width
+    counts_at = _HEADER.size + _KEY_BYTES * n
+    values_at = counts_at + 8 * n * (1 + segments)
+    if len(data) != values_at + dtype.itemsize * (n_values + (n * width if has_pooler else 0)):
         return None
-    n_content = np.frombuffer(blob, dtype="<i8", count=segments, offset=_HEADER.size).astype(np.int64)
-    flat = np.frombuffer(blob, dtype=dtype, offset=start)
-    pooler = flat[n_values:] if has_pooler else None
-    return Entry(flat[:n_values].reshape(segments, kinds, hidden, width), n_content, int(n_tokens), pooler)
+    keys = [data[i : i + _KEY_BYTES] for i in range(_HEADER.size, counts_at, _KEY_BYTES)]
+    counts = np.frombuffer(data, dtype="<i8", count=n * (1 + segments), offset=counts_at).astype(np.int64)
+    flat = np.frombuffer(data, dtype=dtype, offset=values_at)
+    values = flat[:n_values].reshape(n, segments, kinds, hidden, width)
+    pooler = flat[n_values:].reshape(n, width) if has_pooler else None
+    return Block(keys, values, counts[n:].reshape(n, segments), counts[:n], pooler, on_disk=True)
 
 
-def checksum(key: bytes, value: bytes) -> int:
-    """CRC-32 of a key and its value: damage shows, and so does a value filed under another key.
+def checksum(data: bytes) -> int:
+    """CRC-32 of a stored block (its keys are inside it, so a block under another key shows too).
 
     A CRC, not a cryptographic hash: it guards against torn or flipped bytes, not
-    tampering, at a sixth of blake2b's cost (6 against 39 us for a 22 kB entry).
+    tampering, at a sixth of blake2b's cost.
     """
-    return zlib.crc32(value, zlib.crc32(key))
+    return zlib.crc32(data)
+
+
+def split_block(block: Block, max_bytes: int = BLOCK_BYTES) -> list[Block]:
+    """``block`` cut into consecutive blocks of at most ``max_bytes`` of values (one row at least)."""
+    per_row = max(block.values[:1].nbytes, 1)
+    rows = max(1, max_bytes // per_row)
+    if len(block) <= rows:
+        return [block]
+    return [block.take(range(start, min(start + rows, len(block)))) for start in range(0, len(block), rows)]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=120, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA busy_timeout = 120000")
-    connection.execute("PRAGMA page_size = 16384")  # entries of 10-100 kB: fewer overflow pages (new files only)
+    connection.execute("PRAGMA page_size = 16384")  # blobs of up to a megabyte: fewer overflow pages (new files only)
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = NORMAL")  # WAL: durable against a killed process, fsync at checkpoints
     return connection
 
 
+def _in(n: int) -> str:
+    return f"({','.join('?' * n)})"
+
+
 class DiskTier:
-    """Entries in one SQLite database under a directory, shared by processes.
+    """Blocks of entries in one SQLite database under a directory, shared by processes.
 
     Parameters
     ----------
     directory : path-like
         Created if missing.
     max_bytes : int
-        Budget for the entries' bytes; beyond it the oldest entries are evicted.
+        Budget for the stored blocks' bytes; beyond it the oldest blocks are evicted.
 
     Raises
     ------
@@ -142,7 +172,7 @@ class DiskTier:
         self._reader = _connect(self.path)
         self._reader.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
         self._read_lock = threading.Lock()
-        self._pending: dict[bytes, Entry] = {}  # queued for the writer, not yet committed
+        self._pending: dict[bytes, tuple[Block, int]] = {}  # queued for the writer, not yet committed
         self._pending_lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
         self.reads = self.writes = self.evictions = self.corrupt = 0
@@ -152,31 +182,49 @@ class DiskTier:
 
     # -- reading ---------------------------------------------------------------------
 
-    def get_many(self, keys: list[bytes]) -> dict[bytes, Entry]:
-        """Entries found for some keys (damaged ones are deleted and left out)."""
-        found: dict[bytes, Entry] = {}
+    def get_many(self, keys: list[bytes]) -> dict[bytes, tuple[Block, int]]:
+        """Where the entries of some keys are: a block of the found rows (read from disk or
+        still queued) and the row; damaged blocks are deleted and their keys left out."""
+        found: dict[bytes, tuple[Block, int]] = {}
         with self._pending_lock:
             for key in keys:
-                if key in self._pending:
-                    found[key] = self._pending[key]
+                place = self._pending.get(key)
+                if place is not None:
+                    found[key] = place
         rest = [key for key in keys if key not in found]
-        damaged = []
         with self._read_lock:
+            located = []
             for start in range(0, len(rest), _READ_CHUNK):
                 chunk = rest[start : start + _READ_CHUNK]
-                rows = self._reader.execute(
-                    f"SELECT key, value, checksum FROM entries WHERE key IN ({','.join('?' * len(chunk))})", chunk
-                ).fetchall()
-                for key, value, digest in rows:
-                    entry = unpack_entry(value) if checksum(key, value) == digest else None
-                    if entry is None:
-                        damaged.append((key, len(value)))
-                    else:
-                        entry.on_disk = True
-                        found[key] = entry
-            if damaged:
-                _delete(self._reader, damaged)
-        self.corrupt += len(damaged)
+                located += self._reader.execute(
+                    f"SELECT key, block, row FROM entries WHERE key IN {_in(len(chunk))}", chunk).fetchall()
+            by_block: dict[int, list[tuple[bytes, int]]] = {}
+            for key, block_id, row in located:
+                by_block.setdefault(block_id, []).append((key, row))
+            damaged_blocks, damaged_keys = [], []
+            ids = list(by_block)
+            for start in range(0, len(ids), _READ_CHUNK):
+                chunk = ids[start : start + _READ_CHUNK]
+                for block_id, data, digest in self._reader.execute(
+                    f"SELECT id, data, checksum FROM blocks WHERE id IN {_in(len(chunk))}", chunk
+                ).fetchall():
+                    wanted = by_block.pop(block_id)
+                    block = unpack_block(data) if checksum(data) == digest else None
+                    if block is None:
+                        damaged_blocks.append(block_id)
+                        continue
+                    good = []
+                    for key, row in wanted:  # an index row must point at its own key
+                        if row < len(block) and block.keys[row] == key:
+                            good.append((key, row))
+                        else:
+                            damaged_keys.append(key)
+                    if good:
+                        part = block.take([row for _, row in good])  # a copy: the blob is let go
+                        found.update((key, (part, i)) for i, (key, _) in enumerate(good))
+            damaged_keys += [key for wanted in by_block.values() for key, _ in wanted]  # rows without a block
+            if damaged_blocks or damaged_keys:
+                self.corrupt += _delete(self._reader, damaged_blocks, damaged_keys)
         self.reads += len(found)
         return found
 
@@ -188,15 +236,15 @@ class DiskTier:
 
     # -- writing ---------------------------------------------------------------------
 
-    def write(self, items: list[tuple[bytes, Entry]]) -> None:
-        """Queue entries for the writer (waits only while the queue is full)."""
-        if self.error is not None or not items:
+    def write(self, block: Block) -> None:
+        """Queue a block for the writer (waits only while the queue is full)."""
+        if self.error is not None or not len(block):
             return
+        block.on_disk = True
         with self._pending_lock:
-            for key, entry in items:
-                entry.on_disk = True
-                self._pending[key] = entry
-        self._queue.put(items)
+            for row, key in enumerate(block.keys):
+                self._pending[key] = (block, row)
+        self._queue.put(block)
 
     def flush(self) -> None:
         """Wait until everything queued so far is committed (or the writer has failed)."""
@@ -222,56 +270,58 @@ class DiskTier:
                 self.error = error
             finally:
                 with self._pending_lock:
-                    for key, _ in item:
-                        self._pending.pop(key, None)
+                    for key in item.keys:
+                        if self._pending.get(key, (None,))[0] is item:
+                            del self._pending[key]
         if connection is not None:
             connection.close()
 
-    def _commit(self, connection: sqlite3.Connection, items: list[tuple[bytes, Entry]]) -> None:
+    def _commit(self, connection: sqlite3.Connection, block: Block) -> None:
+        """Store the rows of ``block`` that no process has stored yet, in one transaction."""
         connection.execute("BEGIN IMMEDIATE")
         try:
-            keys = list(dict.fromkeys(key for key, _ in items))
             present = set()
-            for start in range(0, len(keys), _READ_CHUNK):  # written already, maybe by another process
-                chunk = keys[start : start + _READ_CHUNK]
+            for start in range(0, len(block), _READ_CHUNK):  # written already, maybe by another process
+                chunk = block.keys[start : start + _READ_CHUNK]
                 present.update(row[0] for row in connection.execute(
-                    f"SELECT key FROM entries WHERE key IN ({','.join('?' * len(chunk))})", chunk))
-            rows = []
-            for key, entry in items:
-                if key not in present:
-                    present.add(key)
-                    value = pack_entry(entry)
-                    rows.append((key, value, checksum(key, value)))
-            connection.executemany("INSERT INTO entries (key, value, checksum) VALUES (?, ?, ?)", rows)
-            connection.execute(_ADD_TO_TOTALS, (sum(len(row[1]) for row in rows), "bytes"))
-            connection.execute(_ADD_TO_TOTALS, (len(rows), "entries"))
+                    f"SELECT key FROM entries WHERE key IN {_in(len(chunk))}", chunk))
+            new = [row for row, key in enumerate(block.keys) if key not in present and not present.add(key)]
+            added = added_bytes = 0
+            if new:
+                for part in split_block(block if len(new) == len(block) else block.take(new)):
+                    data = pack_block(part)
+                    block_id = connection.execute(
+                        "INSERT INTO blocks (data, checksum) VALUES (?, ?)", (data, checksum(data))).lastrowid
+                    connection.executemany("INSERT INTO entries (key, block, row) VALUES (?, ?, ?)",
+                                           [(key, block_id, row) for row, key in enumerate(part.keys)])
+                    added, added_bytes = added + len(part), added_bytes + len(data)
+                connection.execute(_ADD_TO_TOTALS, (added_bytes, "bytes"))
+                connection.execute(_ADD_TO_TOTALS, (added, "entries"))
             evicted = self._evict(connection)
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
-        self.writes += len(rows)
+        self.writes += added
         self.evictions += evicted
 
     def _evict(self, connection: sqlite3.Connection) -> int:
-        """Delete the oldest entries until the bytes are back under the budget's share."""
+        """Delete the oldest blocks until the bytes are back under the budget's share."""
         total = connection.execute("SELECT value FROM totals WHERE name = 'bytes'").fetchone()[0]
         if total <= self.max_bytes:
             return 0
         target, victims, last_id = int(self.max_bytes * _EVICT_TO), [], -1
         while total > target:
             oldest = connection.execute(
-                "SELECT id, key, length(value) FROM entries WHERE id > ? ORDER BY id LIMIT 256", (last_id,)
-            ).fetchall()
+                "SELECT id, length(data) FROM blocks WHERE id > ? ORDER BY id LIMIT 256", (last_id,)).fetchall()
             if not oldest:
                 break
-            for last_id, key, size in oldest:
-                victims.append((key, size))
+            for last_id, size in oldest:
+                victims.append(last_id)
                 total -= size
                 if total <= target:
                     break
-        _delete(connection, victims)
-        return len(victims)
+        return _delete(connection, victims, [])
 
     def close(self) -> None:
         """Commit what is queued, stop the writer and close the database (again: nothing)."""
@@ -283,28 +333,35 @@ class DiskTier:
         self.error = self.error or sqlite3.ProgrammingError("the disk tier was closed")
 
 
-def _delete(connection: sqlite3.Connection, victims: list[tuple[bytes, int]]) -> None:
-    """Delete entries (key, size) and take them off the totals, in one transaction."""
-    if connection.in_transaction:
-        _delete_rows(connection, victims)
-        return
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        _delete_rows(connection, victims)
-        connection.execute("COMMIT")
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
+def _delete(connection: sqlite3.Connection, block_ids: list[int], keys: list[bytes]) -> int:
+    """Delete blocks with their index rows, and single index rows, in one transaction.
 
-
-def _delete_rows(connection: sqlite3.Connection, victims: list[tuple[bytes, int]]) -> None:
+    Returns
+    -------
+    int
+        Entries deleted (another process may have deleted some first).
+    """
+    if not connection.in_transaction:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = _delete(connection, block_ids, keys)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return deleted
     deleted = freed = 0
-    for key, size in victims:
-        if connection.execute("DELETE FROM entries WHERE key = ?", (key,)).rowcount:  # not if another did
-            deleted += 1
-            freed += size
+    for block_id in block_ids:
+        deleted += connection.execute("DELETE FROM entries WHERE block = ?", (block_id,)).rowcount
+        size = connection.execute("SELECT length(data) FROM blocks WHERE id = ?", (block_id,)).fetchone()
+        if size is not None:
+            connection.execute("DELETE FROM blocks WHERE id = ?", (block_id,))
+            freed += size[0]
+    for key in keys:
+        deleted += connection.execute("DELETE FROM entries WHERE key = ?", (key,)).rowcount
     connection.execute(_ADD_TO_TOTALS, (-freed, "bytes"))
     connection.execute(_ADD_TO_TOTALS, (-deleted, "entries"))
+    return deleted
 
 
 # -- spill directories -------------------------------------------------------------------

@@ -1,19 +1,28 @@
-"""Cache entries: what is kept of one text, its key, and the conversions to and from batches.
+"""Cache entries: what is kept of each text, its key, and the conversions to and from batches.
 
-An entry holds the text's :data:`~skbert._statistics.KINDS` for every hidden state
+An entry holds a text's :data:`~skbert._statistics.KINDS` for every hidden state
 (per segment, for a sentence pair), its pooler output (if the model has one), its
-content-token counts and its full token count: everything any pooling mode, layer choice or aggregation is computed
-from, and nothing that can be derived (see :mod:`skbert._statistics`).
+content-token counts and its full token count: everything any pooling mode, layer
+choice or aggregation is computed from, and nothing that can be derived (see
+:mod:`skbert._statistics`).
+
+Entries live in :class:`Block` s, one row per text, as the encoder produced them:
+a batch of texts is encoded, stored, read back and handed out as a few arrays,
+never as one Python object per text. That is what keeps a cache hit to a few
+microseconds (a disk read is one blob and one checksum per block; a pooled batch is
+one gather per block), which matters when the encoder is fast (a GPU, a small
+model) and the cache is asked for millions of texts.
 
 Values are kept in 16 bits (float16) unless the encoder asked for float32: a mean
 and a maximum of LayerNorm outputs sit well inside float16's range, and its 11-bit
 significand keeps every pooled vector within cosine 0.99999 of the float32 one
-(tested). An entry whose values would overflow float16 is kept in float32.
+(tested). A batch whose values would overflow float16 is kept in float32.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,35 +30,102 @@ import numpy as np
 from ._statistics import KINDS, Statistics
 
 #: Bumped whenever what an entry holds or how it is stored changes.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+
+#: Memory an entry costs beyond its arrays (its key and its place in the memory tier's index).
+ROW_OVERHEAD = 160
 
 
 @dataclass(eq=False)
-class Entry:
-    """What one text encoded to.
+class Block:
+    """The entries of some texts, one row per text.
 
     Attributes
     ----------
-    values : ndarray of shape (segments, len(KINDS), n_layers + 1, d), float16 or float32
-        One segment for a single text, two for a sentence pair.
-    n_content : ndarray of int64, shape (segments,)
-    n_tokens : int
-        The text's full length in tokens, before truncation or windowing.
-    pooler : ndarray of shape (d,) or None
+    keys : list of bytes
+        Each row's 16-byte key (:func:`text_key`).
+    values : ndarray of shape (n, segments, len(KINDS), n_layers + 1, d), float16 or float32
+        One segment for single texts, two for sentence pairs.
+    n_content : ndarray of int64, shape (n, segments)
+    n_tokens : ndarray of int64, shape (n,)
+        Each text's full length in tokens, before truncation or windowing.
+    pooler : ndarray of shape (n, d) or None
     on_disk : bool
-        Whether a disk tier holds it (or has it queued), so it need not be written again.
+        Whether a disk tier holds these rows (or has them queued), so they need not be
+        written again.
+    live : int
+        Rows of this block the memory tier holds (kept by :class:`~skbert._cache.MemoryTier`).
     """
 
+    keys: list
     values: np.ndarray
     n_content: np.ndarray
-    n_tokens: int
+    n_tokens: np.ndarray
     pooler: np.ndarray | None = None
     on_disk: bool = False
+    live: int = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
     @property
-    def nbytes(self) -> int:
-        """Memory the entry takes (arrays, and a rough allowance for the objects)."""
-        return self.values.nbytes + (0 if self.pooler is None else self.pooler.nbytes) + 200
+    def array_bytes(self) -> int:
+        """Bytes of its arrays."""
+        pooler = 0 if self.pooler is None else self.pooler.nbytes
+        return self.values.nbytes + self.n_content.nbytes + self.n_tokens.nbytes + pooler
+
+    @property
+    def shape(self) -> tuple:
+        """What rows must share to sit in one block: the per-row value shape and dtype, and the pooler."""
+        return self.values.shape[1:], self.values.dtype, self.pooler is not None
+
+    def take(self, rows) -> Block:
+        """A new block of some rows (copies), in that order."""
+        rows = np.asarray(rows, dtype=np.intp)
+        return Block(
+            [self.keys[r] for r in rows], self.values[rows], self.n_content[rows], self.n_tokens[rows],
+            None if self.pooler is None else self.pooler[rows], self.on_disk,
+        )
+
+
+def concatenate(blocks: Sequence[Block], on_disk: bool = False) -> Block:
+    """One block of the rows of several blocks of the same :attr:`Block.shape` (float32 if any is)."""
+    if len(blocks) == 1:
+        return Block(**{**blocks[0].__dict__, "on_disk": on_disk, "live": 0})
+    pooler = None if blocks[0].pooler is None else np.concatenate([b.pooler for b in blocks])
+    return Block(
+        [key for b in blocks for key in b.keys], np.concatenate([b.values for b in blocks]),
+        np.concatenate([b.n_content for b in blocks]), np.concatenate([b.n_tokens for b in blocks]), pooler, on_disk,
+    )
+
+
+def gather(located: Sequence[tuple[Block, int]]) -> tuple[np.ndarray, list[Block]]:
+    """Group located rows by the block that holds them and take each group out.
+
+    Parameters
+    ----------
+    located : sequence of (Block, int)
+
+    Returns
+    -------
+    order : ndarray of int
+        For each row of the returned blocks, in order, its position in ``located``.
+    parts : list of Block
+        One per distinct block (or shape), holding the rows asked for.
+    """
+    groups: dict[int, tuple[Block, list, list]] = {}
+    for position, (block, row) in enumerate(located):
+        group = groups.get(id(block))
+        if group is None:
+            group = groups[id(block)] = (block, [], [])
+        group[1].append(row)
+        group[2].append(position)
+    parts, order = [], []
+    for block, rows, positions in groups.values():
+        whole = len(rows) == len(block) and rows == list(range(len(block)))
+        parts.append(block if whole else block.take(rows))
+        order.extend(positions)
+    return np.asarray(order, dtype=np.int64), parts
 
 
 def text_key(fingerprint: bytes, text) -> bytes:
@@ -95,90 +171,50 @@ def encoder_fingerprint(model_fingerprint: bytes, **settings) -> bytes:
     return digest.digest()
 
 
-def _narrow(values: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """``values`` in ``dtype``, and which rows would overflow it (those stay float32)."""
+def _narrow(values: np.ndarray | None, dtype: np.dtype) -> np.ndarray | None:
+    """``values`` in ``dtype``, or None if some finite value would overflow it."""
+    if values is None or dtype == values.dtype:
+        return values
     with np.errstate(over="ignore"):  # overflow is what is looked for below
         narrow = values.astype(dtype)
-    if dtype == np.float32:
-        return narrow, np.zeros(len(values), dtype=bool)
-    overflow = (np.isinf(narrow) & np.isfinite(values)).reshape(len(values), -1).any(axis=1)
-    return narrow, overflow
+    return None if np.any(np.isinf(narrow) != np.isinf(values)) else narrow
 
 
-def entries_from_statistics(statistics: Statistics, dtype) -> tuple[list[Entry], Statistics]:
-    """Turn a freshly encoded batch (all kinds, all hidden states) into entries of ``dtype``.
+def block_from_statistics(keys: list[bytes], statistics: Statistics, dtype) -> Block:
+    """Turn a freshly encoded batch (every kind, every hidden state) into a block of ``dtype``.
 
     Parameters
     ----------
+    keys : list of bytes
+        One per row.
     statistics : Statistics
         float32, holding :data:`KINDS` for every hidden state in order.
     dtype : numpy dtype
-        float16 or float32.
+        float16 or float32; a batch whose values would overflow float16 is kept in
+        float32.
 
     Returns
     -------
-    entries : list of Entry
-        One per row.
-    stored : Statistics
-        The batch as the entries hold it (what a cache hit would give).
+    Block
+        What the cache keeps, and what is handed out (see :func:`statistics_from_block`).
     """
     if statistics.kinds != KINDS or statistics.layers != tuple(range(statistics.values.shape[3])):
         raise ValueError("cache entries need every kind of statistic for every hidden state")
-    dtype = np.dtype(dtype)
-    values, overflow = _narrow(statistics.values, dtype)
-    pooler = None
-    if statistics.pooler is not None:
-        pooler, pooler_overflow = _narrow(statistics.pooler, dtype)
-        overflow |= pooler_overflow
-    if overflow.any():  # those rows stay float32
-        values, pooler = values.astype(np.float32), None if pooler is None else pooler.astype(np.float32)
-        values[overflow] = statistics.values[overflow]
-        if pooler is not None:
-            pooler[overflow] = statistics.pooler[overflow]
-    entries = []
-    for row in range(len(values)):
-        narrow = not overflow[row]
-        entries.append(
-            Entry(
-                values[row].astype(dtype) if narrow else values[row].copy(),
-                statistics.n_content[row].astype(np.int64),
-                int(statistics.n_tokens[row]),
-                None if pooler is None else (pooler[row].astype(dtype) if narrow else pooler[row].copy()),
-            )
-        )
-    stored = Statistics(statistics.positions, values, KINDS, statistics.layers, statistics.n_content,
-                        statistics.n_tokens, pooler)
-    return entries, stored
+    values, pooler = _narrow(statistics.values, np.dtype(dtype)), _narrow(statistics.pooler, np.dtype(dtype))
+    if values is None or (pooler is None) != (statistics.pooler is None):  # would overflow: keep float32
+        values, pooler = statistics.values.astype(np.float32), _narrow(statistics.pooler, np.dtype(np.float32))
+    return Block(list(keys), values, np.asarray(statistics.n_content, dtype=np.int64),
+                 np.asarray(statistics.n_tokens, dtype=np.int64), pooler)
 
 
-def statistics_from_entries(
-    positions, entries: list[Entry], kinds: tuple[str, ...], layers: tuple[int, ...]
-) -> Statistics:
-    """Gather entries into a batch of the kinds and hidden states asked for.
+def statistics_from_block(positions, block: Block) -> Statistics:
+    """A block's rows as :class:`Statistics` of every kind and hidden state (no copy).
 
     Parameters
     ----------
-    positions : sequence of int
-    entries : list of Entry
-    kinds : tuple of str
-        In :data:`KINDS` order.
-    layers : tuple of int
-        Hidden states.
-
-    Returns
-    -------
-    Statistics
-        In the entries' dtype (float32 if any entry is).
+    positions : array-like of int
+        Which texts the rows are.
+    block : Block
     """
-    stacked = np.stack([entry.values for entry in entries])  # one C-level copy (float32 if any entry is)
-    has_pooler = all(entry.pooler is not None for entry in entries)
-    every = Statistics(
-        np.asarray(positions),
-        stacked,
-        KINDS,
-        tuple(range(stacked.shape[3])),
-        np.stack([entry.n_content for entry in entries]),
-        np.array([entry.n_tokens for entry in entries]),
-        np.stack([entry.pooler for entry in entries]) if has_pooler else None,
-    )
-    return every.select(kinds, layers)
+    return Statistics(np.asarray(positions), block.values, KINDS, tuple(range(block.values.shape[3])),
+                      block.n_content, block.n_tokens, block.pooler)

@@ -3,8 +3,10 @@
 :class:`StatisticsSource` dedupes the texts, looks them up in the store (memory,
 then disk), encodes only the misses, stores what it encoded batch by batch (so an
 interrupted call resumes from there) and hands out :class:`~skbert._statistics.Statistics`
-for the kinds and hidden states the caller will pool. With no store it computes
-only those kinds and hidden states in the first place.
+holding at least the kinds and hidden states the caller will pool: with a store,
+every kind and hidden state, as the store's blocks hold them (no copy, no
+selection; pooling picks what it needs); with no store, only those kinds and hidden
+states, computed in the first place.
 
 Cached or freshly encoded, a text's statistics are handed out as the store keeps
 them (16-bit unless float32 was asked for), so a text gives the same vector whether
@@ -20,7 +22,7 @@ import numpy as np
 
 from ._cache import Store
 from ._encoding import EncodingReport, iter_statistics
-from ._entries import encoder_fingerprint, entries_from_statistics, statistics_from_entries, text_key
+from ._entries import block_from_statistics, concatenate, encoder_fingerprint, gather, statistics_from_block, text_key
 from ._models import LoadedModel, model_fingerprint
 from ._statistics import KINDS, Statistics
 
@@ -120,13 +122,12 @@ class StatisticsSource:
         missing = []
         for start in range(0, len(keys), LOOKUP_BATCH):
             found = self.store.get_many(keys[start : start + LOOKUP_BATCH])
-            hits = [i for i, entry in enumerate(found) if entry is not None]
-            missing.extend(start + i for i, entry in enumerate(found) if entry is None)
+            hits = [i for i, place in enumerate(found) if place is not None]
+            missing.extend(start + i for i, place in enumerate(found) if place is None)
             if hits:
                 report.n_cache_hits += len(hits)
-                yield statistics_from_entries(
-                    [start + i for i in hits], [found[i] for i in hits], request.kinds, request.layers
-                )
+                order, parts = gather([found[i] for i in hits])
+                yield statistics_from_block(start + np.asarray(hits)[order], concatenate(parts))
         if not missing:
             return
         missing = np.asarray(missing)
@@ -135,10 +136,10 @@ class StatisticsSource:
             self.loaded, [texts[i] for i in missing], layers=every_layer, kinds=KINDS,
             with_pooler=self.loaded.has_pooler, report=report, **self.encoding,
         ):
-            batch.positions = missing[batch.positions]
-            entries, stored = entries_from_statistics(batch, self.stored_dtype)
-            self.store.put_many([(keys[p], entry) for p, entry in zip(batch.positions, entries)])
-            yield stored.select(request.kinds, request.layers)
+            positions = missing[batch.positions]
+            block = block_from_statistics([keys[p] for p in positions], batch, self.stored_dtype)
+            self.store.put(block)
+            yield statistics_from_block(positions, block)
 
 
 def make_source(loaded: LoadedModel, store: Store | None, precision: str, encoding: dict) -> StatisticsSource:

@@ -21,8 +21,8 @@ from sklearn.pipeline import make_pipeline
 from skbert import BertEmbedder
 from skbert import _cache, _disk
 from skbert._cache import MemoryTier, Store
-from skbert._disk import DATABASE, pack_entry, sweep_spill_directories, unpack_entry
-from skbert._entries import Entry, entries_from_statistics
+from skbert._disk import BLOCK_BYTES, DATABASE, pack_block, split_block, sweep_spill_directories, unpack_block
+from skbert._entries import ROW_OVERHEAD, Block, block_from_statistics, concatenate, gather
 from skbert._statistics import KINDS, Statistics
 
 RTOL, ATOL = 1e-4, 2e-5
@@ -76,37 +76,59 @@ def _fake_statistics(n_layers, width, rng):
                       rng.standard_normal((2, width)).astype(np.float32))
 
 
+KEYS = [bytes([i]) * 16 for i in range(2)]
+
+
 @pytest.mark.parametrize("n_layers, width, limit", [(6, 384, 25_000), (12, 768, 90_000)])
 def test_entries_fit_the_size_targets(n_layers, width, limit, rng):
     """MiniLM's shape (6 layers, 384 wide) and bert-base's (12 x 768), in memory and on disk."""
     statistics = _fake_statistics(n_layers, width, rng)
-    entry = entries_from_statistics(statistics, np.float16)[0][0]
-    assert entry.values.dtype == np.float16
-    assert entry.nbytes <= limit and len(pack_entry(entry)) <= limit
-    assert entries_from_statistics(statistics, np.float32)[0][0].nbytes > limit  # float32 is twice the size
+    block = block_from_statistics(KEYS, statistics, np.float16)
+    assert block.values.dtype == np.float16
+    assert block.array_bytes / 2 + ROW_OVERHEAD <= limit and len(pack_block(block)) / 2 <= limit
+    assert block_from_statistics(KEYS, statistics, np.float32).array_bytes / 2 > limit  # float32 is twice the size
 
 
 def test_values_that_overflow_16_bits_keep_float32(rng):
     statistics = _fake_statistics(2, 8, rng)
     statistics.values[1, 0, 0, 0, 0] = 1e6
-    entries, stored = entries_from_statistics(statistics, np.float16)
-    assert entries[0].values.dtype == np.float16 and entries[1].values.dtype == np.float32
-    assert entries[1].values[0, 0, 0, 0] == 1e6
-    # the batch handed out holds what the entries hold: row 0 rounded to 16 bits, row 1 exact
-    assert np.array_equal(stored.values[0], entries[0].values.astype(np.float32))
-    assert np.array_equal(stored.values[1], statistics.values[1])
+    block = block_from_statistics(KEYS, statistics, np.float16)
+    assert block.values.dtype == np.float32 and block.pooler.dtype == np.float32
+    assert np.array_equal(block.values, statistics.values)  # exact, not rounded
+    statistics.values[1, 0, 0, 0, 0] = 1.0
+    statistics.pooler[0, 0] = -1e6  # the pooler output too
+    assert block_from_statistics(KEYS, statistics, np.float16).values.dtype == np.float32
+    statistics.pooler[0, 0] = 1.0
+    statistics.values[1, 0, 3, 0, 0] = -np.inf  # a max over no token is not an overflow
+    assert block_from_statistics(KEYS, statistics, np.float16).values.dtype == np.float16
 
 
-def test_entry_round_trip_and_checks(rng):
-    for entry in entries_from_statistics(_fake_statistics(2, 8, rng), np.float16)[0] + [
-        Entry(rng.random((2, 4, 3, 8), dtype=np.float32), np.array([5, 0]), 9, None)  # a sentence pair's
-    ]:
-        back = unpack_entry(pack_entry(entry))
-        assert back.values.dtype == entry.values.dtype and np.array_equal(back.values, entry.values)
-        assert back.n_content.tolist() == entry.n_content.tolist() and back.n_tokens == entry.n_tokens
-        assert (back.pooler is None) == (entry.pooler is None)
-        blob = pack_entry(entry)
-        assert unpack_entry(blob[:-1]) is None and unpack_entry(b"") is None and unpack_entry(b"XXXX" + blob[4:]) is None
+def test_block_round_trip_and_checks(rng):
+    pair = Block([b"p" * 16], rng.random((1, 2, 4, 3, 8), dtype=np.float32), np.array([[5, 0]]), np.array([9]))
+    for block in [block_from_statistics(KEYS, _fake_statistics(2, 8, rng), np.float16), pair]:
+        back = unpack_block(pack_block(block))
+        assert back.keys == block.keys and back.on_disk
+        assert back.values.dtype == block.values.dtype and np.array_equal(back.values, block.values)
+        assert np.array_equal(back.n_content, block.n_content) and np.array_equal(back.n_tokens, block.n_tokens)
+        assert (back.pooler is None) == (block.pooler is None)
+        if block.pooler is not None:
+            assert np.array_equal(back.pooler, block.pooler)
+        data = pack_block(block)
+        assert unpack_block(data[:-1]) is None and unpack_block(b"") is None and unpack_block(b"XXXX" + data[4:]) is None
+
+
+def test_blocks_split_take_gather_and_concatenate(rng):
+    block = block_from_statistics(KEYS, _fake_statistics(2, 8, rng), np.float16)
+    one_row = block.values[:1].nbytes
+    assert [len(b) for b in split_block(block, one_row)] == [1, 1] and split_block(block, BLOCK_BYTES) == [block]
+    other = block.take([1, 0])
+    assert other.keys == KEYS[::-1] and np.array_equal(other.values, block.values[::-1])
+    order, parts = gather([(block, 1), (other, 0), (block, 0)])
+    joined = concatenate(parts)
+    assert order.tolist() == [0, 2, 1] and joined.keys == [KEYS[1], KEYS[0], KEYS[1]]
+    assert np.array_equal(joined.values, block.values[[1, 0, 1]])
+    order, parts = gather([(block, 0), (block, 1)])
+    assert parts == [block]  # a whole block in order is not copied
 
 
 def test_a_grid_search_encodes_each_text_once(tiny_bert):
@@ -195,16 +217,38 @@ def test_duplicates_are_encoded_once_and_rows_come_back_in_order(tiny_bert):
     assert_allclose(got, one_by_one, rtol=RTOL, atol=ATOL)
 
 
+def _block(keys, width=4):
+    n = len(keys)
+    return Block(list(keys), np.zeros((n, 1, 4, 2, width), np.float16), np.ones((n, 1), np.int64),
+                 np.full(n, 3, np.int64))
+
+
 def test_memory_tier_is_least_recently_used():
-    entry = Entry(np.zeros((1, 4, 2, 4), np.float16), np.array([1]), 3)
-    tier = MemoryTier(max_bytes=2 * entry.nbytes)
-    assert tier.put_many([(b"a", entry), (b"b", entry)]) == []
-    assert tier.get_many([b"a"]) == [entry]  # "a" is now the most recent
-    assert tier.put_many([(b"c", entry)]) == [(b"b", entry)]
-    assert tier.get_many([b"b", b"a", b"c"]) == [None, entry, entry]
-    assert tier.evictions == 1 and tier.bytes == 2 * entry.nbytes
-    big = Entry(np.zeros((1, 4, 20, 40), np.float16), np.array([1]), 3)
-    assert tier.put_many([(b"d", big)]) == [(b"d", big)]  # larger than the budget: not kept
+    row_bytes = _block([b"a"]).array_bytes + ROW_OVERHEAD
+    tier = MemoryTier(max_bytes=2 * row_bytes)
+    a, b, c = _block([b"a"]), _block([b"b"]), _block([b"c"])
+    assert tier.put(a) == [] and tier.put(b) == []
+    assert tier.get_many([b"a"]) == [(a, 0)]  # "a" is now the most recent
+    assert tier.put(c) == [(b"b", b, 0)]
+    assert tier.get_many([b"b", b"a", b"c"]) == [None, (a, 0), (c, 0)]
+    assert tier.evictions == 1 and tier.bytes == 2 * row_bytes
+    big = _block([b"d"], width=400)
+    assert tier.put(big) == [(b"a", a, 0), (b"c", c, 0), (b"d", big, 0)]  # larger than the budget: nothing kept
+    assert len(tier) == 0 and tier.bytes == 0
+
+
+def test_memory_tier_counts_a_block_until_its_last_row_goes():
+    block = _block([b"a", b"b", b"c", b"d"])
+    tier = MemoryTier(max_bytes=10**6)
+    tier.put(block)
+    assert tier.bytes == block.array_bytes + 4 * ROW_OVERHEAD and block.live == 4
+    tier.put(_block([b"a", b"b", b"c"]))  # the same keys again: their old rows are let go
+    assert block.live == 1 and tier.bytes == block.array_bytes + _block("abc").array_bytes + 4 * ROW_OVERHEAD
+    tier.put(_block([b"d"]))
+    assert block.live == 0 and tier.bytes == _block("abc").array_bytes + _block("d").array_bytes + 4 * ROW_OVERHEAD
+    small = MemoryTier(max_bytes=16 * (_block([b"a"]).array_bytes + ROW_OVERHEAD))
+    assert small.put(_block([bytes([i]) for i in range(40)]))  # more than fits: the oldest rows go
+    assert small.bytes <= small.max_bytes and len(small) > 0  # a large block is kept in parts, not dropped whole
 
 
 def test_stores_are_shared_by_clones_and_separate_for_other_budgets(tiny_bert):
@@ -243,7 +287,7 @@ def test_a_file_in_place_of_the_cache_directory_is_a_clear_error(tiny_bert, tmp_
 
 def _rows(directory):
     with sqlite3.connect(directory / DATABASE) as db:
-        return db.execute("SELECT id, key, value FROM entries ORDER BY id").fetchall()
+        return db.execute("SELECT key, block, row FROM entries ORDER BY block, row").fetchall()
 
 
 def _run(code, *args):
@@ -305,7 +349,7 @@ def test_a_killed_writer_leaves_no_entry_that_reads_back_wrong(tiny_bert, tmp_pa
         from skbert import BertEmbedder
         def die(self, connection, items):  # killed in the middle of a transaction
             connection.execute("BEGIN IMMEDIATE")
-            connection.execute("INSERT INTO entries (key, value, checksum) VALUES (x'00', x'00', x'00')")
+            connection.execute("INSERT INTO blocks (data, checksum) VALUES (x'00', 0)")
             os.kill(os.getpid(), signal.SIGKILL)
         disk.DiskTier._commit = die
         BertEmbedder(sys.argv[1], cache=sys.argv[2]).fit(["a"]).transform(sys.argv[3:])
@@ -319,24 +363,33 @@ def test_a_killed_writer_leaves_no_entry_that_reads_back_wrong(tiny_bert, tmp_pa
     assert_allclose(got, BertEmbedder(tiny_bert).fit_transform(MANY[:4]), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "other_key"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "other_block", "other_key"])
 def test_a_corrupt_entry_is_detected_and_recomputed(tiny_bert, tmp_path, damage):
-    embedder = BertEmbedder(tiny_bert, cache=tmp_path, pooling="mean_max").fit(MANY)
+    """A damaged block is found by its checksum, deleted and its texts encoded again; an index
+    row that points at another key's entry is found by the key stored in the block."""
+    embedder = BertEmbedder(tiny_bert, cache=tmp_path, pooling="mean_max", batch_size=4).fit(MANY)
     want = embedder.transform(MANY)
-    rows = _rows(tmp_path)
-    victim, value = rows[3][0], rows[3][2]
-    damaged = {
-        "truncate": value[: len(value) // 2],
-        "flip": value[:-10] + bytes([value[-10] ^ 0xFF]) + value[-9:],
-        "empty": b"",
-        "other_key": rows[4][2],  # a valid entry, filed under the wrong key
-    }[damage]
     with sqlite3.connect(tmp_path / DATABASE) as db:
-        db.execute("UPDATE entries SET value = ? WHERE id = ?", (damaged, victim))
+        blocks = db.execute("SELECT id, data, checksum FROM blocks ORDER BY id").fetchall()
+        assert len(blocks) > 2
+        victim, data, digest = blocks[1]
+        in_victim = db.execute("SELECT count(*) FROM entries WHERE block = ?", (victim,)).fetchone()[0]
+        if damage == "other_key":  # a valid entry, filed under the wrong key
+            db.execute("UPDATE entries SET row = (row + 1) % ? WHERE block = ? AND row = 0", (in_victim, victim))
+        else:
+            damaged = {
+                "truncate": data[: len(data) // 2],
+                "flip": data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:],
+                "empty": b"",
+                "other_block": blocks[2][1],  # a whole valid block in its place, checksum and all
+            }[damage]
+            db.execute("UPDATE blocks SET data = ?, checksum = ? WHERE id = ?",
+                       (damaged, blocks[2][2] if damage == "other_block" else digest, victim))
     _cache.clear_stores()  # as a new process would: read from disk
     again = BertEmbedder(tiny_bert, cache=tmp_path, pooling="mean_max").fit(MANY)
     got, report = again.transform_with_report(MANY)
-    assert report.n_encoded == 1 and again.cache_info()["corrupt"] == 1
+    lost = 1 if damage == "other_key" else in_victim
+    assert report.n_encoded == lost and again.cache_info()["corrupt"] == lost
     assert_allclose(got, want, rtol=0, atol=0)
     assert len(_rows(tmp_path)) == len(MANY)  # deleted, then written anew
 
@@ -392,9 +445,9 @@ def test_writes_happen_off_the_encoding_thread_and_are_readable_while_queued(tin
 
     monkeypatch.setattr(_disk.DiskTier, "_commit", slow_commit)
     store = Store(10**6, tmp_path, None)
-    entry = Entry(np.ones((1, 4, 2, 3), np.float16), np.array([1]), 3)
-    store.put_many([(b"k" * 16, entry)])  # returns while the writer waits
-    assert store.disk.get_many([b"k" * 16])[b"k" * 16] is entry  # served from the queue
+    block = _block([b"k" * 16])
+    store.put(block)  # returns while the writer waits
+    assert store.disk.get_many([b"k" * 16])[b"k" * 16] == (block, 0)  # served from the queue
     assert _rows(tmp_path) == []
     release.set()
     store.flush()
