@@ -3,16 +3,16 @@
 Every phase runs in its own process (so its peak RSS is its own), on the same texts
 (real Debian descriptions, repeated with a distinguishing prefix):
 
-1. cold pass, ``cache=None``;
-2. cold pass into a disk cache (a new directory);
-3. warm pass from that disk cache, in a new process;
+1. cold pass, ``cache=None``, and 2. cold pass into a disk cache (a new directory),
+   alternating, ``--repeats`` times each (the machine's speed drifts);
+3. warm pass from that disk cache, in a new process, ``--repeats`` + 1 times;
 4. GridSearchCV over 4 pooling modes x 2 layer specs x 5 folds with a memory budget one
    tenth of its working set (``cache="memory"``, so the spill tier is what saves it),
    counting the texts encoded;
-5. the disk stores compared on the same entries: skbert's SQLite tier against
-   ``diskcache`` and LMDB, batched writes and batched reads.
+5. the disk stores compared on the same blocks of entries: skbert's SQLite tier against
+   ``diskcache`` and LMDB, a block per transaction, look-ups by key.
 
-    python benchmarks/cache_scale.py [--model small|minilm|bert-base] [--n 100000] [--grid-n 5000]
+    python benchmarks/cache_scale.py [--model small|minilm|bert-base] [--n 100000] [--grid-n 5000] [--repeats 2]
 
 ``small`` is a 2-layer, 128-wide random BERT with the bert-base vocabulary (fast, so
 100k texts fit in minutes). Writes benchmarks/results/cache_scale-<model>-cpu.{json,md}.
@@ -123,14 +123,16 @@ def phase_grid(path, n):
 
 
 def phase_stores(path, n):
-    """Write n real entries in batches of 256 into each store, then read them all back in a new handle."""
-    from skbert import BertEmbedder
-    from skbert._disk import DiskTier, checksum, pack_entry, unpack_entry
-    from skbert._entries import entries_from_statistics, text_key
-    from skbert._source import Request
+    """Write n real entries into each store a block of 256 at a time (one value per block and an
+    index row per key), then look all of them up by key in a new handle, 4,096 keys at a time."""
+    import struct
+    import zlib
 
+    from skbert import BertEmbedder
+    from skbert._disk import DiskTier, pack_block, unpack_block
     from skbert._encoding import EncodingReport
-    from skbert._source import make_source
+    from skbert._entries import block_from_statistics, text_keys
+    from skbert._source import Request, make_source
     from skbert._statistics import KINDS
 
     texts = corpus(512)
@@ -138,10 +140,22 @@ def phase_stores(path, n):
     loaded = embedder._load()
     source = make_source(loaded, None, embedder.precision, embedder._encoding_options(loaded))
     request = Request(KINDS, tuple(range(loaded.n_layers + 1)), loaded.has_pooler)
-    entries = [e for batch in source.statistics(texts, request, EncodingReport())[2]
-               for e in entries_from_statistics(batch, np.float16)[0]]
-    items = [(text_key(b"bench", str(i)), entries[i % len(entries)]) for i in range(n)]
-    batches = [items[i : i + 256] for i in range(0, n, 256)]
+    batches = list(source.statistics(texts, request, EncodingReport())[2])
+    base = [block_from_statistics(text_keys(b"bench", [str(i) for i in b.positions]), b, np.float16) for b in batches]
+    rows = [(block, row) for block in base for row in range(len(block))]
+    keys = text_keys(b"bench", [f"entry {i}" for i in range(n)])
+    blocks = []
+    for start in range(0, n, 256):
+        group = [rows[i % len(rows)] for i in range(start, min(start + 256, n))]
+        block = base[0].take([0] * len(group))
+        for i, (source_block, row) in enumerate(group):
+            block.values[i], block.n_content[i], block.n_tokens[i] = (
+                source_block.values[row], source_block.n_content[row], source_block.n_tokens[row])
+            if block.pooler is not None:
+                block.pooler[i] = source_block.pooler[row]
+        block.keys = keys[start : start + len(group)]
+        blocks.append(block)
+    index_row = struct.Struct("<qI")
     results = []
 
     def measure(name, directory, write, read):
@@ -157,18 +171,32 @@ def phase_stores(path, n):
                         "reads_per_s": n / read_s, "files": len(files),
                         "bytes_per_entry": sum(p.stat().st_size for p in files) / n})
 
+    def read_blocks(lookup_index, lookup_block):
+        """Look keys up, read each block once per 4,096 keys, check it and take the rows."""
+        found = 0
+        for start in range(0, n, 4096):
+            wanted: dict[int, list[int]] = {}
+            for key in keys[start : start + 4096]:
+                block_id, row = index_row.unpack(lookup_index(key))
+                wanted.setdefault(block_id, []).append(row)
+            for block_id, rows_wanted in wanted.items():
+                blob = bytes(lookup_block(block_id))
+                assert zlib.crc32(blob[4:]) == int.from_bytes(blob[:4], "little")
+                found += len(unpack_block(blob[4:]).take(sorted(rows_wanted)))
+        return found
+
     root = Path(tempfile.mkdtemp(prefix="skbert-stores-"))
     try:
         tier = DiskTier(root / "sqlite", 1 << 40)
 
         def sqlite_write():
-            for batch in batches:
-                tier.write(batch)
+            for block in blocks:
+                tier.write(block)
             tier.flush()
 
         def sqlite_read():
             fresh = DiskTier(root / "sqlite", 1 << 40)
-            found = sum(len(fresh.get_many([k for k, _ in items[i : i + 1024]])) for i in range(0, n, 1024))
+            found = sum(len(fresh.get_many(keys[i : i + 4096])) for i in range(0, n, 4096))
             fresh.close()
             return found
 
@@ -182,24 +210,21 @@ def phase_stores(path, n):
         if diskcache is not None:
             def diskcache_write():
                 cache = diskcache.Cache(str(root / "diskcache"), size_limit=1 << 40, eviction_policy="none")
-                for batch in batches:
+                for block_id, block in enumerate(blocks):
+                    data = pack_block(block)
                     with cache.transact():
-                        for key, entry in batch:
-                            value = pack_entry(entry)
-                            cache.set(key, checksum(key, value).to_bytes(4, "little") + value)
+                        cache.set(("block", block_id), zlib.crc32(data).to_bytes(4, "little") + data)
+                        for row, key in enumerate(block.keys):
+                            cache.set(key, index_row.pack(block_id, row))
                 cache.close()
 
             def diskcache_read():
                 cache = diskcache.Cache(str(root / "diskcache"))
-                found = 0
-                for key, _ in items:
-                    blob = cache.get(key)
-                    found += blob is not None and checksum(key, blob[4:]) == int.from_bytes(blob[:4], "little") \
-                        and unpack_entry(blob[4:]) is not None
+                found = read_blocks(cache.get, lambda block_id: cache.get(("block", block_id)))
                 cache.close()
                 return found
 
-            measure("diskcache (transaction per batch)", root / "diskcache", diskcache_write, diskcache_read)
+            measure("diskcache (transaction per block)", root / "diskcache", diskcache_write, diskcache_read)
 
         try:
             import lmdb
@@ -208,28 +233,25 @@ def phase_stores(path, n):
         if lmdb is not None:
             def lmdb_write():
                 env = lmdb.open(str(root / "lmdb"), map_size=1 << 40)
-                for batch in batches:
+                for block_id, block in enumerate(blocks):
+                    data = pack_block(block)
                     with env.begin(write=True) as txn:
-                        for key, entry in batch:
-                            value = pack_entry(entry)
-                            txn.put(key, checksum(key, value).to_bytes(4, "little") + value)
+                        txn.put(b"block" + block_id.to_bytes(8, "big"), zlib.crc32(data).to_bytes(4, "little") + data)
+                        with txn.cursor() as cursor:
+                            cursor.putmulti([(key, index_row.pack(block_id, row)) for row, key in enumerate(block.keys)])
                 env.close()
 
             def lmdb_read():
                 env = lmdb.open(str(root / "lmdb"), map_size=1 << 40, readonly=True, lock=False)
-                found = 0
                 with env.begin() as txn:
-                    for key, _ in items:
-                        blob = txn.get(key)
-                        found += blob is not None and checksum(key, blob[4:]) == int.from_bytes(blob[:4], "little") \
-                            and unpack_entry(bytes(blob[4:])) is not None
+                    found = read_blocks(txn.get, lambda block_id: txn.get(b"block" + block_id.to_bytes(8, "big")))
                 env.close()
                 return found
 
-            measure("LMDB (transaction per batch)", root / "lmdb", lmdb_write, lmdb_read)
+            measure("LMDB (transaction per block)", root / "lmdb", lmdb_write, lmdb_read)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return {"rows": results, "n_entries": n, "entry_bytes": len(pack_entry(entries[0]))}
+    return {"rows": results, "n_entries": n, "entry_bytes": len(pack_block(blocks[0])) / len(blocks[0])}
 
 
 def run_phase(*args) -> dict:
@@ -248,6 +270,7 @@ def main():
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--grid-n", type=int, default=5_000)
     parser.add_argument("--store-n", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=2, help="cold passes of each kind (warm: one more)")
     parser.add_argument("--phase", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
@@ -257,17 +280,29 @@ def main():
         return
 
     path = small_model_dir() if args.model == "small" else model_path(args.model)
-    directory = Path(tempfile.mkdtemp(prefix="skbert-cache-scale-"))
-    try:
-        cold = run_phase("pass", path, args.n, "none")
-        into_disk = run_phase("pass", path, args.n, directory)
-        warm = run_phase("pass", path, args.n, directory)
+    root = Path(tempfile.mkdtemp(prefix="skbert-cache-scale-"))
+    cold_runs, into_disk_runs, warm_runs = [], [], []
+    try:  # cold passes alternate, so that a drift of the machine's speed hits both kinds alike
+        for repeat in range(args.repeats):
+            cold_runs.append(run_phase("pass", path, args.n, "none"))
+            into_disk_runs.append(run_phase("pass", path, args.n, root / f"cache{repeat}"))
+        for _ in range(args.repeats + 1):
+            warm_runs.append(run_phase("pass", path, args.n, root / f"cache{args.repeats - 1}"))
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
     grid = run_phase("grid", path, args.grid_n)
     stores = run_phase("stores", path, args.store_n)
-    assert warm["n_encoded"] == 0 and abs(warm["checksum"] - into_disk["checksum"]) < 1e-3 * into_disk["checksum"]
+    into_disk = into_disk_runs[-1]
+    for warm in warm_runs:
+        assert warm["n_encoded"] == 0 and abs(warm["checksum"] - into_disk["checksum"]) < 1e-3 * into_disk["checksum"]
 
+    def median_run(runs):
+        ordered = sorted(runs, key=lambda run: run["seconds"])
+        return {**ordered[(len(ordered) - 1) // 2], "runs_s": " / ".join(f"{run['seconds']:.2f}" for run in runs)}
+
+    cold, into_disk, warm = median_run(cold_runs), median_run(into_disk_runs), median_run(warm_runs)
+    into_disk.update({k: into_disk_runs[-1][k] for k in ("memory_bytes", "memory_entries", "disk_bytes",
+                                                          "disk_entries", "files", "files_bytes")})
     passes = [
         {"run": "cold, cache=None", **cold, "vs_cold": 1.0},
         {"run": "cold, into a disk cache", **into_disk, "vs_cold": into_disk["seconds"] / cold["seconds"]},
@@ -282,7 +317,8 @@ def main():
         "cache_dir_bytes_per_entry": into_disk["files_bytes"] / into_disk["disk_entries"],
     }
     table = (
-        markdown_table(passes, ["run", "seconds", "texts_per_s", "vs_cold", "n_unique", "n_encoded", "peak_rss_mib"],
+        markdown_table(passes, ["run", "seconds", "runs_s", "texts_per_s", "vs_cold", "n_unique", "n_encoded",
+                               "peak_rss_mib"],
                        {"vs_cold": "{:.3f}"})
         + "\n\n" + "\n".join(f"- {k}: {v:,.0f}" for k, v in sizes.items())
         + f"\n\nGrid search ({grid['n_texts']:,} texts, 4 pooling x 2 layer specs x 5 folds, memory budget "
@@ -290,13 +326,16 @@ def main():
         f"**{grid['n_encoded']:,} texts encoded, of {grid['n_unique']:,} unique** ({grid['memory_evictions']:,} memory evictions, "
         f"{grid['disk_hits']:,} reads from the spill tier), {grid['seconds']:.1f} s, peak RSS "
         f"{grid['peak_rss_mib']:.0f} MiB.\n\n"
-        f"Disk stores on the same {stores['n_entries']:,} entries of {stores['entry_bytes']:,} bytes "
-        "(batches of 256 written, read back in a new handle):\n\n"
+        f"Disk stores on the same {stores['n_entries']:,} entries of {stores['entry_bytes']:,.0f} bytes "
+        "(blocks of 256 written, one value per block and an index row per key; every key looked up in a new "
+        "handle, 4,096 at a time):\n\n"
         + markdown_table(stores["rows"], ["store", "write_s", "read_s", "writes_per_s", "reads_per_s", "files",
                                           "bytes_per_entry"])
     )
     note = (f"{args.n:,} texts (real Debian descriptions, repeated with a prefix), model {args.model}, "
-            f"{SETTINGS}, compute precision {cold['precision']}. Targets: cold into the disk cache <= 1.15x "
+            f"{SETTINGS}, compute precision {cold['precision']}. Each pass is `transform` in a new process, timed "
+            "after `fit` (model loading and its fingerprint); seconds are the median of the runs listed "
+            f"({args.repeats} cold of each kind, alternating, then {args.repeats + 1} warm). Targets: cold into the disk cache <= 1.15x "
             "the cache=None pass; warm from disk >= 50x faster than cold (vs_cold <= 0.02); the grid search "
             "encodes each unique text once.")
     out = write_results(f"cache_scale-{args.model}", "cpu",

@@ -219,9 +219,11 @@ class DiskTier:
                             good.append((key, row))
                         else:
                             damaged_keys.append(key)
-                    if good:
-                        part = block.take([row for _, row in good])  # a copy: the blob is let go
-                        found.update((key, (part, i)) for i, (key, _) in enumerate(good))
+                    good.sort(key=lambda item: item[1])
+                    rows = [row for _, row in good]
+                    if rows != list(range(len(block))):  # not the whole block: a copy, and the blob is let go
+                        block = block.take(rows)
+                    found.update((key, (block, i)) for i, (key, _) in enumerate(good))
             damaged_keys += [key for wanted in by_block.values() for key, _ in wanted]  # rows without a block
             if damaged_blocks or damaged_keys:
                 self.corrupt += _delete(self._reader, damaged_blocks, damaged_keys)

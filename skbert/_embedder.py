@@ -10,6 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._cache import check_cache_location
 from ._encoder_access import EncoderAccessMixin
 from ._encoding import EncodingReport
+from ._models import model_fingerprint
 from ._pooling import expand_pooling
 from ._settings import PARAMETER_CONSTRAINTS, fitted_settings
 from ._source import Request, make_source
@@ -190,8 +191,11 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         self._read(X)
         check_cache_location(self.cache)
         modes = expand_pooling(self.pooling)
-        for name, value in fitted_settings(self.get_params(), modes, self._load()).items():
+        loaded = self._load()
+        for name, value in fitted_settings(self.get_params(), modes, loaded).items():
             setattr(self, name, value)
+        if self.cache is not None:
+            model_fingerprint(loaded)  # the cache's keys need it: computed once per process, with the loading
         return self
 
     def fit_transform(self, X, y=None):

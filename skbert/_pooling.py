@@ -160,8 +160,11 @@ def pool_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def pool_max(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Element-wise maximum over the tokens where ``mask`` is set, as float32.
 
-    Masked-out positions are filled with the dtype's minimum, so a row with no
-    such token gives that minimum.
+    A row with no such token gives the dtype's minimum. Where the dtype's range is
+    wide (float32, bfloat16), masked-out tokens are pushed below every real value
+    by adding that minimum, which is exact where a token counts and several times
+    faster on a CPU than filling them with a broadcast mask; float16's range is
+    too narrow for that, and it is filled.
 
     Parameters
     ----------
@@ -173,4 +176,8 @@ def pool_max(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     Tensor of shape (n, d)
     """
     fill = torch.finfo(hidden.dtype).min
-    return hidden.masked_fill(~mask.bool().unsqueeze(-1), fill).amax(dim=1).float()
+    outside = ~mask.bool()
+    if fill > -1e30:  # float16
+        return hidden.masked_fill(outside.unsqueeze(-1), fill).amax(dim=1).float()
+    maxima = (hidden + outside.to(hidden.dtype).mul_(fill).unsqueeze(-1)).amax(dim=1)
+    return maxima.masked_fill_(outside.all(dim=1, keepdim=True), fill).float()

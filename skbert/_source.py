@@ -21,12 +21,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._cache import Store
-from ._encoding import EncodingReport, iter_statistics
-from ._entries import block_from_statistics, concatenate, encoder_fingerprint, gather, statistics_from_block, text_key
+from ._encoding import CHUNK_SIZE, EncodingReport, iter_statistics
+from ._entries import block_from_statistics, concatenate, encoder_fingerprint, gather, statistics_from_block, text_keys
 from ._models import LoadedModel, model_fingerprint
 from ._statistics import KINDS, Statistics
 
-LOOKUP_BATCH = 1024  # keys looked up (and cached texts handed out) at a time
+#: Keys looked up (and cached texts handed out) at a time: as many as the encoder
+#: sorts by length together, so a stored block (an encoded batch) is read once by a
+#: pass over the same texts; fewer where entries are large.
+LOOKUP_BATCH = CHUNK_SIZE
+LOOKUP_BYTES = 128 * 2**20
+JOIN_BELOW = 32  # cached blocks with fewer rows are joined before pooling
 
 
 @dataclass
@@ -118,16 +123,19 @@ class StatisticsSource:
             self.store.flush()
 
     def _cached(self, texts, request: Request, report: EncodingReport) -> Iterator[Statistics]:
-        keys = [text_key(self.fingerprint, text) for text in texts]
+        keys = text_keys(self.fingerprint, texts)
+        segments = 2 if texts and isinstance(texts[0], tuple) else 1
+        layers, width = self.loaded.n_layers + 1, self.loaded.hidden_size
+        row_bytes = self.stored_dtype.itemsize * segments * len(KINDS) * layers * width
+        step = max(1, min(LOOKUP_BATCH, LOOKUP_BYTES // row_bytes))
         missing = []
-        for start in range(0, len(keys), LOOKUP_BATCH):
-            found = self.store.get_many(keys[start : start + LOOKUP_BATCH])
+        for start in range(0, len(keys), step):
+            found = self.store.get_many(keys[start : start + step])
             hits = [i for i, place in enumerate(found) if place is not None]
             missing.extend(start + i for i, place in enumerate(found) if place is None)
             if hits:
                 report.n_cache_hits += len(hits)
-                order, parts = gather([found[i] for i in hits])
-                yield statistics_from_block(start + np.asarray(hits)[order], concatenate(parts))
+                yield from _handed_out(start + np.asarray(hits), [found[i] for i in hits])
         if not missing:
             return
         missing = np.asarray(missing)
@@ -140,6 +148,22 @@ class StatisticsSource:
             block = block_from_statistics([keys[p] for p in positions], batch, self.stored_dtype)
             self.store.put(block)
             yield statistics_from_block(positions, block)
+
+
+def _handed_out(positions: np.ndarray, located: list) -> Iterator[Statistics]:
+    """Cached rows as statistics: a large block as it is, small ones joined (fewer, larger batches to pool)."""
+    order, parts = gather(located)
+    small, small_rows, done = [], [], 0
+    for part in parts:
+        rows = positions[order[done : done + len(part)]]
+        done += len(part)
+        if len(part) >= JOIN_BELOW:
+            yield statistics_from_block(rows, part)
+        else:
+            small.append(part)
+            small_rows.append(rows)
+    if small:
+        yield statistics_from_block(np.concatenate(small_rows), concatenate(small))
 
 
 def make_source(loaded: LoadedModel, store: Store | None, precision: str, encoding: dict) -> StatisticsSource:

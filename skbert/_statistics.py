@@ -89,7 +89,16 @@ class Statistics:
     def get(self, kind: str, layer_indices: Sequence[int], segment: int = 0) -> np.ndarray:
         """One kind of vector of one segment for some hidden states, as float32 of shape (n, len(layer_indices), d)."""
         layer_positions = [self.layers.index(i) for i in layer_indices]
-        return self.values[:, segment, self.kinds.index(kind)][:, layer_positions].astype(np.float32)
+        return as_float32(self.values[:, segment, self.kinds.index(kind)][:, layer_positions])
+
+
+def as_float32(values: np.ndarray) -> np.ndarray:
+    """``values`` as a new float32 array (float16 is converted by torch: ~10x numpy's speed on a CPU)."""
+    if values.dtype != np.float16:
+        return values.astype(np.float32)
+    if not (values.flags.writeable and values.flags.c_contiguous):
+        values = values.copy()  # torch shares writable, contiguous memory only
+    return torch.from_numpy(values).float().numpy()
 
 
 def kinds_needed(modes: Sequence[str]) -> tuple[str, ...]:
@@ -246,7 +255,7 @@ def pool_statistics(
     if mode == "pooler":
         if statistics.pooler is None:
             raise ValueError("pooling='pooler' needs the model's pooler output, which is not available.")
-        return statistics.pooler[:, None, :].astype(np.float32)
+        return as_float32(statistics.pooler[:, None, :])
     last_segment = statistics.n_segments - 1
     if mode in ("cls", "last") and segment is None:
         return statistics.get(mode, layer_indices, 0 if mode == "cls" else last_segment)

@@ -125,10 +125,11 @@ def test_blocks_split_take_gather_and_concatenate(rng):
     assert other.keys == KEYS[::-1] and np.array_equal(other.values, block.values[::-1])
     order, parts = gather([(block, 1), (other, 0), (block, 0)])
     joined = concatenate(parts)
-    assert order.tolist() == [0, 2, 1] and joined.keys == [KEYS[1], KEYS[0], KEYS[1]]
-    assert np.array_equal(joined.values, block.values[[1, 0, 1]])
-    order, parts = gather([(block, 0), (block, 1)])
-    assert parts == [block]  # a whole block in order is not copied
+    # rows come out in each block's order, and ``order`` says which located row each one is
+    assert order.tolist() == [2, 0, 1] and joined.keys == [KEYS[0], KEYS[1], KEYS[1]]
+    assert np.array_equal(joined.values, block.values[[0, 1, 1]])
+    order, parts = gather([(block, 1), (block, 0)])
+    assert parts == [block] and order.tolist() == [1, 0]  # a whole block is handed out as it is, not copied
 
 
 def test_a_grid_search_encodes_each_text_once(tiny_bert):

@@ -56,3 +56,15 @@ def test_expand_pooling():
     for bad, match in [((), "non-empty"), (("max", "mean_max"), "more than once"), ((1,), "1 is not one of")]:
         with pytest.raises(ValueError, match=match):
             expand_pooling(bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_max_equals_a_masked_fill_reference_and_a_row_without_tokens_gives_the_minimum(dtype):
+    hidden, mask, _, lengths = _batch(dtype=dtype)
+    hidden = hidden * 100  # values whose sum with the dtype's minimum would round in float16
+    mask = mask.clone()
+    mask[1] = 0  # a row where no token counts
+    want = hidden.float().masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(dtype).min).amax(dim=1)
+    got = pool_max(hidden, mask)
+    assert torch.equal(got, want)
+    assert (got[1] == torch.finfo(dtype).min).all()
