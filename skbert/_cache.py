@@ -118,24 +118,22 @@ class MemoryTier:
         evicted = []
         with self._lock:
             for piece in split_block(block, max(self.max_bytes // 16, 1)):  # a small budget holds part of a batch
+                if piece.live == 0:
+                    self.bytes += piece.array_bytes
+                piece.live += len(piece)
+                self.bytes += ROW_OVERHEAD * len(piece)
+                index = self._index
                 for row, key in enumerate(piece.keys):
-                    old = self._index.pop(key, None)
-                    if old is not None:
+                    old = index.pop(key, None)
+                    if old is not None:  # held already (maybe by this very block): let that row go
                         self._release(old[0])
-                    self._index[key] = (piece, row)
-                    self._hold(piece)
+                    index[key] = (piece, row)
                 while self.bytes > self.max_bytes and self._index:
                     key, (dropped, row) = self._index.popitem(last=False)
                     self._release(dropped)
                     evicted.append((key, dropped, row))
             self.evictions += len(evicted)
         return evicted
-
-    def _hold(self, block: Block) -> None:
-        if block.live == 0:
-            self.bytes += block.array_bytes
-        block.live += 1
-        self.bytes += ROW_OVERHEAD
 
     def _release(self, block: Block) -> None:
         block.live -= 1

@@ -523,3 +523,21 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_result(tiny_bert, mon
     monkeypatch.setattr(model, "forward", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
     with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not retried
         embedder.transform(MANY[:3])
+
+
+def test_keys_sharing_an_index_row_never_get_each_others_entries(tmp_path):
+    """The index is keyed by a key's first 8 bytes; a second key with the same 8 bytes is not
+    stored (it is encoded when asked for) and never gets the first one's entry."""
+    from skbert._disk import DiskTier
+
+    first, second = b"samepref" + b"A" * 8, b"samepref" + b"B" * 8
+    tier = DiskTier(tmp_path, 10**9)
+    tier.write(_block([first]))
+    tier.write(_block([second]))
+    tier.flush()
+    fresh = DiskTier(tmp_path, 10**9)
+    found = fresh.get_many([first, second])
+    assert list(found) == [first] and found[first][0].keys == [first]
+    assert fresh.totals()[0] == 1 and fresh.corrupt == 0
+    tier.close()
+    fresh.close()
