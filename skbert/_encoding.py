@@ -35,6 +35,7 @@ from ._batching import (
 from ._models import LoadedModel
 from ._packing import forward_packed, pack, packed_pooler, segment_statistics
 from ._statistics import KINDS, Statistics, finish_texts, window_statistics
+from ._transfer import PendingCopy, Transfers, one_batch_behind
 
 CHUNK_SIZE = 4096
 
@@ -97,19 +98,13 @@ def _is_oom(error: BaseException) -> bool:
     return (oom and isinstance(error, oom)) or "out of memory" in str(error).lower()
 
 
-def _to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    if device.type == "cuda":
-        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in tensors.items()}
-    return {k: v.to(device) for k, v in tensors.items()}
-
-
-def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor]):
+def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor], transfers: Transfers):
     """Run the model on a padded or packed batch on its device; returns the output and the moved masks.
 
     A padded batch without padding runs with no attention mask at all, which lets
     the attention kernels take their fast, unmasked path.
     """
-    on_device = _to_device(batch, loaded.device)
+    on_device = transfers.to_device(batch)
     if "cu_seqlens" in batch:
         return forward_packed(loaded.model, on_device), on_device
     unpadded = bool(batch["attention_mask"].all())
@@ -131,7 +126,8 @@ def run_batches(
     report: EncodingReport,
     limits: BatchLimits | None = None,
     packed: bool = False,
-) -> Iterator[tuple[list[Window], object]]:
+    transfers: Transfers | None = None,
+) -> Iterator[tuple[list[Window], PendingCopy]]:
     """Run ``reduce(output, masks)`` on one batch of windows, splitting it on out-of-memory errors.
 
     Parameters
@@ -141,7 +137,8 @@ def run_batches(
     windows : list of Window
         One batch, longest first.
     reduce : callable
-        ``reduce(model_output, masks_on_device) -> result``, run under inference mode.
+        ``reduce(model_output, masks_on_device) -> Tensor``, run under inference mode;
+        its result is copied to the host.
     report : EncodingReport
         Updated with the rows and tokens run and any split.
     limits : BatchLimits, optional
@@ -152,12 +149,17 @@ def run_batches(
     packed : bool, default=False
         Run the windows packed into one row (:mod:`skbert._packing`); ``reduce``
         then gets ``cu_seqlens`` and a flat ``content_mask`` among the masks.
+    transfers : Transfers, optional
+        The call's copies between host and device (made for the model's device if
+        not given).
 
     Yields
     ------
-    (windows, result)
-        For the batch, or for each part of it after an out-of-memory error.
+    (windows, PendingCopy)
+        For the batch, or for each part of it after an out-of-memory error: the
+        copy of ``reduce``'s result to the host, maybe still running.
     """
+    transfers = Transfers.for_device(loaded.device) if transfers is None else transfers
     pad_id = 0 if loaded.tokenizer.pad_token_id is None else loaded.tokenizer.pad_token_id
     pending = [windows]
     while pending:
@@ -169,7 +171,7 @@ def run_batches(
         batch = pack(tokenized, part) if packed else collate(tokenized, part, pad_id)
         try:
             with torch.inference_mode():
-                result = reduce(*_forward(loaded, batch))
+                result = transfers.to_host(reduce(*_forward(loaded, batch, transfers)))
         except (RuntimeError, MemoryError) as error:
             if len(part) == 1 or not _is_oom(error):
                 raise
@@ -245,17 +247,25 @@ def _encoded_windows(loaded, texts, reduce, report, *, max_length, long_text, st
     (start, tokenized, n_windows, windows, result)
         The chunk's first input position, its tokenised texts, the number of
         windows of each of its texts, the windows of the batch, and ``reduce``'s
-        result for them.
+        result for them, copied to the host (on a GPU, once the next batch has
+        been queued: see :mod:`skbert._transfer`).
     """
     caps = [c for c in (batch_size, row_bytes and max(1, OUTPUT_BYTES_PER_BATCH // row_bytes)) if c]
     limits = BatchLimits(token_budget, min(caps) if caps else None)
-    for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report, check_layout):
-        n_windows = np.bincount([w.text for w in windows], minlength=len(tokenized))
-        lengths = np.fromiter((len(w.token_indices) for w in windows), dtype=np.int64, count=len(windows))
-        for batch in length_sorted_batches(lengths, limits):
-            batch_windows = [windows[i] for i in batch]
-            for done, result in run_batches(loaded, tokenized, batch_windows, reduce, report, limits, packed):
-                yield start, tokenized, n_windows, done, result
+    transfers = Transfers.for_device(loaded.device)
+
+    def started():
+        for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report, check_layout):
+            n_windows = np.bincount([w.text for w in windows], minlength=len(tokenized))
+            lengths = np.fromiter((len(w.token_indices) for w in windows), dtype=np.int64, count=len(windows))
+            for batch in length_sorted_batches(lengths, limits):
+                batch_windows = [windows[i] for i in batch]
+                for done, copy in run_batches(loaded, tokenized, batch_windows, reduce, report, limits, packed,
+                                              transfers):
+                    yield (start, tokenized, n_windows, done), copy
+
+    for (start, tokenized, n_windows, done), result in one_batch_behind(started()):
+        yield start, tokenized, n_windows, done, result
 
 
 def _check_layout(tokenized: list[TokenizedText]) -> None:
@@ -329,17 +339,13 @@ def iter_statistics(
     def reduce(output, masks):
         hidden = [output.hidden_states[i] for i in layers]
         if "cu_seqlens" in masks:
-            values = segment_statistics(hidden, masks["cu_seqlens"], masks["content_mask"], kinds, masks["bounds"])
+            values = segment_statistics(hidden, masks["content_index"], masks["content_owner"], kinds, masks["bounds"])
             pooler = packed_pooler(loaded.model, output.hidden_states[-1], masks["cu_seqlens"]) if with_pooler else None
         else:
             values = window_statistics(hidden, masks["attention_mask"], masks["content_mask"], kinds, masks["bounds"])
             pooler = output.pooler_output if with_pooler else None
-        if pooler is None:
-            return values.cpu().numpy(), None
         # one device-to-host copy for the whole batch
-        flat = torch.cat([values.flatten(1), pooler.float()], dim=1).cpu().numpy()
-        split = values[0].numel()
-        return flat[:, :split].reshape(values.shape), flat[:, split:]
+        return values.flatten(1) if pooler is None else torch.cat([values.flatten(1), pooler.float()], dim=1)
 
     def finished(positions, texts_of, values, content, text_of_window, pooler):
         finals, n_content = finish_texts(values, content, text_of_window, len(positions), kinds)
@@ -352,9 +358,11 @@ def iter_statistics(
     options = dict(max_length=max_length, long_text=long_text, stride=stride, batch_size=batch_size,
                    token_budget=token_budget, packed=packed,
                    row_bytes=4 * width * (n_segments * len(kinds) * len(layers) + with_pooler))
-    for start, tokenized, n_windows, done, (values, pooler) in _encoded_windows(
-        loaded, texts, reduce, report, **options
-    ):
+    shape = (n_segments, len(kinds), len(layers), width)
+    n_values = int(np.prod(shape))
+    for start, tokenized, n_windows, done, flat in _encoded_windows(loaded, texts, reduce, report, **options):
+        values = flat[:, :n_values].reshape(len(flat), *shape)
+        pooler = flat[:, n_values:] if with_pooler else None
         content = np.stack([np.bincount(window_segments(tokenized[w.text], w), minlength=n_segments + 1)[1:]
                             for w in done])
         whole = np.flatnonzero([n_windows[w.text] == 1 for w in done])
@@ -422,8 +430,7 @@ def iter_token_vectors(
     selected = list(layer_indices)
 
     def reduce(output, masks):
-        states = torch.stack([output.hidden_states[i] for i in selected], dim=1)
-        return states.float().cpu().numpy()
+        return torch.stack([output.hidden_states[i] for i in selected], dim=1).float()
 
     partial: dict[int, list] = {}  # each text's windows, until all are done
     options = dict(max_length=max_length, long_text=long_text, stride=stride, batch_size=batch_size,

@@ -111,9 +111,13 @@ def pack(tokenized: list[TokenizedText], windows: list[Window]) -> dict[str, tor
     dict
         ``input_ids``, ``position_ids``, ``token_type_ids`` (1, total) int64;
         ``content_mask`` (total,) the segment (1, or 2 for a pair's B) of each
-        non-special token a window counts, 0 elsewhere; ``bounds`` (n, segments + 1)
-        the flat positions of each window's special tokens; ``cu_seqlens`` (n + 1,)
-        int32; ``max_length`` (a 0-d tensor); all on the CPU.
+        non-special token a window counts, 0 elsewhere; ``content_index`` the flat
+        positions of those tokens and ``content_owner`` the row (window x segments +
+        segment) each one is pooled into, worked out here so that the device never
+        has to tell the host how many there are (a boolean mask would: a sync per
+        batch); ``bounds`` (n, segments + 1) the flat positions of each window's
+        special tokens; ``cu_seqlens`` (n + 1,) int32; ``max_length`` (a 0-d tensor,
+        kept on the host); all on the CPU.
     """
     ids, positions, types, content, bounds, lengths = [], [], [], [], [], []
     offset = 0
@@ -128,11 +132,17 @@ def pack(tokenized: list[TokenizedText], windows: list[Window]) -> dict[str, tor
         lengths.append(len(window.token_indices))
         offset += len(window.token_indices)
     input_ids = torch.from_numpy(np.concatenate(ids)).unsqueeze(0)
+    segment = np.concatenate(content)
+    content_index = np.flatnonzero(segment)
+    window_of_token = np.repeat(np.arange(len(windows)), lengths)
+    n_segments = len(bounds[0]) - 1
     return {
+        "content_index": torch.from_numpy(content_index),
+        "content_owner": torch.from_numpy(window_of_token[content_index] * n_segments + segment[content_index] - 1),
         "input_ids": input_ids,
         "position_ids": torch.from_numpy(np.concatenate(positions)).unsqueeze(0),
         "token_type_ids": torch.from_numpy(np.concatenate(types)).unsqueeze(0),
-        "content_mask": torch.from_numpy(np.concatenate(content)),
+        "content_mask": torch.from_numpy(segment),
         "bounds": torch.from_numpy(np.stack(bounds)),
         "cu_seqlens": torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),
         "max_length": torch.tensor(max(lengths)),
@@ -173,20 +183,24 @@ def forward_packed(model, batch: dict[str, torch.Tensor]):
         )
 
 
-def segment_statistics(hidden_states, cu_seqlens: torch.Tensor, content_mask: torch.Tensor, kinds,
+def segment_statistics(hidden_states, content_index: torch.Tensor, content_owner: torch.Tensor, kinds,
                        bounds: torch.Tensor) -> torch.Tensor:
-    """:func:`~skbert._statistics.window_statistics` for a packed batch.
+    """:func:`~skbert._statistics.window_statistics` for a packed batch, with no host-device sync.
+
+    Parameters
+    ----------
+    hidden_states : sequence of Tensor of shape (1, total, d)
+    content_index, content_owner : Tensor of int64
+        From :func:`pack`: the counted content tokens and the (window, segment) row of each.
+    kinds : sequence of str
+    bounds : Tensor of shape (n_windows, segments + 1)
 
     Returns
     -------
     Tensor of shape (n_windows, segments, len(kinds), len(hidden_states), d), float32
     """
     n, n_segments = bounds.shape[0], bounds.shape[1] - 1
-    window = torch.repeat_interleave(
-        torch.arange(n, device=bounds.device), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    )
-    content = content_mask > 0
-    owner = window[content] * n_segments + content_mask[content] - 1  # one row per (window, segment)
+    owner = content_owner
     firsts, lasts = bounds[:, :-1].reshape(-1), bounds[:, 1:].reshape(-1)
     per_layer = []
     for hidden in hidden_states:
@@ -200,11 +214,11 @@ def segment_statistics(hidden_states, cu_seqlens: torch.Tensor, content_mask: to
                 rows.append(tokens[lasts].float())
             elif kind == "mean":  # the sum, as window_statistics gives it
                 rows.append(torch.zeros(n * n_segments, width, device=tokens.device)
-                            .index_add_(0, owner, tokens[content].float()))
+                            .index_add_(0, owner, tokens.index_select(0, content_index).float()))
             else:
                 fill = torch.full((n * n_segments, width), torch.finfo(tokens.dtype).min, device=tokens.device)
                 index = owner.unsqueeze(1).expand(-1, width)
-                rows.append(fill.scatter_reduce_(0, index, tokens[content].float(), "amax"))
+                rows.append(fill.scatter_reduce_(0, index, tokens.index_select(0, content_index).float(), "amax"))
         per_layer.append(torch.stack(rows, dim=1).reshape(n, n_segments, len(kinds), width))
     return torch.stack(per_layer, dim=3)
 

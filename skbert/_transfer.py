@@ -1,0 +1,165 @@
+"""Moving batches between the host and the device, without making either wait on the other.
+
+On a CUDA device:
+
+- host to device: each batch's tensors are copied into pinned (page-locked) staging
+  buffers that are reused from batch to batch (pinning memory for every batch is a
+  ``cudaHostAlloc`` each time), two sets used in turn, each refilled only once the
+  copy that last read it has run (an event);
+- device to host: a batch's reduced output is copied on a side stream into a reused
+  pinned buffer, without waiting, and the host asks for it (:meth:`PendingCopy.result`)
+  only after the next batch's work has been queued (:func:`one_batch_behind`), so the
+  copy runs while the device computes the next batch, and the host's work on one batch
+  (pooling, the cache) overlaps the device's on the next.
+
+Elsewhere both are plain copies and results are ready at once; the same code runs, so
+CPU tests exercise it, and a deferred stand-in for the device (``DeferredOps`` in the
+tests) checks the ordering that a GPU would otherwise get wrong silently: a copy is
+read only after its event, and a buffer is refilled only after its result was read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+
+class CudaOps:
+    """The device operations :class:`Transfers` needs, on one CUDA device."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.copy_stream = torch.cuda.Stream(device)
+
+    def pinned(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(numel, dtype=dtype, pin_memory=True)
+
+    def to_device(self, staged: torch.Tensor) -> torch.Tensor:
+        return staged.to(self.device, non_blocking=True)
+
+    def record(self):
+        """An event after everything queued so far on the compute stream."""
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def copy_to_host(self, source: torch.Tensor, target: torch.Tensor):
+        """Queue ``target.copy_(source)`` on the copy stream after the compute stream's work; returns its event."""
+        compute = torch.cuda.current_stream(self.device)
+        self.copy_stream.wait_stream(compute)
+        with torch.cuda.stream(self.copy_stream):
+            target.copy_(source, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.copy_stream)
+        source.record_stream(self.copy_stream)  # the allocator must not hand its memory out before the copy ran
+        return event
+
+
+class PendingCopy:
+    """A device-to-host copy that may still be running; :meth:`result` waits for it."""
+
+    def __init__(self, view: torch.Tensor | None, event, slot: list | None, ready: np.ndarray | None = None):
+        self._view, self._event, self._slot, self._ready = view, event, slot, ready
+
+    def result(self) -> np.ndarray:
+        """The copied array (waits for the copy; the staging buffer is free again afterwards)."""
+        if self._ready is None:
+            self._event.synchronize()
+            self._ready = self._view.numpy().copy()  # out of the pinned buffer, which the next copies reuse
+            self._slot[1] = False
+            self._view = self._slot = None
+        return self._ready
+
+
+class Transfers:
+    """Host-to-device and device-to-host copies for one encoding call.
+
+    Parameters
+    ----------
+    device : torch.device
+    ops : object, optional
+        The device operations (:class:`CudaOps` on CUDA); None for a plain device,
+        where copies are synchronous.
+    """
+
+    def __init__(self, device: torch.device, ops=None):
+        self.device = device
+        self.ops = ops
+        self._staging: list[dict[str, torch.Tensor]] = [{}, {}]
+        self._staged_events: list = [None, None]
+        self._turn = 0
+        self._slots: list[list] = []  # [pinned buffer, in use]
+        self.pinned_allocations = 0
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> Transfers:
+        """Staged, overlapped copies on CUDA; plain ones elsewhere."""
+        return cls(device, CudaOps(device) if device.type == "cuda" else None)
+
+    def _pinned(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        self.pinned_allocations += 1
+        return self.ops.pinned(numel, dtype)
+
+    def to_device(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A batch's tensors on the device (0-d tensors, such as a length, stay on the host)."""
+        if self.ops is None:
+            return {name: tensor.to(self.device) for name, tensor in tensors.items()}
+        turn, self._turn = self._turn, 1 - self._turn
+        if self._staged_events[turn] is not None:
+            self._staged_events[turn].synchronize()  # the copies that last read these buffers have run
+        staging, moved = self._staging[turn], {}
+        for name, tensor in tensors.items():
+            if tensor.dim() == 0:
+                moved[name] = tensor
+                continue
+            buffer = staging.get(name)
+            if buffer is None or buffer.dtype != tensor.dtype or buffer.numel() < tensor.numel():
+                size = max(tensor.numel(), 0 if buffer is None else 2 * buffer.numel())
+                buffer = staging[name] = self._pinned(size, tensor.dtype)
+            staged = buffer[: tensor.numel()].view(tensor.shape)
+            staged.copy_(tensor)
+            moved[name] = self.ops.to_device(staged)
+        self._staged_events[turn] = self.ops.record()
+        return moved
+
+    def to_host(self, tensor: torch.Tensor) -> PendingCopy:
+        """Start copying a device tensor to the host."""
+        if self.ops is None:
+            return PendingCopy(None, None, None, tensor.detach().cpu().numpy())
+        slot = next((s for s in self._slots if not s[1] and s[0].dtype == tensor.dtype
+                     and s[0].numel() >= tensor.numel()), None)
+        if slot is None:
+            spare = next((s for s in self._slots if not s[1]), None)
+            size = max(tensor.numel(), 0 if spare is None else 2 * spare[0].numel())
+            if spare is not None:
+                self._slots.remove(spare)  # too small or another dtype: replaced by a larger one
+            slot = [self._pinned(size, tensor.dtype), False]
+            self._slots.append(slot)
+        slot[1] = True
+        view = slot[0][: tensor.numel()].view(tensor.shape)
+        return PendingCopy(view, self.ops.copy_to_host(tensor, view), slot)
+
+
+def one_batch_behind(pending: Iterable[tuple[object, PendingCopy]]) -> Iterator[tuple[object, np.ndarray]]:
+    """Hand out each batch's copied result once the next batch has been started.
+
+    Parameters
+    ----------
+    pending : iterable of (item, PendingCopy)
+        Pulling the next pair queues the next batch's work on the device.
+
+    Yields
+    ------
+    (item, ndarray)
+        In order; a result is waited for only after the next batch was queued (or
+        at the end).
+    """
+    previous = None
+    for item, copy in pending:
+        if previous is not None:
+            yield previous[0], previous[1].result()
+        previous = (item, copy)
+    if previous is not None:
+        yield previous[0], previous[1].result()

@@ -1,0 +1,118 @@
+"""Copies between host and device: staging buffers reused safely, results read only after their copy.
+
+A GPU runs copies whenever it gets to them, so reading a result before its event, or
+refilling a buffer whose result was not read yet, gives wrong numbers only sometimes.
+``DeferredOps`` stands in for the device on a CPU and makes the worst case happen
+every time: a device-to-host copy runs only when some event is waited on, and then
+every copy queued so far runs (the device got ahead). Code that orders its copies
+right gives the same results through it as through plain copies.
+"""
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose
+
+from skbert import BertEmbedder
+from skbert import _encoding
+from skbert._transfer import Transfers, one_batch_behind
+
+TEXTS = [f"{i} the river bank by the money bank " * (1 + i % 5) for i in range(40)] + ["", "a"]
+
+
+class DeferredOps:
+    """A device whose device-to-host copies run late: at the first wait after them, all at once."""
+
+    def __init__(self):
+        self.queued = []  # copies not run yet
+        self.pinned_sizes = []
+
+    def pinned(self, numel, dtype):
+        self.pinned_sizes.append(numel)
+        return torch.full((numel,), -1, dtype=dtype)  # garbage until a copy lands
+
+    def to_device(self, staged):
+        return staged.clone()  # a copy at once: the batch runs on the CPU right after
+
+    def record(self):
+        return _Event(self)
+
+    def copy_to_host(self, source, target):
+        self.queued.append((source.clone(), target))
+        return _Event(self)
+
+
+class _Event:
+    def __init__(self, ops):
+        self.ops = ops
+
+    def synchronize(self):
+        with torch.inference_mode():  # as the device would, in the mode the copy was queued in
+            for source, target in self.ops.queued:
+                target.copy_(source)
+        self.ops.queued.clear()
+
+
+def deferred_transfers(device):
+    return Transfers(device, DeferredOps())
+
+
+def test_results_come_out_right_when_copies_land_late():
+    transfers = deferred_transfers(torch.device("cpu"))
+    tensors = [torch.full((3, 4), float(i)) for i in range(5)]
+    pending = [(i, transfers.to_host(t)) for i, t in enumerate(tensors)]
+    for i, result in one_batch_behind(iter(pending)):
+        assert_allclose(result, tensors[i].numpy())
+
+
+def test_a_staging_buffer_is_not_refilled_before_its_result_is_read():
+    transfers = deferred_transfers(torch.device("cpu"))
+
+    def started():
+        for i in range(6):
+            yield i, transfers.to_host(torch.full((2, 8), float(i)))
+
+    got = list(one_batch_behind(started()))
+    assert [float(r[0, 0]) for _, r in got] == [0, 1, 2, 3, 4, 5]
+    assert len(transfers._slots) <= 3  # two in flight at most: buffers are reused, not made per batch
+
+
+def test_a_buffer_that_is_too_small_is_replaced_by_a_larger_one():
+    transfers = deferred_transfers(torch.device("cpu"))
+    for size in (4, 16, 8, 40):
+        assert_allclose(transfers.to_host(torch.arange(size, dtype=torch.float32)).result(), np.arange(size))
+    assert len(transfers._slots) == 1  # one at a time in flight: one buffer, grown twice
+
+
+def test_host_to_device_staging_reuses_two_sets_of_buffers():
+    transfers = deferred_transfers(torch.device("cpu"))
+    for step in range(5):
+        batch = {"input_ids": torch.arange(10 + step).unsqueeze(0), "max_length": torch.tensor(7)}
+        moved = transfers.to_device(batch)
+        assert torch.equal(moved["input_ids"], batch["input_ids"])
+        assert moved["max_length"] is batch["max_length"]  # a 0-d length stays on the host
+    assert transfers.pinned_allocations <= 6  # two sets, each grown at most a few times, not one per batch
+
+
+@pytest.mark.parametrize("attention", ["padded", "packed"])
+@pytest.mark.parametrize("pairs", [False, True])
+def test_encoding_through_late_copies_gives_the_same_vectors(tiny_bert, monkeypatch, attention, pairs):
+    """The whole encoder (statistics, long texts in windows, the pooler) through the deferred device."""
+    texts = list(zip(TEXTS, reversed(TEXTS))) if pairs else TEXTS
+    params = dict(attention=attention, pooling=("cls", "mean", "max") if pairs else ("cls", "mean", "max", "pooler"),
+                  layers=-1 if not pairs else "all", long_text="truncate" if pairs else "chunk", max_length=16,
+                  batch_size=4, cache=None, precision="float32", pairs=pairs)
+    want = BertEmbedder(tiny_bert, **params).fit(texts).transform(texts)
+    monkeypatch.setattr(_encoding.Transfers, "for_device", staticmethod(deferred_transfers))
+    got = BertEmbedder(tiny_bert, **params).fit(texts).transform(texts)
+    assert_allclose(got, want, rtol=0, atol=0)
+
+
+def test_token_vectors_through_late_copies(tiny_bert, monkeypatch):
+    embedder = BertEmbedder(tiny_bert, layers=(1, 2), max_length=16, long_text="chunk", cache=None).fit(TEXTS)
+    want = embedder.transform_tokens(TEXTS[:6])
+    monkeypatch.setattr(_encoding.Transfers, "for_device", staticmethod(deferred_transfers))
+    got = embedder.transform_tokens(TEXTS[:6])
+    assert len(got) == len(want) == 6
+    for a, b in zip(got, want):
+        assert_allclose(a.vectors, b.vectors, rtol=0, atol=0)
