@@ -227,8 +227,8 @@ class Store:
             return
         disk = self._disk_for_spill()
         if disk is not None:
-            order, parts = gather(evicted)
-            by_shape: dict[tuple, list[Block]] = {}
+            _, parts = gather(evicted)
+            by_shape: dict[tuple, list[Block]] = {}  # one store may hold single texts and pairs
             for part in parts:
                 by_shape.setdefault(part.shape, []).append(part)
             for same in by_shape.values():

@@ -2,9 +2,10 @@
 
 Entries are stored a block at a time (:class:`~skbert._entries.Block`: the rows of
 one encoded batch, split so that no block exceeds :data:`BLOCK_BYTES`): one blob
-and one checksum per block, and an index row per entry (key -> block, row). A batch
-is one transaction (one write, and no fsync of its own: see below), a look-up is
-one indexed query for the keys and one read per block, parsed with a few
+and one checksum per block, and an index row per entry (key -> block, row; the
+row's id is the key's first 8 bytes). The writer commits what is queued in one
+transaction (at most one per encoded batch, and no fsync of its own: see below); a
+look-up is one indexed query for the keys and one read per block, parsed with a few
 ``numpy.frombuffer`` calls, so a hit costs microseconds whatever the model.
 Reading a whole block for one of its rows is the price of a random look-up;
 blocks are kept small (:data:`BLOCK_BYTES`) to bound it, and the cache's own access
@@ -12,20 +13,23 @@ pattern (a batch of texts read back in the order it was written, a fold of a gri
 search) reads most of each block it touches.
 
 Why SQLite (standard library) rather than LMDB or ``diskcache``, measured on the
-same blocks by ``benchmarks/cache_scale.py`` (results in ``benchmarks/results/``):
-with one value per block, all three write and read far faster than the encoder
-produces entries (see the results for the numbers on each machine), and LMDB is
-the fastest by a small factor. SQLite is kept because it does in SQL what LMDB
-would need code of ours for: the byte total and eviction of the oldest blocks with
-their index rows in the same atomic transaction as the write (LMDB has no
+same blocks by ``benchmarks/cache_scale.py`` (results in ``benchmarks/results/``; on
+the 2-core development machine, 100,000 entries of 3.4 kB in blocks of 256): this
+tier wrote 35,900 entries a second and read 96,900, LMDB 37,800 and 256,500, and
+``diskcache`` 13,900 and 38,500 (it keeps values over 32 kB as files of their own:
+392 files). LMDB reads 2.6x as fast; it is not used because SQLite does in SQL what
+LMDB would need code of ours for: the byte total and eviction of the oldest blocks
+with their index rows in the same atomic transaction as the write (LMDB has no
 insertion order; a second index would have to be kept by hand), no memory map size
-to choose and grow, and no compiled dependency. It gives what the cache needs:
-atomic transactions (a killed writer never leaves a half-written block or an index
-row without its block), many processes reading and writing one file
-(``GridSearchCV(n_jobs=2)`` workers), and three files however many entries there
-are (the database, its write-ahead log and its shared-memory index). Settings
-measured: 16 kB pages, ``synchronous=NORMAL`` in WAL mode (safe against a killed
-process; fsync at checkpoints, not per transaction).
+to choose and grow, and no compiled dependency; and because both are far faster
+than an encoder produces entries (a CPU a few hundred to a few thousand texts a
+second). It gives what the cache needs: atomic transactions (a killed writer never
+leaves a half-written block or an index row without its block), many processes
+reading and writing one file (``GridSearchCV(n_jobs=2)`` workers), and three files
+however many entries there are (the database, its write-ahead log and its
+shared-memory index). Settings measured: 16 kB pages, ``synchronous=NORMAL`` in
+WAL mode (safe against a killed process; fsync at checkpoints, not per
+transaction), reads through a memory map.
 
 What is ours: the block format, a CRC of each block (keys and values; a damaged
 block is detected, deleted with its index rows and its texts encoded again; an

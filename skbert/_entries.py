@@ -125,7 +125,7 @@ def gather(located: Sequence[tuple[Block, int]]) -> tuple[np.ndarray, list[Block
     for block, rows in groups.values():
         rows.sort()
         order.extend(position for _, position in rows)
-        whole = len(rows) == len(block) and rows[-1][0] == len(block) - 1  # every row once, in order
+        whole = len(rows) == len(block) and all(row == i for i, (row, _) in enumerate(rows))  # each row once
         parts.append(block if whole else block.take([row for row, _ in rows]))
     return np.asarray(order, dtype=np.int64), parts
 
