@@ -50,6 +50,11 @@ class TokenizedText:
     type_ids: np.ndarray | None = None
 
 
+def n_segments(texts) -> int:
+    """2 for a list of sentence pairs (tuples), 1 for single texts (and for no texts)."""
+    return 2 if texts and isinstance(texts[0], tuple) else 1
+
+
 class TextTokenizer:
     """Bulk tokenisation without truncation or padding.
 
@@ -90,7 +95,7 @@ class TextTokenizer:
         -------
         list of TokenizedText
         """
-        pairs = bool(texts) and isinstance(texts[0], tuple)
+        pairs = n_segments(texts) == 2
         if self._backend is not None:
             return [
                 TokenizedText(

@@ -104,8 +104,9 @@ def pack_block(block: Block) -> bytes:
     """Serialise a block: header, keys, token counts, content counts, values, pooler outputs."""
     n = len(block)
     segments, kinds, hidden, width = block.values.shape[1:]
-    dtype = _DTYPES[_CODES[block.values.dtype.newbyteorder("<")]]
-    header = _HEADER.pack(_MAGIC, _CODES[dtype], block.pooler is not None, segments, kinds, hidden, width, n)
+    code = _CODES[block.values.dtype.newbyteorder("<")]
+    dtype = _DTYPES[code]
+    header = _HEADER.pack(_MAGIC, code, block.pooler is not None, segments, kinds, hidden, width, n)
     parts = [header, b"".join(block.keys), block.n_tokens.astype("<i8").tobytes(),
              block.n_content.astype("<i8").tobytes(), block.values.astype(dtype, copy=False).tobytes()]
     if block.pooler is not None:

@@ -30,6 +30,7 @@ from ._batching import (
     collate,
     length_sorted_batches,
     make_windows,
+    n_segments,
     window_segments,
 )
 from ._models import LoadedModel
@@ -354,16 +355,16 @@ def iter_statistics(
 
     partial: dict[int, list] = {}  # windows of long texts, until all of a text's are done
     width = loaded.hidden_size
-    n_segments = 2 if texts and isinstance(texts[0], tuple) else 1
+    segments = n_segments(texts)
     options = dict(max_length=max_length, long_text=long_text, stride=stride, batch_size=batch_size,
                    token_budget=token_budget, packed=packed,
-                   row_bytes=4 * width * (n_segments * len(kinds) * len(layers) + with_pooler))
-    shape = (n_segments, len(kinds), len(layers), width)
+                   row_bytes=4 * width * (segments * len(kinds) * len(layers) + with_pooler))
+    shape = (segments, len(kinds), len(layers), width)
     n_values = int(np.prod(shape))
     for start, tokenized, n_windows, done, flat in _encoded_windows(loaded, texts, reduce, report, **options):
         values = flat[:, :n_values].reshape(len(flat), *shape)
         pooler = flat[:, n_values:] if with_pooler else None
-        content = np.stack([np.bincount(window_segments(tokenized[w.text], w), minlength=n_segments + 1)[1:]
+        content = np.stack([np.bincount(window_segments(tokenized[w.text], w), minlength=segments + 1)[1:]
                             for w in done])
         whole = np.flatnonzero([n_windows[w.text] == 1 for w in done])
         if whole.size:

@@ -89,14 +89,14 @@ class Block:
         )
 
 
-def concatenate(blocks: Sequence[Block], on_disk: bool = False) -> Block:
-    """One block of the rows of several blocks of the same :attr:`Block.shape` (float32 if any is)."""
+def concatenate(blocks: Sequence[Block]) -> Block:
+    """A new block of the rows of several blocks of the same :attr:`Block.shape` (float32 if any is), on no tier."""
     if len(blocks) == 1:
-        return Block(**{**blocks[0].__dict__, "on_disk": on_disk, "live": 0})
+        return Block(**{**blocks[0].__dict__, "on_disk": False, "live": 0})
     pooler = None if blocks[0].pooler is None else np.concatenate([b.pooler for b in blocks])
     return Block(
         [key for b in blocks for key in b.keys], np.concatenate([b.values for b in blocks]),
-        np.concatenate([b.n_content for b in blocks]), np.concatenate([b.n_tokens for b in blocks]), pooler, on_disk,
+        np.concatenate([b.n_content for b in blocks]), np.concatenate([b.n_tokens for b in blocks]), pooler,
     )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._batching import n_segments
 from ._cache import Store
 from ._encoding import CHUNK_SIZE, EncodingReport, iter_statistics
 from ._entries import block_from_statistics, concatenate, encoder_fingerprint, gather, statistics_from_block, text_keys
@@ -124,7 +125,7 @@ class StatisticsSource:
 
     def _cached(self, texts, request: Request, report: EncodingReport) -> Iterator[Statistics]:
         keys = text_keys(self.fingerprint, texts)
-        segments = 2 if texts and isinstance(texts[0], tuple) else 1
+        segments = n_segments(texts)
         layers, width = self.loaded.n_layers + 1, self.loaded.hidden_size
         row_bytes = self.stored_dtype.itemsize * segments * len(KINDS) * layers * width
         step = max(1, min(LOOKUP_BATCH, LOOKUP_BYTES // row_bytes))

@@ -73,14 +73,6 @@ class Statistics:
     n_tokens: np.ndarray
     pooler: np.ndarray | None = None
 
-    def select(self, kinds: Sequence[str], layer_indices: Sequence[int]) -> Statistics:
-        """The same texts with only some kinds and hidden states (a copy of those)."""
-        kind_positions = [self.kinds.index(kind) for kind in kinds]
-        layer_positions = [self.layers.index(i) for i in layer_indices]
-        values = self.values[:, :, kind_positions][:, :, :, layer_positions]
-        return Statistics(self.positions, values, tuple(kinds), tuple(layer_indices), self.n_content, self.n_tokens,
-                          self.pooler)
-
     @property
     def n_segments(self) -> int:
         """1 for single texts, 2 for sentence pairs."""
