@@ -132,13 +132,13 @@ def phase_stores(path, n):
     from skbert._disk import DiskTier, pack_block, unpack_block
     from skbert._encoding import EncodingReport
     from skbert._entries import block_from_statistics, text_keys
-    from skbert._source import Request, make_source
+    from skbert._source import Request, StatisticsSource
     from skbert._statistics import KINDS
 
     texts = corpus(512)
     embedder = BertEmbedder(path, cache=None, **SETTINGS).fit(texts[:1])
     loaded = embedder._load()
-    source = make_source(loaded, None, embedder.precision, embedder._encoding_options(loaded))
+    source = StatisticsSource(loaded, None, embedder._options(loaded))
     request = Request(KINDS, tuple(range(loaded.n_layers + 1)), loaded.has_pooler)
     batches = list(source.statistics(texts, request, EncodingReport())[2])
     base = [block_from_statistics(text_keys(b"bench", [str(i) for i in b.positions]), b, np.float16) for b in batches]

@@ -35,17 +35,15 @@ def profile_set(kind: str, n: int, precision: str, ceiling: float) -> dict:
     from transformers import AutoConfig
 
     from skbert import BertEmbedder
-    from skbert._encoding import TOTALS
 
     path = model_path("minilm")
     texts = load_texts(kind, n)
     embedder = BertEmbedder(path, pooling="mean", include_special_tokens=True, max_length=256, cache=None,
                             precision=precision).fit(texts[:1])
     embedder.transform(texts[:64])  # warm up
-    tokens_before = TOTALS.n_tokens
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        embedder.transform(texts)
-    tokens = TOTALS.n_tokens - tokens_before  # real tokens run through the model
+        report = embedder.transform_with_report(texts)[1]
+    tokens = report.n_tokens_encoded  # real tokens run through the model
     events = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
     total = sum(events.values())
     row = {"texts": kind, "n_texts": n}

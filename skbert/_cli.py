@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 from ._device import PRECISIONS
-from ._streaming import READERS, embedding_table
+from ._streaming import LAYOUTS, embedding_table
+from ._tables import ON_NULL, TableError, apply_null_policy, read_table
 
 WRITERS = (".parquet", ".npy")
 
@@ -62,12 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "or a comma list (default: joint)")
     embed.add_argument("--chunk-rows", type=int, default=10_000,
                        help="dataset output: rows read, embedded and written per part (default: 10000)")
-    embed.add_argument("--layout", choices=["list", "columns", "both"],
+    embed.add_argument("--layout", choices=LAYOUTS,
                        help="the embedding as one fixed-size list column 'embedding' (default for a dataset), "
                        "one column per feature (default for a .parquet file), or both")
-    embed.add_argument("--on-null", choices=["error", "empty", "skip"], default="error",
-                       help="a row without text: stop naming it (default), embed it as empty, or skip it "
-                       "(counted)")
+    embed.add_argument("--on-null", choices=ON_NULL, default="error",
+                       help="a row without text (an empty CSV field, a Parquet null, NaN; \"NA\" is a text): "
+                       "stop naming it (default), embed it as empty, or skip it (counted)")
     embed.add_argument("--workers", type=int, help="dataset output: run on a local Dask cluster of N worker processes")
     embed.add_argument("--scheduler", help="dataset output: run on the Dask cluster at this address (the output "
                        "directory must be reachable from its workers)")
@@ -94,52 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_table(path: Path):
-    import pandas as pd
-
-    if not path.is_file():
-        raise UserError(f"input file {str(path)!r} does not exist")
-    kind = READERS.get(path.suffix.lower())
-    if kind is None:
-        raise UserError(f"input file {str(path)!r}: expected one of {', '.join(READERS)}")
-    try:
-        if kind == "parquet":
-            return pd.read_parquet(path)
-        return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", keep_default_na=True)
-    except ImportError as error:
-        raise UserError(f"reading Parquet needs pyarrow (pip install pyarrow): {error}") from None
-    except Exception as error:  # a malformed file
-        raise UserError(f"could not read {str(path)!r}: {error}") from None
-
-
-def select_texts(frame, column: str, id_columns: list | None, pair_column: str | None = None,
-                 on_null: str = "error"):
-    """The texts (or, with a pair column, the (A, B) pairs), the id columns, and how many rows had no text.
-
-    A row without text is an error naming its ids (``on_null="error"``), embedded as
-    an empty text (``"empty"``) or left out (``"skip"``).
-    """
-    import numpy as np
-
+def select_texts(frame, column: str, id_columns: list | None, pair_column: str | None, on_null: str, where: str):
+    """The texts (or, with a pair column, the (A, B) pairs), the id columns, and how many rows had no text,
+    under the null policy every output shares (:func:`~skbert._tables.apply_null_policy`)."""
     named = [("column", column), ("pair column", pair_column)] + [("id column", c) for c in id_columns or []]
     for kind, name in named:
         if name is not None and name not in frame.columns:
             raise UserError(f"{kind} {name!r} is not in the input; its columns are {list(frame.columns)}")
-    ids = frame[id_columns] if id_columns else frame.index.to_frame(name=frame.index.name or "row")
+    if not id_columns:
+        index_name = frame.index.name or "row"
+        frame = frame.rename_axis(index_name).reset_index()
+        id_columns = [index_name]
     columns = [column, pair_column] if pair_column else [column]
-    missing_by_column = {name: frame[name].map(lambda value: not isinstance(value, str)).to_numpy(dtype=bool)
-                         for name in columns}
-    absent = np.logical_or.reduce(list(missing_by_column.values()))
-    for name, missing in missing_by_column.items() if on_null == "error" else ():
-        if missing.any():
-            rows = [str(i) for i in ids.iloc[:, 0][missing].tolist()[:5]]
-            more = f" and {int(missing.sum()) - 5} more" if missing.sum() > 5 else ""
-            raise UserError(f"{int(missing.sum())} row(s) have no text in column {name!r}: ids {', '.join(rows)}{more}"
-                            "; --on-null empty embeds them as empty texts, --on-null skip leaves them out")
-    if on_null == "skip":
-        frame, ids = frame[~absent], ids[~absent]
-    sides = [[value if isinstance(value, str) else "" for value in frame[name].tolist()] for name in columns]
-    return (list(zip(*sides)) if pair_column else sides[0]), ids, int(absent.sum())
+    frame, n_null = apply_null_policy(frame, columns, id_columns, on_null, where)
+    sides = [frame[name].tolist() for name in columns]
+    return (list(zip(*sides)) if pair_column else sides[0]), frame[id_columns], n_null
 
 
 def write_output(path: Path, X, names, ids, layout: str) -> list[Path]:
@@ -175,15 +145,24 @@ def _embedder(args, cache, cache_memory_bytes=2 * 1024**3):
 
 
 def settings_digest(embedder, options) -> str:
-    """What a dataset part is made with: everything that changes its numbers or columns."""
+    """What a dataset part is made with: everything that changes its numbers or columns.
+
+    The encoder's side is :func:`~skbert._options.numbers_fingerprint`, the digest the
+    cache keys use (the weights themselves, the device type and precision as resolved
+    on this machine, the window...), so new weights in the same folder, or "auto"
+    resolving to another precision, redo every part; then what pooling makes of it.
+    """
     import hashlib
     import json
 
-    skip = {"show_progress", "cache", "cache_memory_bytes", "cache_disk_bytes", "batch_size", "token_budget",
-            "device", "attention"}
-    params = {k: v for k, v in embedder.get_params().items() if k not in skip}
-    described = json.dumps([params, options.text_columns, options.id_columns, options.layout], default=str,
-                           sort_keys=True)
+    from ._options import numbers_fingerprint
+
+    loaded = embedder._load()
+    pooled = {name: getattr(embedder, name) for name in (
+        "pooling_modes_", "layer_indices_", "segments_", "layer_aggregation", "include_special_tokens", "normalize",
+        "pairs")}
+    described = json.dumps([numbers_fingerprint(loaded, embedder._options(loaded)).hex(), pooled,
+                            options.text_columns, options.id_columns, options.layout], default=str, sort_keys=True)
     return hashlib.blake2b(described.encode(), digest_size=16).hexdigest()
 
 
@@ -196,7 +175,8 @@ def embed_file(args, output: Path) -> int:
     if args.workers or args.scheduler:
         raise UserError("--workers and --scheduler write a dataset: give -o a directory")
     frame = read_table(Path(args.input))
-    texts, ids, n_null = select_texts(frame, args.column, args.id_column, args.pair_column, args.on_null)
+    texts, ids, n_null = select_texts(frame, args.column, args.id_column, args.pair_column, args.on_null,
+                                      repr(args.input))
     if not texts:
         raise UserError(f"input file {args.input!r} has no rows" + (" with text" if n_null else ""))
     cache = None if args.no_cache else Path(args.cache or output.parent / ".skbert-cache")
@@ -241,7 +221,7 @@ def embed_dataset(args, output: Path) -> int:
     """``-o DIRECTORY``: stream the input, chunk by chunk, into a resumable Parquet dataset."""
     from tqdm.auto import tqdm
 
-    from ._streaming import Options, StreamError, stream_embed
+    from ._streaming import Options, stream_embed
 
     if args.chunk_rows < 1:
         raise UserError(f"--chunk-rows {args.chunk_rows}: at least 1")
@@ -258,7 +238,7 @@ def embed_dataset(args, output: Path) -> int:
             summary = stream_embed(embedder, args.input, output, options, chunk_rows=args.chunk_rows,
                                    on_null=args.on_null, settings=settings_digest(embedder, options), client=client,
                                    progress=bar.update)
-    except StreamError as error:
+    except TableError as error:
         raise UserError(str(error)) from None
     except KeyboardInterrupt:
         print("skbert: interrupted; re-run the same command to resume (finished parts are kept)", file=sys.stderr)
@@ -297,7 +277,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return embed(args)
-    except UserError as error:
+    except (UserError, TableError) as error:
         print(f"skbert: error: {error}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, OSError) as error:  # bad parameters or a model that cannot be found

@@ -1,4 +1,13 @@
-"""The scikit-learn estimator. It holds parameters and delegates all real work."""
+"""The scikit-learn estimator: its whole public surface, in one class.
+
+:class:`BertEmbedder` holds its parameters, checks them, records what fitting
+resolves, and delegates the work to the modules that own it: reading input
+(:mod:`skbert._validation`), loading the model (:mod:`skbert._models`), the encoding
+options and what changes the numbers (:mod:`skbert._options`), the cache-aware
+statistics source (:mod:`skbert._source`), pooling (:mod:`skbert._statistics`), token
+vectors (:mod:`skbert._token_level`) and the call's report (:mod:`skbert._report`).
+It keeps no state beyond its parameters and the fitted attributes ending in ``_``.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +16,23 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils.validation import check_is_fitted
 
-from ._cache import check_cache_location
-from ._encoder_access import EncoderAccessMixin
-from ._encoding import EncodingReport
-from ._models import model_fingerprint
+from ._cache import check_cache_location, store_for
+from ._device import resolve_device, resolve_dtype
+from ._encoding import TOTALS, EncodingReport
+from ._models import LoadedModel, load_model, model_fingerprint
+from ._options import EncodingOptions, encoding_options
 from ._pooling import expand_pooling
-from ._settings import PARAMETER_CONSTRAINTS, fitted_settings
-from ._source import Request, make_source
+from ._report import call_report, progress_bar
+from ._settings import PARAMETER_CONSTRAINTS, fitted_settings, unused_parameters
+from ._source import Request, StatisticsSource
 from ._statistics import feature_names, kinds_needed, pool_features
-from ._token_level import TokenLevelMixin
+from ._token_level import check_words, token_feature_names, token_records, word_vectors
+from ._tokens import TokenEmbeddings
+from ._validation import validate_pairs, validate_texts
+from ._warnings import warn_user
 
 
-class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEstimator):
+class BertEmbedder(TransformerMixin, BaseEstimator):
     """Turn texts into contextual BERT embeddings, as a scikit-learn transformer.
 
     Each text is tokenised into WordPieces with [CLS] and [SEP], run through the
@@ -191,8 +205,11 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         self._read(X)
         check_cache_location(self.cache)
         modes = expand_pooling(self.pooling)
+        params = self.get_params()
+        for message in unused_parameters(params, modes):
+            warn_user(message)
         loaded = self._load()
-        for name, value in fitted_settings(self.get_params(), modes, loaded).items():
+        for name, value in fitted_settings(params, modes, loaded).items():
             setattr(self, name, value)
         if self.cache is not None:
             model_fingerprint(loaded)  # the cache's keys need it: computed once per process, with the loading
@@ -251,21 +268,115 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         encoding = EncodingReport()
         request = Request(kinds_needed(self.pooling_modes_), self.layer_indices_, "pooler" in self.pooling_modes_)
         loaded = self._load()
-        source = make_source(loaded, self._store(), self.precision, self._encoding_options(loaded))
+        source = StatisticsSource(loaded, self._store(), self._options(loaded))
         n_unique, inverse, batches = source.statistics(texts, request, encoding)
         output = np.empty((n_unique, len(self.get_feature_names_out())), dtype=np.float32)
         n_tokens = np.zeros(n_unique, dtype=np.int64)
-        with self._progress(n_unique) as bar:
+        with progress_bar(n_unique, self.show_progress) as bar:
             for batch in batches:
                 output[batch.positions] = pool_features(batch, self.pooling_modes_, self.layer_indices_,
                                                         self.layer_aggregation, self.include_special_tokens,
                                                         self.segments_)
                 n_tokens[batch.positions] = batch.n_tokens
                 bar.update(len(batch.positions))
-        report = self._report(encoding, len(texts), n_unique, int((n_tokens[inverse] > self.max_length_).sum()))
+        report = self._call_report(encoding, len(texts), n_unique, int((n_tokens[inverse] > self.max_length_).sum()))
         if self.normalize:
             output /= np.maximum(np.linalg.norm(output, axis=1, keepdims=True), np.finfo(np.float32).tiny)
         return (output if n_unique == len(texts) else output[inverse]), report
+
+    def transform_tokens(self, X) -> TokenEmbeddings:
+        """Embed every token of each text, in context.
+
+        Uses the fitted ``layers`` and ``layer_aggregation``; ``pooling`` and
+        ``normalize`` do not apply. Under ``long_text="truncate"`` or
+        ``"head_tail"`` only the kept tokens come back; under ``"chunk"`` every
+        token does, with its vector from the window where it has the most context.
+
+        Parameters
+        ----------
+        X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
+            With ``pairs=True``, sentence pairs as ``transform`` takes them.
+
+        Returns
+        -------
+        TokenEmbeddings
+            A list with one :class:`~skbert.TokenEmbedding` per text, in input
+            order (``.tokens``, ``.offsets``, ``.vectors``, ``.special_mask``,
+            ``.segments``: 1 for a pair's B tokens); ``.to_frame()`` gives one long
+            DataFrame with a ``text_id`` column.
+
+        Examples
+        --------
+        >>> from skbert import BertEmbedder
+        >>> embedder = BertEmbedder("sentence-transformers/all-MiniLM-L6-v2").fit(["a"])
+        >>> record = embedder.transform_tokens(["Riverbanks flood."])[0]
+        >>> record.tokens
+        ['[CLS]', 'river', '##bank', '##s', 'flood', '.', '[SEP]']
+        >>> record.offsets[1:4].tolist(), record.vectors.shape
+        ([[0, 5], [5, 9], [9, 10]], (7, 384))
+        """
+        check_is_fitted(self)
+        texts = self._read(X)
+        index = X.index if hasattr(X, "iloc") else None  # pandas input: its row labels become text ids
+        return TokenEmbeddings(self._token_records(texts), self._token_feature_names(), index)
+
+    def embed_words(self, texts, words, *, pooling="mean") -> np.ndarray:
+        """Embed one word per text, in the context of that text.
+
+        Parameters
+        ----------
+        texts : list, tuple, ndarray or pandas Series of str
+        words : sequence of str or (int, int), one per text
+            A string stands for its first whole-word, case-insensitive occurrence in
+            the text; a ``(start, end)`` pair is a character span.
+        pooling : {"mean", "first_piece", "last_piece"}, default="mean"
+            How the word's WordPiece vectors combine.
+
+        Returns
+        -------
+        ndarray of shape (n_texts, n_token_features), float32
+            Rows in input order, from the fitted ``layers`` and ``layer_aggregation``.
+
+        Raises
+        ------
+        ValueError
+            If a word does not occur in its text, or its span covers no token (for
+            example because the text was truncated); the message names the row.
+
+        Examples
+        --------
+        >>> from skbert import BertEmbedder
+        >>> embedder = BertEmbedder("sentence-transformers/all-MiniLM-L6-v2").fit(["a"])
+        >>> embedder.embed_words(["The river bank flooded.", "I paid at the bank."], ["bank", "bank"]).shape
+        (2, 384)
+        """
+        check_is_fitted(self)
+        if self.pairs:
+            raise ValueError(
+                "embed_words takes single texts, and this estimator reads sentence pairs (pairs=True); "
+                "transform_tokens gives each token of a pair with its segment and offsets."
+            )
+        texts = validate_texts(texts)
+        spans = check_words(texts, words, pooling)
+        return word_vectors(self._token_records(texts), texts, spans, pooling, self.max_length_)
+
+    def cache_info(self) -> dict:
+        """What this estimator's cache holds, and what encoding has cost.
+
+        Returns
+        -------
+        dict
+            With a cache, its counters and sizes (the fields of
+            :class:`~skbert._cache.CacheInfo`: ``hits``, ``misses``, ``disk_hits``,
+            ``memory_entries``, ``memory_bytes``, ``disk_entries``, ``disk_bytes``,
+            evictions, ``corrupt``, ``disk_path``...). Always ``n_encoded``: texts
+            the model has encoded in this process (every estimator and call). A
+            single call's counts come from ``transform_with_report``.
+        """
+        store = self._store()
+        info = {} if store is None else dict(store.info().__dict__)
+        info["n_encoded"] = TOTALS.n_encoded
+        return info
 
     def get_feature_names_out(self, input_features=None):
         """Name the output columns by pooling mode, layer(s) and dimension.
@@ -294,3 +405,52 @@ class BertEmbedder(TokenLevelMixin, EncoderAccessMixin, TransformerMixin, BaseEs
         tags.target_tags.required = False
         tags.transformer_tags.preserves_dtype = []
         return tags
+
+    def __setstate__(self, state):
+        """Restore a pickle (made without weights); with ``device="auto"`` the device is chosen anew,
+        so a pickle made on a GPU machine runs on a CPU one."""
+        self.__dict__.update(state)
+        if "device_" in state and self.device == "auto":
+            device = resolve_device("auto", self.precision)
+            self.device_ = str(device)
+            if self.precision != "int8":
+                self.precision_ = str(resolve_dtype(self.precision, device)).removeprefix("torch.")
+
+    # -- what every method reaches the work through --------------------------------------
+
+    def _read(self, X) -> list:
+        """The input's texts (or, with ``pairs=True``, its (A, B) pairs), checked, in order."""
+        return validate_pairs(X) if self.pairs else validate_texts(X)
+
+    def _load(self) -> LoadedModel:
+        """The model for these parameters on this machine (loaded once per process, shared by clones)."""
+        device = resolve_device(self.device, self.precision)
+        dtype = resolve_dtype(self.precision, device)
+        return load_model(self.model_name, self.revision, device, dtype, quantize=self.precision == "int8")
+
+    def _options(self, loaded: LoadedModel) -> EncodingOptions:
+        """The fitted encoding options on the loaded model's device."""
+        return encoding_options(
+            max_length=self.max_length_, long_text=self.long_text, stride=self.stride_, precision=self.precision,
+            batch_size=self.batch_size, token_budget=self.token_budget, attention=self.attention,
+            device=loaded.device,
+        )
+
+    def _store(self):
+        return store_for(self.cache, self.cache_memory_bytes, self.cache_disk_bytes)
+
+    def _call_report(self, encoding: EncodingReport, n_rows: int, n_unique: int, n_long: int):
+        return call_report(encoding, n_rows, n_unique, n_long, long_text=self.long_text, pairs=self.pairs,
+                           max_length=self.max_length_)
+
+    def _token_records(self, texts: list) -> list:
+        loaded = self._load()
+        report = EncodingReport()
+        with progress_bar(len(texts), self.show_progress) as bar:
+            records = token_records(loaded, texts, self.layer_indices_, self.layer_aggregation, self._options(loaded),
+                                    report, bar)
+        self._call_report(report, len(texts), len(texts), report.n_long)  # warns if texts were cut
+        return records
+
+    def _token_feature_names(self) -> list[str]:
+        return token_feature_names(self.layer_indices_, self.layer_aggregation, self.hidden_size_)

@@ -34,6 +34,7 @@ from ._batching import (
     window_segments,
 )
 from ._models import LoadedModel
+from ._options import EncodingOptions
 from ._packing import forward_packed, pack, packed_pooler, segment_statistics
 from ._statistics import KINDS, Statistics, finish_texts, window_statistics
 from ._transfer import PendingCopy, Transfers, one_batch_behind
@@ -43,7 +44,7 @@ CHUNK_SIZE = 4096
 
 @dataclass
 class EncodingReport:
-    """Counts of what an encoding call did.
+    """Counts of what one encoding call did (a call runs in one thread: no lock needed).
 
     Attributes
     ----------
@@ -51,8 +52,6 @@ class EncodingReport:
         Texts tokenised and run through the model.
     n_long : int
         Of those, texts longer than ``max_length`` tokens.
-    n_windows : int
-        Rows run through the model.
     n_tokens : int
         Real (non-padding) tokens run through the model.
     n_oom_splits : int
@@ -63,21 +62,43 @@ class EncodingReport:
 
     n_encoded: int = 0
     n_long: int = 0
-    n_windows: int = 0
     n_tokens: int = 0
     n_oom_splits: int = 0
     n_cache_hits: int = 0
 
 
+class Totals:
+    """What the model has encoded in this process, over every call and thread.
+
+    Calls running at once (threads sharing an estimator) all add to it, so every
+    update and read holds a lock.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts = EncodingReport()
+
+    def add(self, **increments: int) -> None:
+        with self._lock:
+            for name, value in increments.items():
+                setattr(self._counts, name, getattr(self._counts, name) + value)
+
+    def __getattr__(self, name: str) -> int:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        with self._lock:
+            return getattr(self._counts, name)
+
+
 #: What the model has encoded in this process, over every call.
-TOTALS = EncodingReport()
+TOTALS = Totals()
 
 
 def _count(report: EncodingReport, **increments: int) -> None:
     """Add to a call's report and to the process's totals alike."""
-    for counter in (report, TOTALS):
-        for name, value in increments.items():
-            setattr(counter, name, getattr(counter, name) + value)
+    for name, value in increments.items():
+        setattr(report, name, getattr(report, name) + value)
+    TOTALS.add(**increments)
 
 
 _TOKENIZERS: dict[int, tuple[object, TextTokenizer]] = {}
@@ -187,7 +208,7 @@ def run_batches(
             pending[:0] = [part[:half], part[half:]]
             continue
         real = batch["input_ids"].numel() if packed else int(batch["attention_mask"].sum())
-        _count(report, n_windows=len(part), n_tokens=real)
+        _count(report, n_tokens=real)
         yield part, result
 
 
@@ -288,12 +309,7 @@ def iter_statistics(
     layers: tuple[int, ...],
     kinds: tuple[str, ...] = KINDS,
     with_pooler: bool = False,
-    max_length: int,
-    long_text: str = "truncate",
-    stride: int = 0,
-    batch_size: int | None = None,
-    token_budget: int | None = None,
-    packed: bool = False,
+    options: EncodingOptions,
     report: EncodingReport | None = None,
 ) -> Iterator[Statistics]:
     """Encode texts and yield their statistics (:mod:`skbert._statistics`), in no particular order.
@@ -314,18 +330,10 @@ def iter_statistics(
         always among them).
     with_pooler : bool, default=False
         Also return the model's pooler output (it must have one).
-    max_length : int
-        Tokens per window at most, special tokens included.
-    long_text : {"truncate", "head_tail", "chunk"}
-        What to do with texts longer than ``max_length``.
-    stride : int
-        Tokens shared by consecutive windows under ``"chunk"``.
-    batch_size : int or None
-        Windows per forward pass at most (None: as the token budget allows).
-    token_budget : int or None
-        Padded tokens per forward pass at most.
-    packed : bool, default=False
-        Pack each batch's windows into one row with no padding (:mod:`skbert._packing`).
+    options : EncodingOptions
+        The window, the long-text strategy and batching; with ``options.packed``
+        each batch's windows run packed into one row with no padding
+        (:mod:`skbert._packing`). ``options.stored`` is the cache's business, not this.
     report : EncodingReport, optional
         Filled in with counts.
 
@@ -356,12 +364,11 @@ def iter_statistics(
     partial: dict[int, list] = {}  # windows of long texts, until all of a text's are done
     width = loaded.hidden_size
     segments = n_segments(texts)
-    options = dict(max_length=max_length, long_text=long_text, stride=stride, batch_size=batch_size,
-                   token_budget=token_budget, packed=packed,
-                   row_bytes=4 * width * (segments * len(kinds) * len(layers) + with_pooler))
+    run = dict(options.batching(), packed=options.packed,
+               row_bytes=4 * width * (segments * len(kinds) * len(layers) + with_pooler))
     shape = (segments, len(kinds), len(layers), width)
     n_values = int(np.prod(shape))
-    for start, tokenized, n_windows, done, flat in _encoded_windows(loaded, texts, reduce, report, **options):
+    for start, tokenized, n_windows, done, flat in _encoded_windows(loaded, texts, reduce, report, **run):
         values = flat[:, :n_values].reshape(len(flat), *shape)
         pooler = flat[:, n_values:] if with_pooler else None
         content = np.stack([np.bincount(window_segments(tokenized[w.text], w), minlength=segments + 1)[1:]
@@ -398,11 +405,7 @@ def iter_token_vectors(
     texts: list[str],
     layer_indices: tuple[int, ...],
     *,
-    max_length: int,
-    long_text: str = "truncate",
-    stride: int = 0,
-    batch_size: int | None = None,
-    token_budget: int | None = None,
+    options: EncodingOptions,
     report: EncodingReport | None = None,
 ) -> Iterator[tuple[int, TokenizedText, np.ndarray, np.ndarray]]:
     """Encode texts and yield, per text, a vector per kept token from chosen layers.
@@ -413,9 +416,11 @@ def iter_token_vectors(
     texts : list of str
     layer_indices : tuple of int
         Hidden states to keep.
-    max_length, long_text, stride, batch_size, token_budget, report
-        As in :func:`iter_statistics`. Under ``"chunk"`` every token is kept, with
-        its vector from the window where it has the most context.
+    options : EncodingOptions
+        As in :func:`iter_statistics`; batches always run padded. Under
+        ``long_text="chunk"`` every token is kept, with its vector from the window
+        where it has the most context.
+    report : EncodingReport, optional
 
     Yields
     ------
@@ -434,9 +439,8 @@ def iter_token_vectors(
         return torch.stack([output.hidden_states[i] for i in selected], dim=1).float()
 
     partial: dict[int, list] = {}  # each text's windows, until all are done
-    options = dict(max_length=max_length, long_text=long_text, stride=stride, batch_size=batch_size,
-                   token_budget=token_budget, check_layout=False)  # token vectors need no particular layout
-    for start, tokenized, n_windows, done, states in _encoded_windows(loaded, texts, reduce, report, **options):
+    run = dict(options.batching(), check_layout=False)  # token vectors need no particular layout; always padded
+    for start, tokenized, n_windows, done, states in _encoded_windows(loaded, texts, reduce, report, **run):
         for row, window in enumerate(done):
             rows = np.flatnonzero(window.counted)
             parts = partial.setdefault(window.text + start, [])

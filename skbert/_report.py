@@ -26,6 +26,9 @@ class TransformReport:
         Rows longer than ``max_length_`` tokens.
     n_truncated : int
         Rows that lost tokens (long rows under ``"truncate"`` or ``"head_tail"``).
+    n_tokens_encoded : int, default=0
+        Real (non-padding) tokens the model ran for this call: the work behind
+        ``n_encoded``, for tokens-per-second figures.
     """
 
     n_rows: int
@@ -34,3 +37,44 @@ class TransformReport:
     n_cache_hits: int
     n_long: int
     n_truncated: int
+    n_tokens_encoded: int = 0
+
+
+#: Seconds a call runs before ``show_progress`` draws its bar.
+PROGRESS_DELAY_S = 1.0
+
+
+def progress_bar(total: int, show: bool):
+    """A tqdm bar over texts that appears only once a call has run for :data:`PROGRESS_DELAY_S`
+    (nothing for a one-text ``predict``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="text", desc="skbert", disable=not show, delay=PROGRESS_DELAY_S)
+
+
+def call_report(encoding, n_rows: int, n_unique: int, n_long: int, *, long_text: str, pairs: bool,
+                max_length: int) -> TransformReport:
+    """The counts of one call; warns (at the user's line) when rows were truncated.
+
+    Parameters
+    ----------
+    encoding : EncodingReport
+        What the encoder did.
+    n_rows, n_unique, n_long : int
+        Rows given, distinct rows, rows longer than ``max_length``.
+    long_text : str
+    pairs : bool
+    max_length : int
+    """
+    from ._warnings import warn_user
+
+    n_truncated = 0 if long_text == "chunk" else n_long
+    if long_text == "truncate" and n_long:
+        what, remedy = ("pairs", " from the longer side") if pairs else (
+            "texts", "; long_text='chunk' covers them whole")
+        warn_user(
+            f"{n_long} of {n_rows} {what} were longer than max_length={max_length} tokens and were "
+            f"truncated{remedy}."
+        )
+    return TransformReport(n_rows, n_unique, encoding.n_encoded, encoding.n_cache_hits, n_long, n_truncated,
+                           encoding.n_tokens)

@@ -112,3 +112,29 @@ def fitted_settings(params: dict, modes: tuple[str, ...], loaded: LoadedModel) -
         "precision_": "int8" if loaded.quantized else str(loaded.dtype).removeprefix("torch."),
         "model_location_": loaded.source.location,
     }
+
+
+def unused_parameters(params: dict, modes: tuple[str, ...]) -> list[str]:
+    """What the parameters set that has no effect on this estimator's output, one sentence each.
+
+    As scikit-learn's vectorizers warn about parameters their analyzer ignores: a
+    setting that changes nothing is most likely a mistake (and it must not split the
+    cache: :func:`~skbert._options.numbers_fingerprint` leaves such values out).
+
+    Parameters
+    ----------
+    params : dict
+        The estimator's parameters (``get_params()``).
+    modes : tuple of str
+        The pooling modes, expanded.
+    """
+    unused = []
+    if params["stride"] is not None and params["long_text"] != "chunk":
+        unused.append(f"stride={params['stride']!r} has no effect with long_text={params['long_text']!r}; "
+                      "it sets the overlap of long_text='chunk' windows.")
+    if params["include_special_tokens"] and not {"mean", "max"} & set(modes):
+        unused.append(f"include_special_tokens=True has no effect with pooling={params['pooling']!r}; "
+                      "it applies to 'mean' and 'max'.")
+    if params["cache"] is None and params["cache_disk_bytes"] is not None:
+        unused.append("cache_disk_bytes has no effect with cache=None.")
+    return unused

@@ -23,8 +23,9 @@ import numpy as np
 from ._batching import n_segments
 from ._cache import Store
 from ._encoding import CHUNK_SIZE, EncodingReport, iter_statistics
-from ._entries import block_from_statistics, concatenate, encoder_fingerprint, gather, statistics_from_block, text_keys
-from ._models import LoadedModel, model_fingerprint
+from ._entries import block_from_statistics, concatenate, gather, statistics_from_block, text_keys
+from ._models import LoadedModel
+from ._options import EncodingOptions, numbers_fingerprint
 from ._statistics import KINDS, Statistics
 
 #: Keys looked up (and cached texts handed out) at a time: as many as the encoder
@@ -69,21 +70,22 @@ class StatisticsSource:
     loaded : LoadedModel
     store : Store or None
         None: encode everything, computing only what is requested.
+    options : EncodingOptions
+        How to encode, and how entries are kept (``options.stored``).
+
+    Attributes
+    ----------
     fingerprint : bytes
-        The encoder fingerprint keys are made under (unused without a store).
-    stored_dtype : numpy dtype
-        float16 or float32: how entries are kept.
-    encoding : dict
-        ``max_length``, ``long_text``, ``stride``, ``batch_size``, ``token_budget``
-        for :func:`~skbert._encoding.iter_statistics`.
+        What keys are made under (:func:`~skbert._options.numbers_fingerprint`);
+        empty without a store.
     """
 
-    def __init__(self, loaded: LoadedModel, store: Store | None, fingerprint: bytes, stored_dtype, encoding: dict):
+    def __init__(self, loaded: LoadedModel, store: Store | None, options: EncodingOptions):
         self.loaded = loaded
         self.store = store
-        self.fingerprint = fingerprint
-        self.stored_dtype = np.dtype(stored_dtype)
-        self.encoding = encoding
+        self.options = options
+        self.stored_dtype = np.dtype(options.stored)
+        self.fingerprint = b"" if store is None else numbers_fingerprint(loaded, options)
 
     def statistics(
         self, texts: list[str], request: Request, report: EncodingReport
@@ -115,7 +117,7 @@ class StatisticsSource:
         if self.store is None:
             yield from iter_statistics(
                 self.loaded, texts, layers=request.layers, kinds=request.kinds,
-                with_pooler=request.pooler, report=report, **self.encoding,
+                with_pooler=request.pooler, report=report, options=self.options,
             )
             return
         try:
@@ -143,7 +145,7 @@ class StatisticsSource:
         every_layer = tuple(range(self.loaded.n_layers + 1))
         for batch in iter_statistics(
             self.loaded, [texts[i] for i in missing], layers=every_layer, kinds=KINDS,
-            with_pooler=self.loaded.has_pooler, report=report, **self.encoding,
+            with_pooler=self.loaded.has_pooler, report=report, options=self.options,
         ):
             positions = missing[batch.positions]
             block = block_from_statistics([keys[p] for p in positions], batch, self.stored_dtype)
@@ -165,30 +167,3 @@ def _handed_out(positions: np.ndarray, located: list) -> Iterator[Statistics]:
             small_rows.append(rows)
     if small:
         yield statistics_from_block(np.concatenate(small_rows), concatenate(small))
-
-
-def make_source(loaded: LoadedModel, store: Store | None, precision: str, encoding: dict) -> StatisticsSource:
-    """A source whose keys cover everything that changes what is stored.
-
-    Parameters
-    ----------
-    loaded : LoadedModel
-    store : Store or None
-    precision : str
-        The estimator's ``precision`` parameter: ``"float32"`` keeps float32
-        entries, anything else 16-bit ones.
-    encoding : dict
-        As for :class:`StatisticsSource`; ``max_length``, ``long_text`` and
-        ``stride`` are part of the key.
-    """
-    stored = "float32" if precision == "float32" else "float16"
-    fingerprint = b"" if store is None else encoder_fingerprint(
-        model_fingerprint(loaded),
-        max_length=encoding["max_length"],
-        long_text=encoding["long_text"],
-        stride=encoding["stride"],
-        device=loaded.device.type,
-        dtype="int8" if loaded.quantized else str(loaded.dtype),
-        stored=stored,
-    )
-    return StatisticsSource(loaded, store, fingerprint, stored, encoding)

@@ -35,17 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from ._device import use_torch_threads
+from ._tables import READERS, TableError, apply_null_policy, file_columns, iter_chunks
 
-READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+#: How the embedding is laid out in the output: a list column, a column per feature, or both.
 LAYOUTS = ("list", "columns", "both")
-ON_NULL = ("error", "empty", "skip")
 METADATA_KEY = b"skbert"
 #: Name of the fixed-size list column that holds each row's embedding.
 EMBEDDING_COLUMN = "embedding"
-
-
-class StreamError(Exception):
-    """A problem with the input or output that the user can fix; reported without a traceback."""
 
 
 def input_files(spec: str) -> list[Path]:
@@ -63,7 +59,7 @@ def input_files(spec: str) -> list[Path]:
 
     Raises
     ------
-    StreamError
+    TableError
         If nothing readable is found, or a named file has another suffix.
     """
     path = Path(spec)
@@ -76,56 +72,13 @@ def input_files(spec: str) -> list[Path]:
         where = f"pattern {spec!r}"
     else:
         if not path.is_file():
-            raise StreamError(f"input file {spec!r} does not exist")
+            raise TableError(f"input file {spec!r} does not exist")
         if path.suffix.lower() not in READERS:
-            raise StreamError(f"input file {spec!r}: expected one of {', '.join(READERS)}")
+            raise TableError(f"input file {spec!r}: expected one of {', '.join(READERS)}")
         return [path]
     if not files:
-        raise StreamError(f"{where} holds no {', '.join(READERS)} files")
+        raise TableError(f"{where} holds no {', '.join(READERS)} files")
     return sorted(files)
-
-
-def file_columns(path: Path) -> list[str]:
-    """The columns of a file, read from its header or footer only (an unreadable file is an error)."""
-    kind = READERS[path.suffix.lower()]
-    try:
-        if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            return list(pq.ParquetFile(path).schema_arrow.names)
-        import pandas as pd
-
-        return list(pd.read_csv(path, sep="\t" if kind == "tsv" else ",", nrows=0).columns)
-    except ImportError as error:
-        raise StreamError(f"reading Parquet needs pyarrow (pip install pyarrow): {error}") from None
-    except Exception as error:  # a malformed or unreadable file
-        raise StreamError(f"could not read {str(path)!r}: {error}") from None
-
-
-def iter_chunks(path: Path, columns: list[str], chunk_rows: int) -> Iterator:
-    """Read the given columns of a file, at most ``chunk_rows`` rows at a time, as pandas frames.
-
-    CSV text and id columns are read as text (``str``), so every chunk of a file has
-    the same types; an empty CSV cell is missing (None).
-    """
-    import pandas as pd
-
-    kind = READERS[path.suffix.lower()]
-    try:
-        if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
-                yield batch.to_pandas()
-            return
-        reader = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", usecols=columns, chunksize=chunk_rows,
-                             dtype=str, keep_default_na=False, na_values=[""])
-        for frame in reader:
-            yield frame.astype(object).where(frame.notna(), None)
-    except StreamError:
-        raise
-    except Exception as error:  # the file went bad part way
-        raise StreamError(f"could not read {str(path)!r}: {error}") from None
 
 
 def chunk_digest(frame, columns: list[str]) -> str:
@@ -283,30 +236,6 @@ class StreamSummary:
     removed: int = 0
 
 
-def _handle_nulls(frame, path: Path, start: int, options: Options, on_null: str):
-    """Apply the ``on_null`` policy to a chunk; returns the frame to embed and how many rows had no text."""
-    missing = np.zeros(len(frame), dtype=bool)
-    for column in options.text_columns:
-        missing |= ~frame[column].map(lambda value: isinstance(value, str)).to_numpy(dtype=bool)
-    if not missing.any():
-        return frame, 0
-    if on_null == "error":
-        row = int(np.flatnonzero(missing)[0])
-        value = next(frame[c].iloc[row] for c in options.text_columns if not isinstance(frame[c].iloc[row], str))
-        ids = ", ".join(f"{c}={frame[c].iloc[row]!r}" for c in options.id_columns)
-        raise StreamError(
-            f"{str(path)!r}, row {start + row}{f' ({ids})' if ids else ''}: no text ({value!r}); "
-            f"{int(missing.sum())} row(s) of this chunk have none. --on-null empty embeds them as empty "
-            "texts, --on-null skip leaves them out"
-        )
-    if on_null == "skip":
-        return frame[~missing], int(missing.sum())
-    frame = frame.copy()
-    for column in options.text_columns:
-        frame[column] = [value if isinstance(value, str) else "" for value in frame[column].tolist()]
-    return frame, int(missing.sum())
-
-
 def _jobs(columns: dict, output: Path, root: Path, options: Options, chunk_rows: int, on_null: str, settings: str,
           summary: StreamSummary, expected: set):
     """Read every chunk of every file (``columns``: file -> its columns); yield the jobs whose parts are not
@@ -318,7 +247,7 @@ def _jobs(columns: dict, output: Path, root: Path, options: Options, chunk_rows:
         needed = options.text_columns + [c for c in options.id_columns if c in available or c not in ("file", "row")]
         for column in needed:
             if column not in available:
-                raise StreamError(f"column {column!r} is not in {str(path)!r}; its columns are {available}")
+                raise TableError(f"column {column!r} is not in {str(path)!r}; its columns are {available}")
         start = 0
         for index, frame in enumerate(iter_chunks(path, list(dict.fromkeys(needed)), chunk_rows)):
             frame = frame.reset_index(drop=True)
@@ -327,7 +256,8 @@ def _jobs(columns: dict, output: Path, root: Path, options: Options, chunk_rows:
             if "file" in options.id_columns and "file" not in available:
                 frame["file"] = pd.Series([relative_name(path, root)] * len(frame), dtype=object)
             n_read = len(frame)
-            frame, nulls = _handle_nulls(frame, path, start, options, on_null)
+            frame, nulls = apply_null_policy(frame, options.text_columns, options.id_columns, on_null,
+                                             repr(str(path)), first_row=start)
             start += n_read
             summary.null_rows += nulls
             if len(frame) == 0:  # every row skipped: no part
@@ -402,7 +332,7 @@ def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_r
         for future in running:
             account(future.result())
     if summary.rows == 0 and summary.null_rows == 0:  # before any clean-up: a wrong input removes nothing
-        raise StreamError(f"input {spec!r} has no rows")
+        raise TableError(f"input {spec!r} has no rows")
     for stale in output.glob("part-*.parquet"):  # parts no chunk of this run made: from other inputs
         if stale.name not in expected:
             stale.unlink()

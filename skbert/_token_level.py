@@ -1,150 +1,106 @@
-"""The estimator's token-level methods: every token's vector, and one word in its context.
+"""Token vectors of texts, and one word's vector in its context: the work behind the
+estimator's ``transform_tokens`` and ``embed_words``.
 
-A mixin for :class:`~skbert.BertEmbedder`: it uses the fitted attributes and the
-encoder helpers of :class:`~skbert._encoder_access.EncoderAccessMixin`, and owns
-nothing of its own.
+Plain functions over a loaded model and :class:`~skbert._options.EncodingOptions`;
+the estimator passes its fitted settings in and gets records or arrays back.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.utils.validation import check_is_fitted
 
-from ._encoder_access import EncoderAccessMixin
 from ._encoding import EncodingReport, iter_token_vectors, text_tokenizer
 from ._layers import aggregate_layers, describe_layers
-from ._tokens import WORD_POOLING, TokenEmbedding, TokenEmbeddings, find_word, pool_pieces, tokens_in_span
-from ._validation import validate_texts
+from ._models import LoadedModel
+from ._options import EncodingOptions
+from ._tokens import WORD_POOLING, TokenEmbedding, find_word, pool_pieces, tokens_in_span
 
 
-class TokenLevelMixin(EncoderAccessMixin):
-    """``transform_tokens`` and ``embed_words`` for :class:`~skbert.BertEmbedder`."""
+def token_feature_names(layer_indices: tuple[int, ...], layer_aggregation: str, hidden_size: int) -> list[str]:
+    """Names of a token vector's columns: the layer label and the dimension."""
+    return [f"{label}_{j}" for label in describe_layers(layer_indices, layer_aggregation) for j in range(hidden_size)]
 
-    def _padded_options(self, loaded) -> dict:
-        """Token vectors always run padded: the packed path reduces to statistics only."""
-        options = self._encoding_options(loaded)
-        del options["packed"]
-        return options
 
-    def transform_tokens(self, X) -> TokenEmbeddings:
-        """Embed every token of each text, in context.
+def token_records(loaded: LoadedModel, texts: list, layer_indices: tuple[int, ...], layer_aggregation: str,
+                  options: EncodingOptions, report: EncodingReport, progress) -> list[TokenEmbedding]:
+    """One :class:`~skbert.TokenEmbedding` per text (or pair), in input order.
 
-        Uses the fitted ``layers`` and ``layer_aggregation``; ``pooling`` and
-        ``normalize`` do not apply. Under ``long_text="truncate"`` or
-        ``"head_tail"`` only the kept tokens come back; under ``"chunk"`` every
-        token does, with its vector from the window where it has the most context.
+    Parameters
+    ----------
+    loaded : LoadedModel
+    texts : list of str or of (str, str)
+    layer_indices : tuple of int
+    layer_aggregation : {"concat", "mean", "sum"}
+    options : EncodingOptions
+        Run padded whatever ``options.packed`` says (the packed path reduces to statistics).
+    report : EncodingReport
+        Filled in with the call's counts.
+    progress : tqdm-like
+        Updated once per text.
 
-        Parameters
-        ----------
-        X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
-            With ``pairs=True``, sentence pairs as ``transform`` takes them.
+    Raises
+    ------
+    ValueError
+        If the tokenizer gives no character offsets (a slow tokenizer).
+    """
+    if not text_tokenizer(loaded).has_offsets:
+        raise ValueError(
+            f"token-level output needs a fast tokenizer with offsets; the model at {loaded.source.location!r} "
+            "has none."
+        )
+    records: list = [None] * len(texts)
+    for position, tokenized, kept, vectors in iter_token_vectors(
+        loaded, texts, layer_indices, options=options.padded(), report=report
+    ):
+        records[position] = TokenEmbedding(
+            tokens=loaded.tokenizer.convert_ids_to_tokens(tokenized.ids[kept].tolist()),
+            offsets=tokenized.offsets[kept],
+            vectors=aggregate_layers(vectors.transpose(1, 0, 2), layer_aggregation),
+            special_mask=tokenized.special[kept],
+            segments=None if tokenized.type_ids is None else tokenized.type_ids[kept],
+        )
+        progress.update(1)
+    return records
 
-        Returns
-        -------
-        TokenEmbeddings
-            A list with one :class:`~skbert.TokenEmbedding` per text, in input
-            order (``.tokens``, ``.offsets``, ``.vectors``, ``.special_mask``,
-            ``.segments``: 1 for a pair's B tokens); ``.to_frame()`` gives one long
-            DataFrame with a ``text_id`` column.
 
-        Examples
-        --------
-        >>> from skbert import BertEmbedder
-        >>> embedder = BertEmbedder("sentence-transformers/all-MiniLM-L6-v2").fit(["a"])
-        >>> record = embedder.transform_tokens(["Riverbanks flood."])[0]
-        >>> record.tokens
-        ['[CLS]', 'river', '##bank', '##s', 'flood', '.', '[SEP]']
-        >>> record.offsets[1:4].tolist(), record.vectors.shape
-        ([[0, 5], [5, 9], [9, 10]], (7, 384))
-        """
-        check_is_fitted(self)
-        texts = self._read(X)
-        index = X.index if hasattr(X, "iloc") else None  # pandas input: its row labels become text ids
-        return TokenEmbeddings(self._token_records(texts), self._token_feature_names(), index)
+def check_words(texts: list[str], words, pooling: str) -> list[tuple[int, int]]:
+    """Each text's word as a character span, after checking ``words`` and ``pooling``.
 
-    def embed_words(self, texts, words, *, pooling="mean") -> np.ndarray:
-        """Embed one word per text, in the context of that text.
+    Raises
+    ------
+    ValueError
+        For an unknown ``pooling``, a count of words other than one per text, or a
+        word that does not occur in its text.
+    """
+    if pooling not in WORD_POOLING:
+        renamed = {"first": "first_piece", "last": "last_piece"}
+        hint = f" (renamed: use {renamed[pooling]!r})" if pooling in renamed else ""
+        raise ValueError(f"pooling={pooling!r} is not one of {WORD_POOLING}{hint}.")
+    if isinstance(words, str) or len(words) != len(texts):
+        raise ValueError(
+            f"words must hold one word or span per text: got {len(texts)} texts and "
+            f"{'a single string' if isinstance(words, str) else len(words)} words."
+        )
+    return [find_word(text, word, row) for row, (text, word) in enumerate(zip(texts, list(words)))]
 
-        Parameters
-        ----------
-        texts : list, tuple, ndarray or pandas Series of str
-        words : sequence of str or (int, int), one per text
-            A string stands for its first whole-word, case-insensitive occurrence in
-            the text; a ``(start, end)`` pair is a character span.
-        pooling : {"mean", "first_piece", "last_piece"}, default="mean"
-            How the word's WordPiece vectors combine.
 
-        Returns
-        -------
-        ndarray of shape (n_texts, n_token_features), float32
-            Rows in input order, from the fitted ``layers`` and ``layer_aggregation``.
+def word_vectors(records: list[TokenEmbedding], texts: list[str], spans: list[tuple[int, int]], pooling: str,
+                 max_length: int) -> np.ndarray:
+    """Pool each record's pieces that fall in its span: one row per text.
 
-        Raises
-        ------
-        ValueError
-            If a word does not occur in its text, or its span covers no token (for
-            example because the text was truncated); the message names the row.
-
-        Examples
-        --------
-        >>> from skbert import BertEmbedder
-        >>> embedder = BertEmbedder("sentence-transformers/all-MiniLM-L6-v2").fit(["a"])
-        >>> embedder.embed_words(["The river bank flooded.", "I paid at the bank."], ["bank", "bank"]).shape
-        (2, 384)
-        """
-        check_is_fitted(self)
-        if self.pairs:
+    Raises
+    ------
+    ValueError
+        If a span covers no token the model saw; the message names the row.
+    """
+    output = np.empty((len(records), records[0].vectors.shape[1] if records else 0), dtype=np.float32)
+    for row, record in enumerate(records):
+        pieces = tokens_in_span(record.offsets, record.special_mask, spans[row])
+        if pieces.size == 0:
             raise ValueError(
-                "embed_words takes single texts, and this estimator reads sentence pairs (pairs=True); "
-                "transform_tokens gives each token of a pair with its segment and offsets."
+                f"row {row}: span {spans[row]} ({texts[row][slice(*spans[row])]!r}) covers no token"
+                + (" that the model saw (the text was truncated)" if len(record) >= max_length else "")
+                + "."
             )
-        texts = validate_texts(texts)
-        if pooling not in WORD_POOLING:
-            renamed = {"first": "first_piece", "last": "last_piece"}
-            hint = f" (renamed: use {renamed[pooling]!r})" if pooling in renamed else ""
-            raise ValueError(f"pooling={pooling!r} is not one of {WORD_POOLING}{hint}.")
-        if isinstance(words, str) or len(words) != len(texts):
-            raise ValueError(
-                f"words must hold one word or span per text: got {len(texts)} texts and "
-                f"{'a single string' if isinstance(words, str) else len(words)} words."
-            )
-        spans = [find_word(text, word, row) for row, (text, word) in enumerate(zip(texts, list(words)))]
-        output = np.empty((len(texts), len(self._token_feature_names())), dtype=np.float32)
-        for row, record in enumerate(self._token_records(texts)):
-            pieces = tokens_in_span(record.offsets, record.special_mask, spans[row])
-            if pieces.size == 0:
-                raise ValueError(
-                    f"row {row}: span {spans[row]} ({texts[row][slice(*spans[row])]!r}) covers no token"
-                    + (" that the model saw (the text was truncated)" if len(record) >= self.max_length_ else "")
-                    + "."
-                )
-            output[row] = pool_pieces(record.vectors[pieces], pooling)
-        return output
-
-    def _token_records(self, texts: list[str]) -> list[TokenEmbedding]:
-        loaded = self._load()
-        if not text_tokenizer(loaded).has_offsets:
-            raise ValueError(f"token-level output needs a fast tokenizer with offsets; {self.model_name!r} has none.")
-        records: list = [None] * len(texts)
-        report = EncodingReport()
-        with self._progress(len(texts)) as bar:
-            for position, tokenized, kept, vectors in iter_token_vectors(
-                loaded, texts, self.layer_indices_, report=report, **self._padded_options(loaded)
-            ):
-                records[position] = TokenEmbedding(
-                    tokens=loaded.tokenizer.convert_ids_to_tokens(tokenized.ids[kept].tolist()),
-                    offsets=tokenized.offsets[kept],
-                    vectors=aggregate_layers(vectors.transpose(1, 0, 2), self.layer_aggregation),
-                    special_mask=tokenized.special[kept],
-                    segments=None if tokenized.type_ids is None else tokenized.type_ids[kept],
-                )
-                bar.update(1)
-        self._report(report, len(texts), len(texts), report.n_long)  # warns if texts were cut
-        return records
-
-    def _token_feature_names(self) -> list[str]:
-        return [
-            f"{label}_{j}"
-            for label in describe_layers(self.layer_indices_, self.layer_aggregation)
-            for j in range(self.hidden_size_)
-        ]
+        output[row] = pool_pieces(record.vectors[pieces], pooling)
+    return output

@@ -17,12 +17,24 @@ def _a(name: str) -> str:
     return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
-def _describe(item) -> str:
+def is_missing(item) -> bool:
+    """Whether a value is a real null: None, NaN, pandas' NA or NaT (what an empty CSV field or a
+    Parquet null reads as). The one definition of "missing" for every entry point; a string, even
+    "NA", "null" or "None", is a text."""
+    if item is None:
+        return True
+    if isinstance(item, float):
+        return math.isnan(item)
+    return type(item).__name__ in ("NAType", "NaTType")
+
+
+def describe(item) -> str:
+    """A value in an error message: ``missing (None)``, ``missing (NaN)``, ``an int (3)``..."""
     if item is None:
         return "missing (None)"
     if isinstance(item, float) and math.isnan(item):
         return "missing (NaN)"
-    if type(item).__name__ in ("NAType", "NaTType"):
+    if is_missing(item):
         return f"missing ({item!r})"
     return f"{_a(type(item).__name__)} ({item!r:.40})"
 
@@ -116,7 +128,7 @@ def validate_texts(X) -> list[str]:
         row = next(i for i, item in enumerate(items) if not isinstance(item, str))
         hint = "; for sentence pairs set pairs=True" if isinstance(items[row], (tuple, list)) else ""
         raise ValueError(
-            f"{_where(row, labels)} of X is {_describe(items[row])}, not a string; every item must be a text{hint}."
+            f"{_where(row, labels)} of X is {describe(items[row])}, not a string; every item must be a text{hint}."
         )
     return _replace_lone_surrogates(items, labels)
 
@@ -147,14 +159,14 @@ def validate_pairs(X) -> list[tuple[str, str]]:
     for row, item in enumerate(items):
         if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise ValueError(
-                f"{_where(row, labels)} of X is {_describe(item)}, not a pair (A, B); with pairs=True every "
+                f"{_where(row, labels)} of X is {describe(item)}, not a pair (A, B); with pairs=True every "
                 "row must hold two texts."
             )
         for side, value in zip("AB", item):
             if not isinstance(value, str):
                 name = "" if columns is None else f" (column {columns['AB'.index(side)]!r})"
                 raise ValueError(
-                    f"{_where(row, labels)}, side {side}{name} of X is {_describe(value)}, not a string; "
+                    f"{_where(row, labels)}, side {side}{name} of X is {describe(value)}, not a string; "
                     "both sides of every pair must be texts."
                 )
     firsts = _replace_lone_surrogates([a for a, _ in items], labels, "side A of ")

@@ -108,7 +108,8 @@ def test_empty_cells_are_reported_with_their_ids(tiny_bert, tmp_path, capsys):
     path.write_text("doc,text\nd0,a river\nd1,\nd2,a bank\nd3,\n")
     code, err = _run(capsys, "embed", str(path), "--id-column", "doc", "--model", tiny_bert, "-o",
                      str(tmp_path / "o.npy"))
-    assert code == 2 and "2 row(s) have no text in column 'text': ids d1, d3" in err
+    assert code == 2 and "gaps.csv': 2 row(s) have no text in column(s) 'text' (an empty field or a null): " \
+        "row 1 (doc='d1'), row 3 (doc='d3'); --on-null empty" in err
 
 
 def test_unknown_model_is_a_clean_error(table, tmp_path, capsys):

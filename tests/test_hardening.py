@@ -11,7 +11,7 @@ import torch
 from numpy.testing import assert_allclose
 
 from skbert import BertEmbedder, TransformReport
-from skbert import _encoder_access
+from skbert import _report
 
 TEXTS = ["The river bank was muddy.", "She paid the loan at the bank.", "", "money money money"]
 
@@ -79,7 +79,7 @@ def test_a_progress_bar_only_for_work_that_takes_a_while(tiny_bert, capsys, monk
     embedder = BertEmbedder(tiny_bert, show_progress=True).fit(TEXTS)
     embedder.transform(["one text"])
     assert "skbert" not in capsys.readouterr().err  # a one-text predict: no bar
-    monkeypatch.setattr(_encoder_access, "PROGRESS_DELAY_S", 0)  # as if the call had run for a while
+    monkeypatch.setattr(_report, "PROGRESS_DELAY_S", 0)  # as if the call had run for a while
     embedder.transform(TEXTS * 3)
     assert "skbert" in capsys.readouterr().err
 

@@ -137,7 +137,8 @@ def test_csv_files_by_glob_and_every_null_policy(tiny_bert, tmp_path, capsys):
     pattern = str(tmp_path / "*.csv")
     base = ["embed", pattern, "--model", tiny_bert, "--id-column", "id", "--precision", "float32", "--quiet"]
     code, err = _run(capsys, *base, "-o", tmp_path / "o1")
-    assert code == 2 and "a.csv', row 1 (id='008'): no text (None)" in err and "--on-null" in err
+    assert code == 2 and "a.csv': 1 row(s) have no text in column(s) 'text' (an empty field or a null): " \
+        "row 1 (id='008'); --on-null empty" in err
     code, err = _run(capsys, *base, "--on-null", "skip", "-o", tmp_path / "o2")
     assert code == 0 and "3 rows" in err and "1 row(s) without text skipped" in err
     got = _read(tmp_path / "o2")

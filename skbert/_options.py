@@ -1,0 +1,155 @@
+"""What an encoding pass runs with, and the one definition of what changes its numbers.
+
+:class:`EncodingOptions` is made once per call from the fitted estimator and the
+loaded model (:func:`encoding_options`) and handed, unchanged, to everything that
+encodes: the statistics source, the token-level path, the streaming parts. Each of
+its fields says whether it enters the cache key (``metadata["keyed"]``), and
+:func:`numbers_fingerprint` is the only digest of "what changes the numbers": the
+cache's keys and a dataset part's record are both made from it, so the two can
+never disagree.
+
+What changes the numbers: the weights and tokenizer (their digest, not their path),
+the device type and the compute dtype as resolved on this machine (not the
+``precision`` parameter as written: ``"auto"`` resolves differently on different
+CPUs), the stored dtype, the window (``max_length``), the long-text strategy, the
+chunk ``stride`` (under ``long_text="chunk"`` only; elsewhere it changes nothing),
+and the torch and transformers versions. Batching (``batch_size``,
+``token_budget``, packed or padded attention) does not: it changes results only
+within float tolerance, and entries are shared across it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+from ._device import default_token_budget
+from ._entries import FORMAT_VERSION
+from ._models import LoadedModel, model_fingerprint
+from ._packing import use_packed
+
+STORED_DTYPES = ("float16", "float32")
+
+
+def _keyed(when=True):
+    return field(metadata={"keyed": when})
+
+
+@dataclass(frozen=True)
+class EncodingOptions:
+    """How texts are encoded: the window, long texts, batching and how entries are stored.
+
+    Attributes
+    ----------
+    max_length : int
+        Tokens per window at most, special tokens included. Keyed.
+    long_text : {"truncate", "head_tail", "chunk"}
+        What happens to a longer text. Keyed.
+    stride : int
+        Tokens consecutive windows share; keyed under ``long_text="chunk"`` only,
+        the one strategy it affects.
+    stored : {"float16", "float32"}
+        The dtype entries (and the statistics handed to pooling) are kept in:
+        float32 with ``precision="float32"``, else float16. Keyed.
+    batch_size : int or None
+        Windows per forward pass at most. Not keyed.
+    token_budget : int
+        Padded tokens per forward pass at most. Not keyed.
+    packed : bool
+        Batches packed into one row without padding. Not keyed.
+    """
+
+    max_length: int = _keyed()
+    long_text: str = _keyed()
+    stride: int = _keyed(lambda options: options.long_text == "chunk")
+    stored: str = _keyed()
+    batch_size: int | None = _keyed(False)
+    token_budget: int = _keyed(False)
+    packed: bool = _keyed(False)
+
+    def keyed(self) -> dict:
+        """The fields that change the numbers, by name (those whose ``keyed`` holds for these options)."""
+        chosen = {}
+        for item in fields(self):
+            when = item.metadata["keyed"]
+            if when(self) if callable(when) else when:
+                chosen[item.name] = getattr(self, item.name)
+        return chosen
+
+    def padded(self) -> EncodingOptions:
+        """The same options with padded batches (token vectors are never packed)."""
+        return replace(self, packed=False)
+
+    def batching(self) -> dict:
+        """The window and batching keyword arguments of :func:`~skbert._encoding.iter_statistics`."""
+        return {"max_length": self.max_length, "long_text": self.long_text, "stride": self.stride,
+                "batch_size": self.batch_size, "token_budget": self.token_budget}
+
+
+def stored_dtype(precision: str) -> str:
+    """How entries are kept for a ``precision`` parameter: float32 when asked for, else float16."""
+    return "float32" if precision == "float32" else "float16"
+
+
+def encoding_options(*, max_length: int, long_text: str, stride: int, precision: str, batch_size, token_budget,
+                     attention: str, device: torch.device) -> EncodingOptions:
+    """The options of a fitted estimator on the device its model was loaded on.
+
+    Parameters
+    ----------
+    max_length, stride : int
+        The fitted ``max_length_`` and ``stride_``.
+    long_text, precision, attention : str
+        The estimator's parameters.
+    batch_size, token_budget : int or None
+        The estimator's parameters (None: no row limit; the device's default budget).
+    device : torch.device
+        Where the model runs.
+
+    Returns
+    -------
+    EncodingOptions
+    """
+    return EncodingOptions(
+        max_length=int(max_length), long_text=long_text, stride=int(stride), stored=stored_dtype(precision),
+        batch_size=batch_size, token_budget=int(token_budget or default_token_budget(device)),
+        packed=use_packed(attention, device),
+    )
+
+
+def compute_dtype(loaded: LoadedModel) -> str:
+    """What the model computes in, as resolved when it was loaded (``"int8"`` for quantised Linear layers)."""
+    return "int8" if loaded.quantized else str(loaded.dtype).removeprefix("torch.")
+
+
+def numbers_fingerprint(loaded: LoadedModel, options: EncodingOptions) -> bytes:
+    """The digest of everything that changes what the encoder produces for a text.
+
+    Cache keys are made under it (:func:`~skbert._entries.text_keys`), and a streamed
+    dataset's parts record it, so a part or an entry made otherwise is never reused.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+    options : EncodingOptions
+
+    Returns
+    -------
+    bytes
+        32 bytes.
+    """
+    import transformers  # the module in sys.modules, whatever imported it first
+
+    described = {
+        "format": FORMAT_VERSION,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": loaded.device.type,
+        "dtype": compute_dtype(loaded),
+        **options.keyed(),
+    }
+    digest = hashlib.blake2b(model_fingerprint(loaded), digest_size=32)
+    digest.update(repr(sorted(described.items())).encode())
+    return digest.digest()
