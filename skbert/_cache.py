@@ -21,15 +21,17 @@ so every estimator with the same cache settings, clones included, shares one.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sqlite3
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._disk import DATABASE, DiskTier, default_disk_budget, spill_tier, split_block
+from ._disk import DATABASE, DiskTier, database_files_bytes, default_disk_budget, spill_tier, split_block
 from ._entries import ROW_OVERHEAD, Block, concatenate, gather
 from ._warnings import warn_user
 
@@ -49,7 +51,13 @@ class CacheInfo:
     memory_evictions : int
         Entries dropped from memory (to the disk tier, where there is one).
     disk_entries, disk_bytes, disk_max_bytes : int
-        The disk tier now (every process's entries) and its budget; 0 without one.
+        The disk tier now (every process's entries, and their bytes) and its budget
+        (which ``disk_bytes`` stays within); 0 without one.
+    disk_file_bytes : int
+        What the database's files really take on disk now: the database, its
+        write-ahead log and its shared-memory index. The log is copied into the
+        database and truncated when a call finishes and when the store closes (at
+        exit too), so after a call this is ``disk_bytes`` plus SQLite's own pages.
     disk_writes, disk_evictions, corrupt : int
         Entries this process wrote to disk, entries it evicted there, and damaged
         entries it found (and deleted, to be encoded again).
@@ -67,6 +75,7 @@ class CacheInfo:
     disk_entries: int = 0
     disk_bytes: int = 0
     disk_max_bytes: int = 0
+    disk_file_bytes: int = 0
     disk_writes: int = 0
     disk_evictions: int = 0
     corrupt: int = 0
@@ -176,7 +185,7 @@ class Store:
         budget = self.disk_bytes
         try:
             if self.directory is None:
-                return spill_tier(budget if budget is not None else default_disk_budget(os.sep))
+                return spill_tier(budget if budget is not None else default_disk_budget(tempfile.gettempdir()))
             _warn_about_old_formats(self.directory)
             return DiskTier(self.directory, budget if budget is not None else default_disk_budget(self.directory))
         except (sqlite3.Error, OSError) as error:
@@ -204,13 +213,15 @@ class Store:
             from_disk = self.disk.get_many([keys[i] for i in absent])
             for i in absent:
                 found[i] = from_disk.get(keys[i])
-            self.disk_hits += len(from_disk)
+            with self._lock:
+                self.disk_hits += len(from_disk)
             read = {id(block): block for block, _ in from_disk.values()}
             for block in read.values():
                 self._keep_in_memory(block)
         n_found = sum(place is not None for place in found)
-        self.hits += n_found
-        self.misses += len(keys) - n_found
+        with self._lock:  # threads sharing an estimator share its store
+            self.hits += n_found
+            self.misses += len(keys) - n_found
         return found
 
     def put(self, block: Block) -> None:
@@ -266,14 +277,17 @@ class Store:
 
     def info(self) -> CacheInfo:
         """Counters and sizes."""
+        with self._lock:
+            hits, misses, disk_hits = self.hits, self.misses, self.disk_hits
         info = CacheInfo(
-            hits=self.hits, misses=self.misses, disk_hits=self.disk_hits,
+            hits=hits, misses=misses, disk_hits=disk_hits,
             memory_entries=len(self.memory), memory_bytes=self.memory.bytes,
             memory_max_bytes=self.memory.max_bytes, memory_evictions=self.memory.evictions,
         )
         if self.disk is not None:
             info.disk_entries, info.disk_bytes = self.disk.totals()
             info.disk_max_bytes = self.disk.max_bytes
+            info.disk_file_bytes = database_files_bytes(self.disk.path)
             info.disk_writes, info.disk_evictions = self.disk.writes, self.disk.evictions
             info.corrupt, info.disk_path = self.disk.corrupt, str(self.disk.path)
         return info
@@ -345,9 +359,22 @@ def store_for(cache, memory_bytes: int, disk_bytes: int | None) -> Store | None:
 
 
 def clear_stores() -> None:
-    """Close and forget every store of this process (spill directories are removed at exit)."""
+    """Close and forget every store of this process (spill directories are removed)."""
     with _STORES_LOCK:
         stores = list(_STORES.values())
         _STORES.clear()
     for store in stores:
         store.close()
+
+
+def _close_at_exit() -> None:
+    """Close this process's stores (not a forked parent's, whose connections a child must not touch):
+    queued writes are committed and the write-ahead log folded into the database before the process ends."""
+    with _STORES_LOCK:
+        mine = [key for key in _STORES if key[0] == os.getpid()]
+        stores = [_STORES.pop(key) for key in mine]
+    for store in stores:
+        store.close()
+
+
+atexit.register(_close_at_exit)

@@ -162,6 +162,30 @@ def _connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
+def _checkpoint(connection: sqlite3.Connection) -> None:
+    """Copy the write-ahead log into the database and truncate it, so that what a finished call
+    leaves on disk is the database alone (best effort: another process reading now may keep
+    part of the log until its own checkpoint)."""
+    try:
+        connection.execute("PRAGMA busy_timeout = 200")  # a reader elsewhere: leave it to a later checkpoint
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error:
+        pass
+    finally:
+        connection.execute("PRAGMA busy_timeout = 120000")
+
+
+def database_files_bytes(path: Path) -> int:
+    """Bytes the database really takes on disk: the file, its write-ahead log and its shared-memory index."""
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += os.path.getsize(f"{path}{suffix}")
+        except OSError:
+            pass
+    return total
+
+
 def _in(n: int) -> str:
     return f"({','.join('?' * n)})"
 
@@ -209,7 +233,7 @@ class DiskTier:
         self._pending: dict[bytes, tuple[Block, int]] = {}  # queued for the writer, not yet committed
         self._pending_lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
-        self.reads = self.writes = self.evictions = self.corrupt = 0
+        self.writes = self.evictions = self.corrupt = 0
         self.error: BaseException | None = None  # the writer's failure, if any: writes stop
         self._writer = threading.Thread(target=self._write_loop, name="skbert-cache-writer", daemon=True)
         self._writer.start()
@@ -257,7 +281,6 @@ class DiskTier:
             damaged_keys += [key for wanted in by_block.values() for key, _ in wanted]  # rows without a block
             if damaged_blocks or damaged_keys:
                 self.corrupt += _delete(self._reader, damaged_blocks, damaged_keys)
-        self.reads += len(found)
         return found
 
     def totals(self) -> tuple[int, int]:
@@ -313,9 +336,11 @@ class DiskTier:
                         for key in block.keys:
                             if self._pending.get(key, (None,))[0] is block:
                                 del self._pending[key]
-                for item in items:
-                    if isinstance(item, threading.Event):
-                        item.set()
+                waiting = [item for item in items if isinstance(item, threading.Event)]
+                if connection is not None and (waiting or stop):  # a call ends, or the tier closes
+                    _checkpoint(connection)
+                for item in waiting:
+                    item.set()
         if connection is not None:
             connection.close()
 
@@ -462,7 +487,8 @@ def _remove_spill(tier_ref, directory: str) -> None:
 
 
 def default_disk_budget(directory) -> int:
-    """Half the free space of the file system that holds ``directory``."""
+    """Half the free space of the file system that holds ``directory`` (for a spill tier, the
+    temporary directory it is made in)."""
     path = Path(directory)
     while not path.exists():
         path = path.parent

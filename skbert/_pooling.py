@@ -89,39 +89,6 @@ def expand_segments(segments, pairs: bool, modes: tuple[str, ...]) -> tuple[str,
     return items
 
 
-def pool_cls(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Return the first token's vector (BERT's [CLS]) of each row, as float32.
-
-    Parameters
-    ----------
-    hidden : Tensor of shape (n, t, d)
-    mask : Tensor of shape (n, t)
-        Unused (the first token is always real); kept for a uniform signature.
-
-    Returns
-    -------
-    Tensor of shape (n, d)
-    """
-    return hidden[:, 0].float()
-
-
-def pool_last(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Return the vector of the last real (non-padding) token of each row, as float32.
-
-    Parameters
-    ----------
-    hidden : Tensor of shape (n, t, d)
-    mask : Tensor of shape (n, t)
-        1 for real tokens, 0 for padding; padding must be on the right.
-
-    Returns
-    -------
-    Tensor of shape (n, d)
-    """
-    last = mask.long().sum(dim=1) - 1
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
-
-
 def pool_sum(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum the vectors of the tokens where ``mask`` is set, accumulating in float32.
 
@@ -137,24 +104,6 @@ def pool_sum(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """
     weights = mask.to(torch.float32).unsqueeze(1)  # (n, 1, t)
     return torch.bmm(weights, hidden.float()).squeeze(1)
-
-
-def pool_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Average the vectors of the tokens where ``mask`` is set, in float32.
-
-    A row with no such token gives zeros.
-
-    Parameters
-    ----------
-    hidden : Tensor of shape (n, t, d)
-    mask : Tensor of shape (n, t)
-
-    Returns
-    -------
-    Tensor of shape (n, d)
-    """
-    counts = mask.to(torch.float32).sum(dim=1, keepdim=True).clamp(min=1.0)
-    return pool_sum(hidden, mask) / counts
 
 
 def pool_max(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

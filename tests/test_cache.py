@@ -167,12 +167,12 @@ def test_no_thrash_when_the_working_set_is_ten_times_the_memory_budget(tiny_bert
 
 @pytest.mark.parametrize(
     "change",
-    [{"max_length": 16}, {"precision": "bfloat16"}, {"precision": "float32"}, {"long_text": "chunk"},
+    [{"max_length": 16}, {"precision": "bfloat16"}, {"precision": "auto"}, {"long_text": "chunk"},
      {"long_text": "chunk", "stride": 2}, {"long_text": "head_tail"}],
 )
 @pytest.mark.filterwarnings("ignore:precision='bfloat16' on this CPU is emulated")
 def test_settings_that_change_the_numbers_never_share_entries(tiny_bert, change):
-    base = {"max_length": 32, "long_text": "truncate"}
+    base = {"max_length": 32, "long_text": "truncate", "precision": "float32"}  # "auto" differs: 16-bit entries
     BertEmbedder(tiny_bert, **base).fit(MANY).transform(MANY)
     if change.get("stride"):
         BertEmbedder(tiny_bert, **{**base, "long_text": "chunk"}).fit(MANY).transform(MANY)
@@ -211,7 +211,7 @@ def test_a_different_model_never_gets_stale_vectors(tiny_bert, tiny_bert_no_pool
 
 def test_duplicates_are_encoded_once_and_rows_come_back_in_order(tiny_bert):
     texts = [MANY[3], MANY[0], MANY[3], "", MANY[9], MANY[0], "", MANY[3]]
-    embedder = BertEmbedder(tiny_bert, cache=None, batch_size=2).fit(texts)
+    embedder = BertEmbedder(tiny_bert, cache=None, batch_size=2, **F32).fit(texts)  # batching aside, exact
     got, report = embedder.transform_with_report(texts)
     assert report.n_encoded == 4 and report.n_rows == 8 and report.n_unique == 4
     one_by_one = np.stack([embedder.transform([t])[0] for t in texts])
@@ -504,7 +504,7 @@ def test_stale_spill_directories_of_dead_processes_are_swept(tmp_path):
 
 
 def test_out_of_memory_halves_the_batch_and_gives_the_same_result(tiny_bert, monkeypatch):
-    embedder = BertEmbedder(tiny_bert, cache=None, batch_size=8, pooling="mean_max").fit(MANY)
+    embedder = BertEmbedder(tiny_bert, cache=None, batch_size=8, pooling="mean_max", **F32).fit(MANY)
     want = embedder.transform(MANY)
     model = embedder._load().model
     real_forward = model.forward
@@ -542,3 +542,73 @@ def test_keys_sharing_an_index_row_never_get_each_others_entries(tmp_path):
     assert fresh.totals()[0] == 1 and fresh.corrupt == 0
     tier.close()
     fresh.close()
+
+
+def test_after_a_process_ends_the_directory_holds_about_what_cache_info_reports(tiny_bert, tmp_path):
+    """The write-ahead log is folded into the database when a call ends and at exit: no log is left
+    beside it, and the directory's bytes are within 1.15x of the entries' bytes."""
+    script = textwrap.dedent(f"""
+        import json
+        from skbert import BertEmbedder
+        texts = [f"{{i}} the river bank " * (1 + i % 5) for i in range(600)]
+        embedder = BertEmbedder({tiny_bert!r}, cache={str(tmp_path)!r}, precision="float32").fit(texts[:1])
+        embedder.transform(texts)
+        print(json.dumps(embedder.cache_info()))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    import json
+
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    on_disk = sum(path.stat().st_size for path in tmp_path.iterdir())
+    assert info["disk_entries"] == 600
+    assert not (tmp_path / f"{DATABASE}-wal").exists() or (tmp_path / f"{DATABASE}-wal").stat().st_size == 0
+    assert info["disk_bytes"] <= on_disk <= 1.15 * info["disk_bytes"], (on_disk, info)
+    assert on_disk <= info["disk_file_bytes"] <= on_disk + 64 * 1024  # while open: an empty log and the shared index
+
+
+def test_the_spill_budget_comes_from_the_temporary_directory_it_writes_to(tiny_bert, tmp_path, monkeypatch):
+    import tempfile
+
+    asked = []
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(_cache, "default_disk_budget", lambda directory: asked.append(str(directory)) or 10**9)
+    BertEmbedder(tiny_bert, cache_memory_bytes=2048).fit(MANY).transform(MANY)  # evicts: a spill tier opens
+    assert asked == [str(tmp_path)]
+    assert BertEmbedder(tiny_bert, cache_memory_bytes=2048).cache_info()["disk_path"].startswith(str(tmp_path))
+
+
+def test_four_threads_sharing_a_cached_estimator_get_the_serial_result_and_consistent_counts(tiny_bert):
+    from skbert._encoding import TOTALS
+
+    texts = [f"{i % 37} river bank {i}" for i in range(200)]
+    want = BertEmbedder(tiny_bert, cache=None, batch_size=4).fit(texts).transform(texts)
+    embedder = BertEmbedder(tiny_bert, batch_size=4).fit(texts)
+    before = TOTALS.n_encoded
+    calls = [texts[k::4] + texts[: 10 * k] for k in range(4)] * 3
+    results = [None] * len(calls)
+
+    def work(i):
+        results[i] = embedder.transform_with_report(calls[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(calls))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: unlocked counters would lose updates
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    index = {text: i for i, text in enumerate(texts)}
+    for call, (got, report) in zip(calls, results):
+        rows = [index[text] for text in call]
+        assert_allclose(got, want[rows], rtol=1e-3, atol=1e-3)  # float16 entries
+        assert report.n_encoded + report.n_cache_hits == report.n_unique
+    info = embedder.cache_info()
+    lookups = sum(report.n_unique for _, report in results)
+    assert info["hits"] + info["misses"] == lookups
+    assert TOTALS.n_encoded - before == sum(report.n_encoded for _, report in results) == info["misses"]
+    assert len(set(texts)) <= info["misses"]  # each distinct text encoded at least once, by some thread

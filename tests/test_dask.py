@@ -161,3 +161,13 @@ def test_bad_input_names_the_problem(tiny_bert):
 
     with pytest.raises(NotFittedError):
         embed(frame, BertEmbedder(tiny_bert), column="a")
+
+
+def test_na_null_and_none_are_texts_on_dask_too(client, tiny_bert):
+    words = pd.Series(["NA", "null", "None", "nan", "a river", ""], name="text")
+    embedder = BertEmbedder(tiny_bert, precision="float32").fit(["a"])
+    got = embed(dd.from_pandas(words, npartitions=2), embedder).compute()
+    want = BertEmbedder(tiny_bert, precision="float32", cache=None).fit_transform(words.tolist())
+    assert_allclose(got.to_numpy(), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"row 1 \(index 1\) of X is missing \(.*\), not a string"):
+        embed(dd.from_pandas(pd.Series(["a", None], dtype=object), npartitions=1), embedder).compute()

@@ -5,11 +5,16 @@ from skbert._device import resolve_device, resolve_dtype
 from support import HAS_CUDA
 
 
-def test_auto_device_prefers_cuda_then_cpu():
-    expected = "cuda" if HAS_CUDA else "cpu"
-    if not HAS_CUDA and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        expected = "mps"
-    assert resolve_device("auto").type == expected
+@pytest.mark.parametrize("cuda, mps, expected", [
+    (True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu"),
+])
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    """Each machine simulated (the expectation is the rule, not a copy of the code)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: int(cuda))
+    monkeypatch.setattr("skbert._device._mps_available", lambda: mps)
+    assert resolve_device("auto") == torch.device(expected)
+    assert resolve_device("auto", "int8") == torch.device("cpu")  # int8 runs on the CPU whatever there is
 
 
 def test_explicit_devices():
@@ -23,7 +28,8 @@ def test_explicit_devices():
 
 def test_precision(monkeypatch):
     cpu = torch.device("cpu")
-    assert resolve_dtype("auto", cpu) == torch.float32  # conftest: a CPU without native bfloat16
+    monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: False)  # a CPU without native bfloat16
+    assert resolve_dtype("auto", cpu) == torch.float32
     assert resolve_dtype("float32", cpu) == torch.float32
     with pytest.warns(UserWarning, match="precision='bfloat16' on this CPU is emulated"):
         assert resolve_dtype("bfloat16", cpu) == torch.bfloat16

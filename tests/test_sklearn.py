@@ -138,8 +138,10 @@ def _dump(obj):
     return buffer
 
 
-def test_a_pickle_made_on_a_gpu_machine_loads_on_a_cpu_one(tiny_bert, texts):
-    """Simulate a GPU fit: the fitted state says cuda/bfloat16; here device='auto' means CPU."""
+def test_a_pickle_made_on_a_gpu_machine_loads_on_a_cpu_one(tiny_bert, texts, monkeypatch):
+    """Simulate a GPU fit: the fitted state says cuda/bfloat16; here device='auto' means a CPU
+    without native bfloat16."""
+    monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: False)
     embedder = BertEmbedder(tiny_bert).fit(texts)
     expected = embedder.transform(texts)
     embedder.device_, embedder.precision_ = "cuda:0", "bfloat16"

@@ -216,3 +216,66 @@ def test_a_worker_killed_mid_chunk_leaves_a_complete_dataset(tiny_bert, parquet_
     assert got["doc"].tolist() == inputs["doc"].tolist() and not list((tmp_path / "out").glob(".part-*"))
     assert_allclose(np.stack(got["embedding"].to_numpy()), _embed(tiny_bert, inputs["text"].tolist()),
                     rtol=1e-5, atol=1e-6)
+
+
+def test_new_weights_in_the_same_folder_or_another_resolved_precision_redo_every_part(tiny_bert, tmp_path, capsys,
+                                                                                      monkeypatch):
+    import shutil
+
+    from conftest import _write_tiny_bert
+    from skbert import _models
+
+    monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: False)  # "auto" is float32 first
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    texts = _texts(30, 5)
+    pd.DataFrame({"doc": [f"d{i}" for i in range(30)], "text": texts}).to_parquet(tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    argv = ["embed", tmp_path / "in.parquet", "--model", model, "--chunk-rows", 10, "--quiet", "-o", out]
+    assert _run(capsys, *argv)[0] == 0
+    code, err = _run(capsys, *argv)
+    assert code == 0 and "(3 already complete)" in err
+    _write_tiny_bert(model, seed=7)  # new weights, same folder, same name
+    monkeypatch.setattr(_models, "_REGISTRY", {})  # as a new process would load them
+    code, err = _run(capsys, *argv)
+    assert code == 0 and "(0 already complete)" in err, err
+    want = BertEmbedder(str(model), cache=None).fit(["a"]).transform(texts)
+    assert_allclose(np.stack(_read(out)["embedding"].to_numpy()), want, rtol=1e-5, atol=1e-6)
+    # "auto" resolving to bfloat16 on another CPU: the parts made in float32 are not kept
+    monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: True)
+    code, err = _run(capsys, *argv)
+    assert code == 0 and "(0 already complete)" in err, err
+
+
+def test_na_null_and_none_are_texts_in_every_output(tiny_bert, tmp_path, capsys):
+    words = ["NA", "null", "None", "nan", "N/A", "a river"]
+    (tmp_path / "in.csv").write_text("doc,text\n" + "".join(f"d{i},{w}\n" for i, w in enumerate(words)))
+    pq.write_table(pa.table({"doc": [f"d{i}" for i in range(len(words))], "text": words}), tmp_path / "in.parquet")
+    want = _embed(tiny_bert, words)
+    base = ["--model", tiny_bert, "--id-column", "doc", "--precision", "float32", "--no-cache", "--quiet"]
+    for source in ("in.csv", "in.parquet"):
+        code, err = _run(capsys, "embed", tmp_path / source, *base, "-o", tmp_path / f"{source}.npy")
+        assert code == 0 and "without text" not in err, err
+        assert_allclose(np.load(tmp_path / f"{source}.npy"), want, rtol=1e-5, atol=1e-6)
+        code, err = _run(capsys, "embed", tmp_path / source, *base, "-o", tmp_path / f"{source.replace('.', '_')}-dataset")
+        assert code == 0 and "without text" not in err, err
+        got = _read(tmp_path / f"{source.replace('.', '_')}-dataset")
+        assert got["doc"].tolist() == [f"d{i}" for i in range(len(words))]
+        assert_allclose(np.stack(got["embedding"].to_numpy()), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_real_null_is_reported_the_same_way_by_both_outputs(tiny_bert, tmp_path, capsys):
+    pq.write_table(pa.table({"doc": ["d0", "d1"], "text": ["a river", None]}), tmp_path / "in.parquet")
+    (tmp_path / "in.csv").write_text("doc,text\nd0,a river\nd1,\n")
+    base = ["--model", tiny_bert, "--id-column", "doc", "--precision", "float32", "--no-cache", "--quiet"]
+    for source in ("in.csv", "in.parquet"):
+        messages = []
+        for output in (f"{source}.npy", f"{source.replace('.', '_')}-dataset"):
+            code, err = _run(capsys, "embed", tmp_path / source, *base, "-o", tmp_path / output)
+            assert code == 2
+            messages.append(err.split(": ", 2)[-1])
+        assert messages[0] == messages[1], messages
+        assert "1 row(s) have no text in column(s) 'text' (an empty field or a null): row 1 (doc='d1')" in messages[0]
+    pq.write_table(pa.table({"doc": ["d0"], "text": [3]}), tmp_path / "numbers.parquet")
+    code, err = _run(capsys, "embed", tmp_path / "numbers.parquet", *base, "--on-null", "empty", "-o", tmp_path / "n")
+    assert code == 2 and "column 'text' holds an int (3), not a text" in err

@@ -19,7 +19,8 @@ def reference(tiny_bert):
 
 @pytest.mark.parametrize("layers, aggregation", [(-1, "concat"), ((0, 2), "concat"), ("all", "mean"), ((1, 3), "sum")])
 def test_token_vectors_are_the_hidden_states_at_those_positions(tiny_bert, reference, texts, layers, aggregation):
-    embedder = BertEmbedder(tiny_bert, layers=layers, layer_aggregation=aggregation, batch_size=3).fit(texts)
+    embedder = BertEmbedder(tiny_bert, layers=layers, layer_aggregation=aggregation, batch_size=3,
+                            precision="float32").fit(texts)
     records = embedder.transform_tokens(texts)
     assert isinstance(records, TokenEmbeddings) and len(records) == len(texts)
     for text, record in zip(texts, records):
@@ -63,7 +64,7 @@ def test_to_frame_is_one_row_per_token_with_text_ids(tiny_bert, texts):
 def test_embed_words_is_the_mean_of_the_words_pieces(tiny_bert, reference):
     texts = ["The Riverbank was muddy.", "we paid at the BANK.", "money, money and money"]
     words = ["riverbank", "bank", (7, 12)]  # a span: the second "money"
-    embedder = BertEmbedder(tiny_bert, layers=-2).fit(texts)
+    embedder = BertEmbedder(tiny_bert, layers=-2, precision="float32").fit(texts)
     n_pieces = {}
     for how in ("mean", "first_piece", "last_piece"):
         got = embedder.embed_words(texts, words, pooling=how)
