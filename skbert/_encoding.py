@@ -255,8 +255,7 @@ def _prefetching(prepare, starts):
 OUTPUT_BYTES_PER_BATCH = 256 * 2**20
 
 
-def _encoded_windows(loaded, texts, reduce, report, *, max_length, long_text, stride, batch_size, token_budget,
-                     row_bytes=None, packed=False, check_layout=True):
+def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *, row_bytes=None, check_layout=True):
     """Tokenise, window, batch and run texts; yield each finished batch with what it needs to regroup.
 
     Batches hold at most ``batch_size`` rows and ``token_budget`` padded tokens, and
@@ -272,18 +271,19 @@ def _encoded_windows(loaded, texts, reduce, report, *, max_length, long_text, st
         result for them, copied to the host (on a GPU, once the next batch has
         been queued: see :mod:`skbert._transfer`).
     """
-    caps = [c for c in (batch_size, row_bytes and max(1, OUTPUT_BYTES_PER_BATCH // row_bytes)) if c]
-    limits = BatchLimits(token_budget, min(caps) if caps else None)
+    caps = [c for c in (options.batch_size, row_bytes and max(1, OUTPUT_BYTES_PER_BATCH // row_bytes)) if c]
+    limits = BatchLimits(options.token_budget, min(caps) if caps else None)
     transfers = Transfers.for_device(loaded.device)
 
     def started():
-        for start, tokenized, windows in _chunks(loaded, texts, max_length, long_text, stride, report, check_layout):
+        for start, tokenized, windows in _chunks(loaded, texts, options.max_length, options.long_text, options.stride,
+                                                 report, check_layout):
             n_windows = np.bincount([w.text for w in windows], minlength=len(tokenized))
             lengths = np.fromiter((len(w.token_indices) for w in windows), dtype=np.int64, count=len(windows))
             for batch in length_sorted_batches(lengths, limits):
                 batch_windows = [windows[i] for i in batch]
-                for done, copy in run_batches(loaded, tokenized, batch_windows, reduce, report, limits, packed,
-                                              transfers):
+                for done, copy in run_batches(loaded, tokenized, batch_windows, reduce, report, limits,
+                                              options.packed, transfers):
                     yield (start, tokenized, n_windows, done), copy
 
     for (start, tokenized, n_windows, done), result in one_batch_behind(started()):
@@ -364,11 +364,11 @@ def iter_statistics(
     partial: dict[int, list] = {}  # windows of long texts, until all of a text's are done
     width = loaded.hidden_size
     segments = n_segments(texts)
-    run = dict(options.batching(), packed=options.packed,
-               row_bytes=4 * width * (segments * len(kinds) * len(layers) + with_pooler))
+    row_bytes = 4 * width * (segments * len(kinds) * len(layers) + with_pooler)
     shape = (segments, len(kinds), len(layers), width)
     n_values = int(np.prod(shape))
-    for start, tokenized, n_windows, done, flat in _encoded_windows(loaded, texts, reduce, report, **run):
+    for start, tokenized, n_windows, done, flat in _encoded_windows(loaded, texts, reduce, report, options,
+                                                                      row_bytes=row_bytes):
         values = flat[:, :n_values].reshape(len(flat), *shape)
         pooler = flat[:, n_values:] if with_pooler else None
         content = np.stack([np.bincount(window_segments(tokenized[w.text], w), minlength=segments + 1)[1:]
@@ -439,8 +439,9 @@ def iter_token_vectors(
         return torch.stack([output.hidden_states[i] for i in selected], dim=1).float()
 
     partial: dict[int, list] = {}  # each text's windows, until all are done
-    run = dict(options.batching(), check_layout=False)  # token vectors need no particular layout; always padded
-    for start, tokenized, n_windows, done, states in _encoded_windows(loaded, texts, reduce, report, **run):
+    # token vectors need no particular layout, and always run padded
+    for start, tokenized, n_windows, done, states in _encoded_windows(loaded, texts, reduce, report, options.padded(),
+                                                                      check_layout=False):
         for row, window in enumerate(done):
             rows = np.flatnonzero(window.counted)
             parts = partial.setdefault(window.text + start, [])

@@ -82,11 +82,6 @@ class EncodingOptions:
         """The same options with padded batches (token vectors are never packed)."""
         return replace(self, packed=False)
 
-    def batching(self) -> dict:
-        """The window and batching keyword arguments of :func:`~skbert._encoding.iter_statistics`."""
-        return {"max_length": self.max_length, "long_text": self.long_text, "stride": self.stride,
-                "batch_size": self.batch_size, "token_budget": self.token_budget}
-
 
 def stored_dtype(precision: str) -> str:
     """How entries are kept for a ``precision`` parameter: float32 when asked for, else float16."""
