@@ -40,14 +40,31 @@ class TokenizedText:
         a pair, in its own side's text. None when the tokenizer cannot tell (slow
         tokenizers).
     type_ids : ndarray of int64, shape (t,), or None
-        Token types (segment ids) of a sentence pair, 0 for ``[CLS] A [SEP]``, 1
-        for ``B [SEP]``; None for a single text.
+        Token types of a sentence pair as the tokenizer gives them (0 for ``[CLS] A
+        [SEP]``, 1 for ``B [SEP]`` in BERT's template; all 0 in RoBERTa's); None
+        for a single text.
+    segments : ndarray of int64, shape (t,), or None
+        Which side of a pair each token belongs to, from the tokenizer's layout
+        (:mod:`skbert._layout`): 0 for A and the special tokens before it and the
+        one that closes it, 1 for B and the rest; None for a single text.
     """
 
     ids: np.ndarray
     special: np.ndarray
     offsets: np.ndarray | None
     type_ids: np.ndarray | None = None
+    segments: np.ndarray | None = None
+
+
+def pair_middle(special: np.ndarray, before: int) -> int:
+    """Position of the first special token between a pair's sides (``before``: special tokens before A)."""
+    specials = np.flatnonzero(special)
+    return int(specials[before]) if len(specials) > before else len(special)
+
+
+def side_of_tokens(special: np.ndarray, before: int) -> np.ndarray:
+    """0 for A's tokens (and the special tokens before A and the one that closes it), 1 for B's and after."""
+    return (np.arange(len(special)) > pair_middle(special, before)).astype(np.int64)
 
 
 def n_segments(texts) -> int:
@@ -64,10 +81,13 @@ class TextTokenizer:
     Parameters
     ----------
     tokenizer : transformers.PreTrainedTokenizerBase
+    layout : SpecialLayout, optional
+        Its special-token layout; tells the sides of a pair apart (``segments``).
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, layout=None):
         self.tokenizer = tokenizer
+        self._before = 1 if layout is None or layout.pair is None else layout.pair[0]
         backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
         self._backend = None
         if backend is not None:
@@ -97,7 +117,7 @@ class TextTokenizer:
         """
         pairs = n_segments(texts) == 2
         if self._backend is not None:
-            return [
+            tokenized = [
                 TokenizedText(
                     np.asarray(enc.ids, dtype=np.int64),
                     np.asarray(enc.special_tokens_mask, dtype=bool),
@@ -106,17 +126,24 @@ class TextTokenizer:
                 )
                 for enc in self._backend.encode_batch(texts, add_special_tokens=True)
             ]
+            return self._with_sides(tokenized) if pairs else tokenized
         sides = ([a for a, _ in texts], [b for _, b in texts]) if pairs else (texts,)
         encoded = self.tokenizer(
             *sides, add_special_tokens=True, truncation=False, padding=False, return_special_tokens_mask=True,
             return_token_type_ids=pairs,
         )
         types = encoded["token_type_ids"] if pairs else [None] * len(texts)
-        return [
+        tokenized = [
             TokenizedText(np.asarray(ids, dtype=np.int64), np.asarray(special, dtype=bool), None,
                           None if type_ids is None else np.asarray(type_ids, dtype=np.int64))
             for ids, special, type_ids in zip(encoded["input_ids"], encoded["special_tokens_mask"], types)
         ]
+        return self._with_sides(tokenized) if pairs else tokenized
+
+    def _with_sides(self, tokenized: list[TokenizedText]) -> list[TokenizedText]:
+        for text in tokenized:
+            text.segments = side_of_tokens(text.special, self._before)
+        return tokenized
 
 
 @dataclass
@@ -241,14 +268,18 @@ def pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
     return min(len_a, keep_a), min(len_b, keep_b)
 
 
-def plan_pair_window(special: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """The one window of a sentence pair, ``[CLS] A [SEP] B [SEP]``, cut as :func:`pair_lengths` says.
+def plan_pair_window(special: np.ndarray, max_length: int, layout: tuple = (1, 1, 1)) -> tuple[np.ndarray, np.ndarray]:
+    """The one window of a sentence pair, in its tokenizer's layout, cut as :func:`pair_lengths` says.
 
     Parameters
     ----------
     special : ndarray of bool, shape (t,)
-        Special-token mask of the untruncated pair (three special tokens).
+        Special-token mask of the untruncated pair.
     max_length : int
+    layout : (int, int, int), default=(1, 1, 1)
+        Special tokens before A, between the sides and after B
+        (:attr:`~skbert._layout.SpecialLayout.pair`): (1, 1, 1) for ``[CLS] A [SEP]
+        B [SEP]``, (1, 2, 1) for ``<s> A </s></s> B </s>``.
 
     Returns
     -------
@@ -257,11 +288,14 @@ def plan_pair_window(special: np.ndarray, max_length: int) -> tuple[np.ndarray, 
     n = len(special)
     if n <= max_length:
         return np.arange(n), np.ones(n, dtype=bool)
-    middle = int(np.flatnonzero(special)[1])
-    if max_length < 3:
-        raise ValueError(f"max_length={max_length} leaves no room for a pair's 3 special tokens.")
-    keep_a, keep_b = pair_lengths(middle - 1, n - middle - 2, max_length - 3)
-    keep = np.concatenate([np.arange(1 + keep_a), np.arange(middle, middle + 1 + keep_b), [n - 1]])
+    before, between, after = layout
+    if max_length < before + between + after:
+        raise ValueError(f"max_length={max_length} leaves no room for a pair's {before + between + after} special "
+                         "tokens.")
+    middle = pair_middle(special, before)
+    len_a, b_start = middle - before, middle + between
+    keep_a, keep_b = pair_lengths(len_a, n - after - b_start, max_length - before - between - after)
+    keep = np.concatenate([np.arange(before + keep_a), np.arange(middle, b_start + keep_b), np.arange(n - after, n)])
     return keep, np.ones(len(keep), dtype=bool)
 
 
@@ -269,13 +303,16 @@ def window_segments(text: TokenizedText, window: Window) -> np.ndarray:
     """Which segment each of a window's tokens is counted in: 1 for A (or a single text), 2 for B, 0 for none.
 
     0 marks special tokens and tokens that another window counts. Segments are the
-    stretches between special tokens, so this needs no token types.
+    stretches between special tokens (every content token after the special tokens
+    between a pair's sides is B's, whether there is one of them or two), so this
+    needs no token types.
     """
     special = text.special[window.token_indices]
-    return np.where(window.counted & ~special, np.cumsum(special), 0)
+    return np.where(window.counted & ~special, np.minimum(np.cumsum(special), 2), 0)
 
 
-def make_windows(tokenized: list[TokenizedText], max_length: int, strategy: str, stride: int) -> list[Window]:
+def make_windows(tokenized: list[TokenizedText], max_length: int, strategy: str, stride: int,
+                 pair_layout: tuple = (1, 1, 1)) -> list[Window]:
     """Plan the windows of several texts.
 
     Parameters
@@ -283,6 +320,8 @@ def make_windows(tokenized: list[TokenizedText], max_length: int, strategy: str,
     tokenized : list of TokenizedText
     max_length, strategy, stride
         As in :func:`plan_windows`.
+    pair_layout : (int, int, int), default=(1, 1, 1)
+        As in :func:`plan_pair_window`.
 
     Returns
     -------
@@ -294,7 +333,7 @@ def make_windows(tokenized: list[TokenizedText], max_length: int, strategy: str,
         if text.type_ids is not None:  # a sentence pair
             if strategy != "truncate":
                 raise ValueError(f"long_text={strategy!r} works on single texts; sentence pairs are truncated.")
-            planned = [plan_pair_window(text.special, max_length)]
+            planned = [plan_pair_window(text.special, max_length, pair_layout)]
         else:
             planned = plan_windows(text.special, max_length, strategy, stride)
         for k, (indices, counted) in enumerate(planned):
@@ -356,6 +395,23 @@ def length_sorted_batches(lengths: np.ndarray, limits: BatchLimits) -> Iterator[
         start += rows
 
 
+def segment_bounds(special: np.ndarray, pairs: bool) -> np.ndarray:
+    """Each segment's opening and closing special token in a window, ``(segments, 2)``.
+
+    A single text: its first and last tokens. A pair: A between the first special
+    token and the next, B between the last but one and the last (in BERT's layout
+    the middle [SEP] both closes A and opens B; in RoBERTa's, ``</s></s>``, each
+    side has its own). A layout the statistics refuse (token vectors, which use no
+    bounds, still run) gets the window's ends.
+    """
+    specials = np.flatnonzero(special)
+    if pairs and len(specials) >= 3:
+        return np.array([[specials[0], specials[1]], [specials[-2], specials[-1]]])
+    if pairs:
+        return np.array([[0, len(special) - 1]] * 2)
+    return np.array([[0, len(special) - 1]])
+
+
 def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Pad some windows to their longest, on the right.
 
@@ -373,8 +429,8 @@ def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id:
         ``input_ids``, ``attention_mask`` and ``content_mask`` (the segment, 1 or
         2, of each non-special token the window counts; 0 elsewhere), each a
         ``(len(windows), longest)`` int64 tensor on the CPU; ``bounds``, the
-        positions of each window's special tokens, ``(len(windows), segments + 1)``;
-        for sentence pairs also ``token_type_ids``.
+        positions of each segment's opening and closing special tokens,
+        ``(len(windows), segments, 2)``; for sentence pairs also ``token_type_ids``.
     """
     width = max(len(w.token_indices) for w in windows)
     n = len(windows)
@@ -383,18 +439,14 @@ def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id:
     attention_mask = np.zeros((n, width), dtype=np.int64)
     content_mask = np.zeros((n, width), dtype=np.int64)
     type_ids = np.zeros((n, width), dtype=np.int64)
-    bounds = np.zeros((n, 3 if pairs else 2), dtype=np.int64)
+    bounds = np.zeros((n, 2 if pairs else 1, 2), dtype=np.int64)
     for row, window in enumerate(windows):
         text = tokenized[window.text]
         length = len(window.token_indices)
         input_ids[row, :length] = text.ids[window.token_indices]
         attention_mask[row, :length] = 1
         content_mask[row, :length] = window_segments(text, window)
-        specials = np.flatnonzero(text.special[window.token_indices])
-        if len(specials) == bounds.shape[1]:
-            bounds[row] = specials
-        else:  # a layout the statistics refuse (token vectors, which use no bounds, still run)
-            bounds[row, -1] = length - 1
+        bounds[row] = segment_bounds(text.special[window.token_indices], pairs)
         if pairs:
             type_ids[row, :length] = text.type_ids[window.token_indices]
     batch = {

@@ -126,6 +126,10 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         The token limit and chunk overlap in force.
     device_, precision_, model_location_ : str
         Where the encoder runs, its compute dtype, where its weights came from.
+    special_layout_ : SpecialLayout
+        Where the tokenizer puts its special tokens: ``.single_template`` (``"[CLS]
+        text [SEP]"``) and ``.pair_template`` (``"[CLS] A [SEP] B [SEP]"``, or
+        RoBERTa's ``"<s> A </s> </s> B </s>"``).
 
     Examples
     --------
@@ -276,7 +280,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
             for batch in batches:
                 output[batch.positions] = pool_features(batch, self.pooling_modes_, self.layer_indices_,
                                                         self.layer_aggregation, self.include_special_tokens,
-                                                        self.segments_)
+                                                        self.segments_, self.special_layout_.shared_boundary)
                 n_tokens[batch.positions] = batch.n_tokens
                 bar.update(len(batch.positions))
         report = self._call_report(encoding, len(texts), n_unique, int((n_tokens[inverse] > self.max_length_).sum()))
@@ -433,7 +437,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         return encoding_options(
             max_length=self.max_length_, long_text=self.long_text, stride=self.stride_, precision=self.precision,
             batch_size=self.batch_size, token_budget=self.token_budget, attention=self.attention,
-            device=loaded.device,
+            device=loaded.device, packs_exactly=loaded.packs_exactly,
         )
 
     def _store(self):

@@ -110,7 +110,7 @@ def text_tokenizer(loaded: LoadedModel) -> TextTokenizer:
     with _TOKENIZERS_LOCK:
         entry = _TOKENIZERS.get(id(loaded.tokenizer))
         if entry is None or entry[0] is not loaded.tokenizer:
-            entry = (loaded.tokenizer, TextTokenizer(loaded.tokenizer))
+            entry = (loaded.tokenizer, TextTokenizer(loaded.tokenizer, loaded.layout))
             _TOKENIZERS[id(loaded.tokenizer)] = entry
         return entry[1]
 
@@ -128,12 +128,13 @@ def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor], transfers: Tra
     """
     on_device = transfers.to_device(batch)
     if "cu_seqlens" in batch:
-        return forward_packed(loaded.model, on_device), on_device
+        return forward_packed(loaded.model, on_device, loaded.position_offset, loaded.has_token_types), on_device
     unpadded = bool(batch["attention_mask"].all())
     output = loaded.model(
         input_ids=on_device["input_ids"],
         attention_mask=None if unpadded else on_device["attention_mask"],
-        token_type_ids=on_device.get("token_type_ids"),  # sentence pairs; None: all type 0
+        # sentence pairs, where the model has token types; None: all type 0
+        token_type_ids=on_device.get("token_type_ids") if loaded.has_token_types else None,
         output_hidden_states=True,
         return_dict=True,
     )
@@ -219,10 +220,12 @@ def _chunks(loaded, texts, max_length, long_text, stride, report, check_layout=T
     With ``check_layout`` every text must have BERT's special-token layout (statistics rely on it).
     """
     tokenizer = text_tokenizer(loaded)
+    layout = loaded.layout
+    pair_layout = layout.pair if layout is not None and layout.pair is not None else (1, 1, 1)
 
     def prepare(start):
         tokenized = tokenizer(texts[start : start + CHUNK_SIZE])
-        return start, tokenized, make_windows(tokenized, max_length, long_text, stride)
+        return start, tokenized, make_windows(tokenized, max_length, long_text, stride, pair_layout)
 
     starts = range(0, len(texts), CHUNK_SIZE)
     if loaded.device.type == "cpu" or len(starts) == 1:
@@ -231,7 +234,7 @@ def _chunks(loaded, texts, max_length, long_text, stride, report, check_layout=T
         prepared = _prefetching(prepare, starts)
     for start, tokenized, windows in prepared:
         if check_layout:
-            _check_layout(tokenized)
+            _check_layout(tokenized, layout)
         long = sum(len(t.ids) > max_length for t in tokenized)
         _count(report, n_encoded=len(tokenized), n_long=long)
         yield start, tokenized, windows
@@ -290,15 +293,18 @@ def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *,
         yield start, tokenized, n_windows, done, result
 
 
-def _check_layout(tokenized: list[TokenizedText]) -> None:
-    """Statistics assume BERT's layouts: [CLS] text [SEP], or [CLS] A [SEP] B [SEP] for a pair."""
+def _check_layout(tokenized: list[TokenizedText], layout) -> None:
+    """Every text must have its tokenizer's layout (checked at ``fit``): special tokens only where the
+    template puts them. A text that spells a special token out (``"[SEP]"`` in its words) does not."""
     for text in tokenized:
-        expected = 2 if text.type_ids is None else 3
+        pair = text.type_ids is not None
+        expected = (layout.pair_specials if pair else sum(layout.single)) if layout is not None else (3 if pair else 2)
         if not (text.special[0] and text.special[-1] and np.count_nonzero(text.special) == expected):
-            layout = "[CLS] text [SEP]" if text.type_ids is None else "[CLS] A [SEP] B [SEP]"
+            template = None if layout is None else (layout.pair_template if pair else layout.single_template)
             raise ValueError(
-                f"skbert pools BERT-style inputs, {layout}; this tokenizer adds special tokens "
-                f"elsewhere (special-token mask {text.special.astype(int).tolist()[:8]}...)."
+                f"skbert pools inputs laid out as {template!r}; this {'pair' if pair else 'text'} has special tokens "
+                f"elsewhere (special-token mask {text.special.astype(int).tolist()[:8]}...), e.g. a special token "
+                "written out in the text."
             )
 
 

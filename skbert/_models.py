@@ -129,9 +129,23 @@ class LoadedModel:
     has_pooler : bool
         Whether the model has a pooler whose weights were in the checkpoint.
     max_positions : int
-        The longest input, in tokens, the model accepts.
+        The default window, in tokens: the longest input the model's position table
+        and its tokenizer accept (RoBERTa's positions start after the padding index,
+        so its 514 positions hold 512 tokens).
     quantized : bool
         Whether its Linear layers were quantised to int8.
+    layout : SpecialLayout or None
+        Where the tokenizer puts its special tokens (:mod:`skbert._layout`).
+    window_limit : int or None
+        The longest input accepted at all: ``max_positions`` for a model with a
+        position table, None for one with relative positions only (DeBERTa), which
+        takes longer inputs than it was trained on.
+    position_offset : int
+        Where the model's position ids start (RoBERTa: after the padding index).
+    has_token_types : bool
+        Whether the model has token type (segment) embeddings to feed (``type_vocab_size`` > 1).
+    packs_exactly : bool
+        Whether packed batches give its padded numbers (:data:`PACKED_FAMILIES`).
     """
 
     model: torch.nn.Module
@@ -144,6 +158,11 @@ class LoadedModel:
     has_pooler: bool
     max_positions: int
     quantized: bool = False
+    layout: object = None
+    window_limit: int | None = None
+    position_offset: int = 0
+    has_token_types: bool = True
+    packs_exactly: bool = True
 
 
 _REGISTRY: dict[tuple, LoadedModel] = {}
@@ -172,12 +191,35 @@ def _not_found_message(model_name: str, revision: str | None, error: Exception) 
     )
 
 
-def _max_positions(config, tokenizer) -> int:
-    limits = [int(getattr(config, "max_position_embeddings", 512))]
+#: Families whose position ids start after the padding index (``padding_idx + 1``).
+OFFSET_POSITION_FAMILIES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text"})
+#: Families whose attention runs through transformers' attention functions with no mask of its own (no
+#: sliding window, no relative-position bias), so that a packed batch, attending within each window, gives
+#: the padded numbers: checked for each in the tests. Others (DeBERTa's disentangled attention, ModernBERT's
+#: local windows) run padded whatever ``attention`` says.
+PACKED_FAMILIES = frozenset({"bert", "distilbert", "albert", "electra", "roberta", "xlm-roberta", "camembert"})
+
+
+def _position_offset(config) -> int:
+    if config.model_type in OFFSET_POSITION_FAMILIES:
+        return int(getattr(config, "pad_token_id", 1) or 0) + 1
+    return 0
+
+
+def _has_position_table(config) -> bool:
+    """Whether positions come from a table of ``max_position_embeddings`` rows (DeBERTa's may be relative only)."""
+    return not (config.model_type.startswith("deberta") and not getattr(config, "position_biased_input", True))
+
+
+def _max_positions(config, tokenizer) -> tuple[int, int | None]:
+    """The default window and the hard limit (None: no position table bounds it)."""
+    table = int(getattr(config, "max_position_embeddings", 512)) - _position_offset(config)
     tokenizer_limit = getattr(tokenizer, "model_max_length", None)
-    if tokenizer_limit is not None and tokenizer_limit < 1_000_000:
-        limits.append(int(tokenizer_limit))
-    return min(limits)
+    tokenizer_limit = int(tokenizer_limit) if tokenizer_limit is not None and tokenizer_limit < 1_000_000 else None
+    default = min(table, tokenizer_limit) if tokenizer_limit else table
+    if not _has_position_table(config):
+        return default, None
+    return default, default
 
 
 def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
@@ -240,6 +282,9 @@ def _load(source: ModelSource, device: torch.device, dtype: torch.dtype, quantiz
     if quantize:
         quantize_linear_layers(model)
     config = model.config
+    from ._layout import special_layout
+
+    max_positions, window_limit = _max_positions(config, tokenizer)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -249,8 +294,13 @@ def _load(source: ModelSource, device: torch.device, dtype: torch.dtype, quantiz
         n_layers=int(config.num_hidden_layers),
         hidden_size=int(config.hidden_size),
         has_pooler=has_pooler,
-        max_positions=_max_positions(config, tokenizer),
+        max_positions=max_positions,
         quantized=quantize,
+        layout=special_layout(tokenizer),
+        window_limit=window_limit,
+        position_offset=_position_offset(config),
+        has_token_types=int(getattr(config, "type_vocab_size", 0) or 0) > 1,
+        packs_exactly=config.model_type in PACKED_FAMILIES,
     )
 
 

@@ -89,7 +89,7 @@ def stored_dtype(precision: str) -> str:
 
 
 def encoding_options(*, max_length: int, long_text: str, stride: int, precision: str, batch_size, token_budget,
-                     attention: str, device: torch.device) -> EncodingOptions:
+                     attention: str, device: torch.device, packs_exactly: bool = True) -> EncodingOptions:
     """The options of a fitted estimator on the device its model was loaded on.
 
     Parameters
@@ -102,6 +102,8 @@ def encoding_options(*, max_length: int, long_text: str, stride: int, precision:
         The estimator's parameters (None: no row limit; the device's default budget).
     device : torch.device
         Where the model runs.
+    packs_exactly : bool, default=True
+        Whether the model's family packs exactly (else batches run padded).
 
     Returns
     -------
@@ -110,7 +112,7 @@ def encoding_options(*, max_length: int, long_text: str, stride: int, precision:
     return EncodingOptions(
         max_length=int(max_length), long_text=long_text, stride=int(stride), stored=stored_dtype(precision),
         batch_size=batch_size, token_budget=int(token_budget or default_token_budget(device)),
-        packed=use_packed(attention, device),
+        packed=use_packed(attention, device, packs_exactly),
     )
 
 

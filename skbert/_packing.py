@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ._batching import TokenizedText, Window, window_segments
+from ._batching import TokenizedText, Window, segment_bounds, window_segments
 
 ATTENTION = "skbert_packed"
 ATTENTION_CHOICES = ("auto", "packed", "padded")
@@ -47,8 +47,12 @@ def transformers_passes_lengths() -> bool:
     return int(transformers.__version__.split(".")[0]) >= 5
 
 
-def use_packed(attention: str, device: torch.device) -> bool:
+def use_packed(attention: str, device: torch.device, exact: bool = True) -> bool:
     """Whether batches are packed: ``"auto"`` packs where the varlen kernel runs (CUDA).
+
+    ``exact``: whether the model's family packs exactly
+    (:data:`~skbert._models.PACKED_FAMILIES`); where it does not, batches run padded,
+    with a warning if ``"packed"`` was asked for.
 
     Raises
     ------
@@ -57,6 +61,13 @@ def use_packed(attention: str, device: torch.device) -> bool:
     """
     if attention == "packed" and not transformers_passes_lengths():
         raise ValueError("attention='packed' needs transformers >= 5; use 'padded' or 'auto' with this version.")
+    if not exact:
+        if attention == "packed":
+            from ._warnings import warn_user
+
+            warn_user("attention='packed' is not exact for this model's family (its attention has masks or "
+                      "position biases of its own); batches run padded.")
+        return False
     if attention == "auto":
         return device.type == "cuda" and varlen_kernel() is not None and transformers_passes_lengths()
     return attention == "packed"
@@ -115,8 +126,8 @@ def pack(tokenized: list[TokenizedText], windows: list[Window]) -> dict[str, tor
         positions of those tokens and ``content_owner`` the row (window x segments +
         segment) each one is pooled into, worked out here so that the device never
         has to tell the host how many there are (a boolean mask would: a sync per
-        batch); ``bounds`` (n, segments + 1) the flat positions of each window's
-        special tokens; ``cu_seqlens`` (n + 1,) int32; ``max_length`` (a 0-d tensor,
+        batch); ``bounds`` (n, segments, 2) the flat positions of each segment's
+        opening and closing special tokens; ``cu_seqlens`` (n + 1,) int32; ``max_length`` (a 0-d tensor,
         kept on the host); all on the CPU.
     """
     ids, positions, types, content, bounds, lengths = [], [], [], [], [], []
@@ -128,14 +139,14 @@ def pack(tokenized: list[TokenizedText], windows: list[Window]) -> dict[str, tor
         types.append(np.zeros(len(window.token_indices), np.int64) if text.type_ids is None
                      else text.type_ids[window.token_indices])
         content.append(window_segments(text, window))
-        bounds.append(offset + np.flatnonzero(text.special[window.token_indices]))
+        bounds.append(offset + segment_bounds(text.special[window.token_indices], text.type_ids is not None))
         lengths.append(len(window.token_indices))
         offset += len(window.token_indices)
     input_ids = torch.from_numpy(np.concatenate(ids)).unsqueeze(0)
     segment = np.concatenate(content)
     content_index = np.flatnonzero(segment)
     window_of_token = np.repeat(np.arange(len(windows)), lengths)
-    n_segments = len(bounds[0]) - 1
+    n_segments = len(bounds[0])
     return {
         "content_index": torch.from_numpy(content_index),
         "content_owner": torch.from_numpy(window_of_token[content_index] * n_segments + segment[content_index] - 1),
@@ -166,14 +177,18 @@ def packed_attention_on(model):
             model.config._attn_implementation = before
 
 
-def forward_packed(model, batch: dict[str, torch.Tensor]):
-    """Run the model on a packed batch (already on its device); returns its output."""
+def forward_packed(model, batch: dict[str, torch.Tensor], position_offset: int = 0, token_types: bool = True):
+    """Run the model on a packed batch (already on its device); returns its output.
+
+    ``position_offset``: where the model's position ids start (RoBERTa's after its
+    padding index); ``token_types``: whether the model takes token type ids.
+    """
     cu_seqlens, longest = batch["cu_seqlens"], int(batch["max_length"])
     with packed_attention_on(model):
         return model(
             input_ids=batch["input_ids"],
-            position_ids=batch["position_ids"],
-            token_type_ids=batch["token_type_ids"],
+            position_ids=batch["position_ids"] + position_offset if position_offset else batch["position_ids"],
+            token_type_ids=batch["token_type_ids"] if token_types else None,
             output_hidden_states=True,
             return_dict=True,
             cu_seq_lens_q=cu_seqlens,
@@ -193,15 +208,16 @@ def segment_statistics(hidden_states, content_index: torch.Tensor, content_owner
     content_index, content_owner : Tensor of int64
         From :func:`pack`: the counted content tokens and the (window, segment) row of each.
     kinds : sequence of str
-    bounds : Tensor of shape (n_windows, segments + 1)
+    bounds : Tensor of shape (n_windows, segments, 2)
+        Each segment's opening and closing special token (flat positions).
 
     Returns
     -------
     Tensor of shape (n_windows, segments, len(kinds), len(hidden_states), d), float32
     """
-    n, n_segments = bounds.shape[0], bounds.shape[1] - 1
+    n, n_segments = bounds.shape[0], bounds.shape[1]
     owner = content_owner
-    firsts, lasts = bounds[:, :-1].reshape(-1), bounds[:, 1:].reshape(-1)
+    firsts, lasts = bounds[:, :, 0].reshape(-1), bounds[:, :, 1].reshape(-1)
     per_layer = []
     for hidden in hidden_states:
         tokens = hidden[0]

@@ -11,6 +11,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ._batching import LONG_TEXT_STRATEGIES
 from ._device import PRECISIONS
 from ._layers import LAYER_AGGREGATIONS, LAYER_PRESETS, resolve_layers
+from ._layout import check_layout
 from ._models import LoadedModel
 from ._packing import ATTENTION_CHOICES
 from ._pooling import POOLING_MODES, expand_segments
@@ -57,7 +58,7 @@ def fitted_settings(params: dict, modes: tuple[str, ...], loaded: LoadedModel) -
     dict
         Attribute name -> value: ``n_layers_``, ``hidden_size_``, ``layer_indices_``,
         ``pooling_modes_``, ``segments_``, ``max_length_``, ``stride_``, ``device_``,
-        ``precision_``, ``model_location_``.
+        ``precision_``, ``model_location_``, ``special_layout_``.
 
     Raises
     ------
@@ -88,9 +89,11 @@ def fitted_settings(params: dict, modes: tuple[str, ...], loaded: LoadedModel) -
                 f"pooling='pooler' needs pooler weights, and model {model_name!r} has none; "
                 "use 'cls' for the raw [CLS] vector."
             )
-    if params["max_length"] is not None and params["max_length"] > loaded.max_positions:
+    check_layout(loaded.layout, params["pairs"], model_name)
+    if params["max_length"] is not None and loaded.window_limit is not None and \
+            params["max_length"] > loaded.window_limit:
         raise ValueError(
-            f"max_length={params['max_length']} exceeds the {loaded.max_positions} tokens model "
+            f"max_length={params['max_length']} exceeds the {loaded.window_limit} tokens model "
             f"{model_name!r} accepts."
         )
     max_length = loaded.max_positions if params["max_length"] is None else int(params["max_length"])
@@ -111,6 +114,7 @@ def fitted_settings(params: dict, modes: tuple[str, ...], loaded: LoadedModel) -
         "device_": str(loaded.device),
         "precision_": "int8" if loaded.quantized else str(loaded.dtype).removeprefix("torch."),
         "model_location_": loaded.source.location,
+        "special_layout_": loaded.layout,
     }
 
 

@@ -132,9 +132,9 @@ def window_statistics(
         counts, 0 elsewhere (see :func:`~skbert._batching.window_segments`).
     kinds : sequence of str, default=KINDS
         Which of :data:`KINDS` to compute, in :data:`KINDS` order.
-    bounds : Tensor of shape (n, segments + 1), optional
-        Positions of each window's special tokens; segment ``s`` lies between
-        ``bounds[:, s]`` and ``bounds[:, s + 1]``. None: one segment, from the
+    bounds : Tensor of shape (n, segments, 2), optional
+        Positions of each segment's opening and closing special tokens
+        (:func:`~skbert._batching.segment_bounds`). None: one segment, from the
         first token to the last real one.
 
     Returns
@@ -147,11 +147,11 @@ def window_statistics(
     real = attention_mask.bool()
     rows = torch.arange(real.shape[0], device=real.device)
     if bounds is None:
-        bounds = torch.stack([torch.zeros_like(rows), real.long().sum(dim=1) - 1], dim=1)
+        bounds = torch.stack([torch.zeros_like(rows), real.long().sum(dim=1) - 1], dim=1)[:, None]
     segments = []
-    for segment in range(bounds.shape[1] - 1):
+    for segment in range(bounds.shape[1]):
         content = (content_mask == segment + 1) & real
-        first, last = bounds[:, segment], bounds[:, segment + 1]
+        first, last = bounds[:, segment, 0], bounds[:, segment, 1]
         reducers = {
             "cls": lambda hidden: hidden[rows, first].float(),
             "last": lambda hidden: hidden[rows, last].float(),
@@ -221,7 +221,7 @@ def finish_texts(
 
 def pool_statistics(
     statistics: Statistics, mode: str, layer_indices: Sequence[int], include_special_tokens: bool,
-    segment: int | None = None,
+    segment: int | None = None, shared_boundary: bool = True,
 ):
     """Compute one pooling mode for some layers from :class:`Statistics`.
 
@@ -239,6 +239,11 @@ def pool_statistics(
     segment : int or None, default=None
         None: the whole input (both sides of a pair). 0 or 1: one side of a pair,
         ``"mean"`` and ``"max"`` only.
+    shared_boundary : bool, default=True
+        Whether one special token both closes A and opens B (BERT's ``[CLS] A
+        [SEP] B [SEP]``: three special tokens in all) or each side has its own
+        (RoBERTa's ``<s> A </s></s> B </s>``: four). One side always counts its own
+        opening and closing tokens.
 
     Returns
     -------
@@ -254,9 +259,13 @@ def pool_statistics(
     if mode not in ("mean", "max"):
         raise ValueError(f"pooling mode {mode!r} " + ("is not per segment" if mode in ("cls", "last") else "is unknown"))
     segments = range(statistics.n_segments) if segment is None else [segment]
-    # the special tokens around the pooled tokens: [CLS], then each segment's closing [SEP]
-    specials = [statistics.get("cls", layer_indices, segments[0])]
-    specials += [statistics.get("last", layer_indices, s) for s in segments]
+    # the special tokens around the pooled tokens, each once: every segment's opening and closing token,
+    # where B's opening token is A's closing one in BERT's layout
+    specials = []
+    for s in segments:
+        if s == segments[0] or not shared_boundary:
+            specials.append(statistics.get("cls", layer_indices, s))
+        specials.append(statistics.get("last", layer_indices, s))
     counts = statistics.n_content[:, list(segments)].astype(np.float32)
     n_content = counts.sum(axis=1)[:, None, None]
     parts = [statistics.get(mode, layer_indices, s) for s in segments]
@@ -274,7 +283,7 @@ def pool_statistics(
 
 def pool_segments(
     statistics: Statistics, segment: str, mode: str, layer_indices: Sequence[int], aggregation: str,
-    include_special_tokens: bool,
+    include_special_tokens: bool, shared_boundary: bool = True,
 ) -> np.ndarray:
     """One pooling mode over the whole input, one side, or both sides compared, layers combined.
 
@@ -286,7 +295,7 @@ def pool_segments(
     ndarray of shape (n, width), float32
     """
     def side(index):
-        pooled = pool_statistics(statistics, mode, layer_indices, include_special_tokens, index)
+        pooled = pool_statistics(statistics, mode, layer_indices, include_special_tokens, index, shared_boundary)
         return aggregate_layers(pooled, aggregation)
 
     if segment == "joint":
@@ -305,9 +314,11 @@ def pool_segments(
 
 def pool_features(
     statistics: Statistics, modes: Sequence[str], layer_indices: Sequence[int], aggregation: str,
-    include_special_tokens: bool, segments: Sequence[str] = ("joint",),
+    include_special_tokens: bool, segments: Sequence[str] = ("joint",), shared_boundary: bool = True,
 ) -> np.ndarray:
     """Every segment choice and pooling mode for the selected layers, layers combined, blocks concatenated.
+
+    ``shared_boundary`` as in :func:`pool_statistics` (the tokenizer's pair layout).
 
     Returns
     -------
@@ -316,7 +327,7 @@ def pool_features(
         then by pooling mode.
     """
     blocks = [
-        pool_segments(statistics, segment, mode, layer_indices, aggregation, include_special_tokens)
+        pool_segments(statistics, segment, mode, layer_indices, aggregation, include_special_tokens, shared_boundary)
         for segment in segments
         for mode in modes
     ]

@@ -57,7 +57,7 @@ def token_records(loaded: LoadedModel, texts: list, layer_indices: tuple[int, ..
             offsets=tokenized.offsets[kept],
             vectors=aggregate_layers(vectors.transpose(1, 0, 2), layer_aggregation),
             special_mask=tokenized.special[kept],
-            segments=None if tokenized.type_ids is None else tokenized.type_ids[kept],
+            segments=None if tokenized.segments is None else tokenized.segments[kept],
         )
         progress.update(1)
     return records
