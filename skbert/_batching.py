@@ -252,7 +252,7 @@ def pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
     len_a, len_b : int
         Tokens of A and of B, special tokens not counted.
     budget : int
-        Most tokens of A and B together (``max_length`` minus the 3 special tokens).
+        Most tokens of A and B together (``max_length`` minus the pair's special tokens).
 
     Returns
     -------

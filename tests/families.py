@@ -58,7 +58,7 @@ def _corpus() -> list[str]:
     return rows + [t for t in TEXTS if t.strip()] + ["Riverbanks flood. The bank paid!"]
 
 
-def _tokenizer(family: Family):
+def _tokenizer(family: Family, limit: bool = True):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     if family.bert_style:
@@ -105,7 +105,8 @@ def _tokenizer(family: Family):
     names = dict(cls_token=cls, sep_token=sep, pad_token=pad, unk_token=unk, mask_token=mask)
     if not family.bert_style:
         names.update(bos_token=cls, eos_token=sep)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=MAX_POSITIONS, **names)
+    limits = {"model_max_length": MAX_POSITIONS} if limit else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **limits, **names)
 
 
 def _config(family: Family, tokenizer, layers: int):
@@ -144,12 +145,16 @@ def _config(family: Family, tokenizer, layers: int):
     raise ValueError(family.name)
 
 
-def write_family(path, family: Family, layers: int = 2, seed: int = 0) -> str:
-    """Save a tiny random model of ``family`` and its trained tokenizer under ``path``; returns the folder."""
+def write_family(path, family: Family, layers: int = 2, seed: int = 0, tokenizer_limit: bool = True) -> str:
+    """Save a tiny random model of ``family`` and its trained tokenizer under ``path``; returns the folder.
+
+    ``tokenizer_limit=False`` leaves the tokenizer without a length limit (as some hub checkpoints do), so
+    only the model's position table bounds the window.
+    """
     from transformers import AutoModel
 
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tokenizer(family)
+    tokenizer = _tokenizer(family, tokenizer_limit)
     tokenizer.save_pretrained(path)
     torch.manual_seed(seed)
     AutoModel.from_config(_config(family, tokenizer, layers)).save_pretrained(path)

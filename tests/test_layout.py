@@ -42,6 +42,7 @@ def test_no_module_imports_the_estimator(module):
     ("_tables", {"_models", "_encoding", "_cache", "_source", "_options", "_streaming", "_cli"}),
     ("_encoding", {"_cache", "_disk", "_entries", "_source", "_settings"}),
     ("_options", {"_encoding", "_source", "_cache", "_settings"}),
+    ("_layout", {"_models", "_encoding", "_batching", "_cache", "_source", "_options", "_settings"}),
 ])
 def test_each_stage_imports_only_what_comes_before_it(module, forbidden):
     assert not _imports(module) & forbidden, (module, _imports(module) & forbidden)

@@ -1,0 +1,254 @@
+"""The BERT family: eight families, each with a tokenizer of its own kind, against a plain transformers loop.
+
+The reference here tokenises with the family's tokenizer (``tokenizer(a, b, truncation=True)``,
+Hugging Face's ``longest_first``), runs the model on one input at a time with no padding, and
+pools with numpy over the positions the tokenizer's own special-token mask and sequence ids give.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose
+
+from families import FAMILIES, MAX_POSITIONS, write_family
+from skbert import BertEmbedder
+from skbert._batching import plan_pair_window
+from skbert._layout import special_layout
+
+TEXTS = ["The river bank was muddy.", "She paid the loan at the bank.", "", "a",
+         "We sat on the bank of the river and watched the water.", "money money money"]
+PAIRS = [("The river bank.", "She paid the loan."), ("", "money"), ("a", ""), ("", ""),
+         ("We sat on the bank of the river and watched the water and the fish.", "a loan")]
+LONG = " ".join(["the river bank was muddy and we sat on it"] * 12)
+ATOL = 2e-5
+NAMES = [family.name for family in FAMILIES]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    return {family.name: write_family(root / family.name, family) for family in FAMILIES}
+
+
+class Plain:
+    """A plain transformers loop: one input at a time, float32, pooled over the tokenizer's own positions."""
+
+    def __init__(self, path):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval()
+        self.token_types = getattr(self.model.config, "type_vocab_size", 0) > 1
+
+    def encode(self, text, pair=None, max_length=None):
+        """Hidden states, each token's side (-1 for special tokens) and the encoding. Batched calls, as
+        ``tokenizer([a], [b])``: the one-pair call drops an empty B."""
+        encoding = self.tokenizer([text], None if pair is None else [pair], truncation=max_length is not None,
+                                  max_length=max_length, return_token_type_ids=True)
+        ids = torch.tensor(encoding["input_ids"])
+        types = torch.tensor(encoding["token_type_ids"]) if self.token_types else None
+        with torch.no_grad():
+            states = self.model(input_ids=ids, token_type_ids=types, output_hidden_states=True).hidden_states
+        sides = np.array([-1 if s is None else s for s in encoding.sequence_ids(0)])
+        return np.stack([h[0].double().numpy() for h in states]), sides, {"input_ids": encoding["input_ids"][0]}
+
+    def pool(self, states, positions, mode):
+        chosen = states[:, positions]
+        return chosen.mean(axis=1) if mode == "mean" else chosen.max(axis=1)
+
+
+def _fit(path, texts, **params):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # truncation notices
+        embedder = BertEmbedder(path, precision="float32", cache=None, **params).fit(texts[:1])
+        return embedder, embedder.transform(texts)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_single_texts_match_a_plain_loop_for_cls_mean_and_max(models, name):
+    plain = Plain(models[name])
+    embedder, got = _fit(models[name], TEXTS, pooling=("cls", "mean", "max"), layers=(0, -1))
+    for row, text in enumerate(TEXTS):
+        states, sides, _ = plain.encode(text)
+        content = np.flatnonzero(sides == 0)
+        content = content if content.size else np.arange(len(sides))  # an empty text: its special tokens
+        want = np.concatenate([states[[0, -1], 0].reshape(-1), plain.pool(states[[0, -1]], content, "mean").reshape(-1),
+                               plain.pool(states[[0, -1]], content, "max").reshape(-1)])
+        assert_allclose(got[row], want, atol=ATOL, err_msg=f"{name} row {row}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pairs_in_the_familys_own_layout_match_a_plain_loop(models, name):
+    """Joint, each side and the sides compared, special tokens excluded and included, against positions
+    taken from the tokenizer's sequence ids (A's special tokens: the one before it and the one after it;
+    B's: the one before it and the last)."""
+    plain = Plain(models[name])
+    for include in (False, True):
+        embedder, got = _fit(models[name], PAIRS, pairs=True, pooling="mean_max", segments=("joint", "a", "b"),
+                             include_special_tokens=include, layers=-1)
+        for row, (a, b) in enumerate(PAIRS):
+            states, sides, _ = plain.encode(a, b)
+            special = np.flatnonzero(sides == -1)
+            middle = special[1]  # the first special token after the one before A
+            b_open = special[-2]
+            a_side = np.flatnonzero(sides == 0)
+            b_side = np.flatnonzero(sides == 1)
+            if include or not a_side.size:
+                a_side = np.concatenate([a_side, [special[0], middle]])
+            if include or not b_side.size:
+                b_side = np.concatenate([b_side, [b_open, special[-1]]])
+            joint = np.arange(len(sides)) if include or not (sides >= 0).any() else np.flatnonzero(sides >= 0)
+            want = np.concatenate([plain.pool(states[-1:], positions, mode).reshape(-1)
+                                   for positions in (joint, a_side, b_side) for mode in ("mean", "max")])
+            assert_allclose(got[row], want, atol=ATOL, err_msg=f"{name} row {row} include={include}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pair_truncation_is_longest_first_in_every_layout(models, name):
+    """Our window of a pair equals the tokenizer's own truncation, for every small split of lengths."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(models[name])
+    layout = special_layout(tokenizer)
+    word = "bank "
+    for n_a in range(0, 7):
+        for n_b in range(0, 7):
+            a, b = (word * n_a).strip(), (word * n_b).strip()
+            full = tokenizer(a, b, return_special_tokens_mask=True)
+            ids, special = np.array(full["input_ids"]), np.array(full["special_tokens_mask"], bool)
+            for cut in (1, 2, 3, 5):
+                max_length = len(ids) - cut
+                if max_length < layout.pair_specials + 1:
+                    continue
+                want = tokenizer(a, b, truncation="longest_first", max_length=max_length)["input_ids"]
+                keep, _ = plan_pair_window(special, max_length, layout.pair)
+                assert ids[keep].tolist() == want, (name, n_a, n_b, max_length)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_long_texts_use_the_models_own_window(models, name):
+    plain = Plain(models[name])
+    embedder, truncated = _fit(models[name], [LONG], pooling="mean")
+    assert embedder.max_length_ == MAX_POSITIONS  # RoBERTa's table has two more rows: its positions are offset
+    states, sides, _ = plain.encode(LONG, max_length=MAX_POSITIONS)
+    assert_allclose(truncated[0], plain.pool(states[-1:], np.flatnonzero(sides == 0), "mean")[0], atol=ATOL)
+    # head_tail: [CLS], the first quarter of the window's text tokens, the rest from the end, [SEP]
+    ids = plain.tokenizer(LONG)["input_ids"]
+    width = MAX_POSITIONS - 2
+    kept = [ids[0]] + ids[1:-1][: width // 4] + ids[1:-1][-(width - width // 4):] + [ids[-1]]
+    with torch.no_grad():
+        states = plain.model(input_ids=torch.tensor([kept]), output_hidden_states=True).hidden_states[-1][0].double()
+    _, got = _fit(models[name], [LONG, "a"], long_text="head_tail", pooling="mean")
+    assert_allclose(got[0], states[1:-1].mean(0).numpy(), atol=ATOL)
+    _, got = _fit(models[name], [LONG, "a"], long_text="chunk", pooling="mean")
+    assert got.shape == (2, 32) and np.isfinite(got).all()
+    chunked, _ = _fit(models[name], [LONG], long_text="chunk")
+    records = chunked.transform_tokens([LONG])
+    assert len(records[0]) == len(plain.tokenizer(LONG)["input_ids"])  # every token, each once
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_without_a_tokenizer_limit_the_window_is_what_the_position_table_holds(tmp_path, name):
+    """RoBERTa's positions start after the padding index: its 66-row table holds 64 tokens, not 66.
+    DeBERTa's relative positions have no table to bound the window: max_length may exceed it."""
+    family = FAMILIES[NAMES.index(name)]
+    path = write_family(tmp_path / name, family, tokenizer_limit=False)
+    embedder, got = _fit(path, [LONG * 3], pooling="mean")
+    assert embedder.max_length_ == MAX_POSITIONS and np.isfinite(got).all()
+    if name == "deberta-v2":
+        longer, got = _fit(path, [LONG * 3], pooling="mean", max_length=2 * MAX_POSITIONS)
+        assert longer.max_length_ == 2 * MAX_POSITIONS and np.isfinite(got).all()
+    else:
+        with pytest.raises(ValueError, match=f"max_length={MAX_POSITIONS + 1} exceeds the {MAX_POSITIONS} tokens"):
+            BertEmbedder(path, max_length=MAX_POSITIONS + 1).fit(["a"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_token_lists_offsets_and_sides_are_the_tokenizers(models, name):
+    plain = Plain(models[name])
+    embedder, _ = _fit(models[name], PAIRS[:1], pairs=True)
+    a, b = PAIRS[0]
+    record = embedder.transform_tokens([(a, b)])[0]
+    states, sides, encoding = plain.encode(a, b)
+    assert record.tokens == plain.tokenizer.convert_ids_to_tokens(encoding["input_ids"])
+    assert_allclose(record.vectors, states[-1], atol=ATOL)
+    content = sides >= 0
+    assert (record.segments[content] == sides[content]).all()  # 1 for B, in any layout (RoBERTa has no types)
+    offsets = plain.tokenizer([a], [b], return_offsets_mapping=True)["offset_mapping"][0]
+    assert record.offsets.tolist() == [list(span) for span in offsets]  # each side's own characters
+    single, _ = _fit(models[name], [a])
+    text = single.transform_tokens([a])[0]
+    assert text.offsets.tolist() == [list(span) for span in plain.tokenizer(a, return_offsets_mapping=True)[
+        "offset_mapping"]]
+    assert text.special_mask.tolist() == [bool(s) for s in plain.tokenizer(a, return_special_tokens_mask=True)[
+        "special_tokens_mask"]]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_packed_is_exact_or_falls_back_to_padded(models, name):
+    from skbert._models import PACKED_FAMILIES
+
+    params = dict(pooling=("cls", "mean", "max"), layers="all")
+    _, padded = _fit(models[name], TEXTS + [LONG], attention="padded", **params)
+    exact = name in PACKED_FAMILIES
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        embedder = BertEmbedder(models[name], attention="packed", precision="float32", cache=None, **params)
+        packed = embedder.fit(TEXTS).transform(TEXTS + [LONG])
+    notes = [str(w.message) for w in caught if "not exact for this model's family" in str(w.message)]
+    assert bool(notes) != exact
+    assert_allclose(packed, padded, atol=1e-5)
+    pairs_params = dict(pairs=True, pooling="mean_max", segments=("joint", "a", "b"))
+    _, padded_pairs = _fit(models[name], PAIRS, attention="padded", **pairs_params)
+    _, packed_pairs = _fit(models[name], PAIRS, attention="packed", **pairs_params)
+    assert_allclose(packed_pairs, padded_pairs, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_pair_and_its_concatenation_never_share_a_cache_entry(models, name):
+    pair_embedder = BertEmbedder(models[name], pairs=True, precision="float32").fit(PAIRS[:1])
+    single = BertEmbedder(models[name], precision="float32").fit(["a"])
+    pair_embedder.transform(PAIRS[:2])
+    joined = [a + b for a, b in PAIRS[:2]] + [f"{a} {b}" for a, b in PAIRS[:2]]
+    assert single.transform_with_report(joined)[1].n_encoded == len(set(joined))
+    assert pair_embedder.transform_with_report(PAIRS[:2])[1].n_encoded == 0
+
+
+def _tokenizer_folder(path, *, pair_template=True, specials=True, pair="[CLS] $A [SEP] $B:1 [SEP]:1"):
+    """A tiny BERT whose tokenizer has no pair template, no special tokens at all, or another pair template."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.train_from_iterator(TEXTS * 3, trainers.WordPieceTrainer(
+        vocab_size=120, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    if specials:
+        ids = [("[CLS]", tokenizer.token_to_id("[CLS]")), ("[SEP]", tokenizer.token_to_id("[SEP]"))]
+        pair = "[CLS] $A $B [SEP]" if not pair_template else pair
+        tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair=pair,
+                                                                 special_tokens=ids)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, cls_token="[CLS]", sep_token="[SEP]",
+                                   pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]", model_max_length=64)
+    fast.save_pretrained(path)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(fast), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(path)
+    return str(path)
+
+
+def test_a_tokenizer_without_a_pair_template_or_special_tokens_is_refused_at_fit(tmp_path):
+    joined = _tokenizer_folder(tmp_path / "joined", pair_template=False)
+    BertEmbedder(joined).fit(["a"])  # single texts: fine
+    with pytest.raises(ValueError, match=r"no pair template that marks where A ends and B starts.*pairs=False"):
+        BertEmbedder(joined, pairs=True).fit([("a", "b")])
+    odd = _tokenizer_folder(tmp_path / "odd", pair="[CLS] $A [SEP] [SEP] [SEP] $B:1 [SEP]:1")
+    with pytest.raises(ValueError, match=r"lays out a pair as '\[CLS\] A \[SEP\] \[SEP\] \[SEP\] B \[SEP\]' "
+                                         r"\(1 special token\(s\) before A, 3 between, 1 after B\)"):
+        BertEmbedder(odd, pairs=True).fit([("a", "b")])
+    bare = _tokenizer_folder(tmp_path / "bare", specials=False)
+    with pytest.raises(ValueError, match=r"lays out a text as 'text' \(0 special token\(s\) before it, 0 after\)"):
+        BertEmbedder(bare).fit(["a"])
