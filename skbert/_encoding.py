@@ -33,7 +33,7 @@ from ._batching import (
     n_segments,
     window_segments,
 )
-from ._models import LoadedModel
+from ._models import LoadedModel, model_to_depth
 from ._options import EncodingOptions
 from ._packing import forward_packed, pack, packed_pooler, segment_statistics
 from ._statistics import KINDS, Statistics, finish_texts, window_statistics
@@ -120,17 +120,20 @@ def _is_oom(error: BaseException) -> bool:
     return (oom and isinstance(error, oom)) or "out of memory" in str(error).lower()
 
 
-def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor], transfers: Transfers):
+def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor], transfers: Transfers, depth: int | None = None):
     """Run the model on a padded or packed batch on its device; returns the output and the moved masks.
 
     A padded batch without padding runs with no attention mask at all, which lets
-    the attention kernels take their fast, unmasked path.
+    the attention kernels take their fast, unmasked path. ``depth``: the highest
+    hidden state the caller reads; the layers above it are not run where the family
+    allows (:func:`~skbert._models.model_to_depth`).
     """
+    model = loaded.model if depth is None else model_to_depth(loaded, depth)
     on_device = transfers.to_device(batch)
     if "cu_seqlens" in batch:
-        return forward_packed(loaded.model, on_device, loaded.position_offset, loaded.has_token_types), on_device
+        return forward_packed(model, on_device, loaded.position_offset, loaded.has_token_types), on_device
     unpadded = bool(batch["attention_mask"].all())
-    output = loaded.model(
+    output = model(
         input_ids=on_device["input_ids"],
         attention_mask=None if unpadded else on_device["attention_mask"],
         # sentence pairs, where the model has token types; None: all type 0
@@ -150,6 +153,7 @@ def run_batches(
     limits: BatchLimits | None = None,
     packed: bool = False,
     transfers: Transfers | None = None,
+    depth: int | None = None,
 ) -> Iterator[tuple[list[Window], PendingCopy]]:
     """Run ``reduce(output, masks)`` on one batch of windows, splitting it on out-of-memory errors.
 
@@ -175,6 +179,8 @@ def run_batches(
     transfers : Transfers, optional
         The call's copies between host and device (made for the model's device if
         not given).
+    depth : int, optional
+        The highest hidden state ``reduce`` reads (None: all of them run).
 
     Yields
     ------
@@ -194,7 +200,7 @@ def run_batches(
         batch = pack(tokenized, part) if packed else collate(tokenized, part, pad_id)
         try:
             with torch.inference_mode():
-                result = transfers.to_host(reduce(*_forward(loaded, batch, transfers)))
+                result = transfers.to_host(reduce(*_forward(loaded, batch, transfers, depth)))
         except (RuntimeError, MemoryError) as error:
             if len(part) == 1 or not _is_oom(error):
                 raise
@@ -258,7 +264,8 @@ def _prefetching(prepare, starts):
 OUTPUT_BYTES_PER_BATCH = 256 * 2**20
 
 
-def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *, row_bytes=None, check_layout=True):
+def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *, row_bytes=None, check_layout=True,
+                     depth=None):
     """Tokenise, window, batch and run texts; yield each finished batch with what it needs to regroup.
 
     Batches hold at most ``batch_size`` rows and ``token_budget`` padded tokens, and
@@ -286,7 +293,7 @@ def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *,
             for batch in length_sorted_batches(lengths, limits):
                 batch_windows = [windows[i] for i in batch]
                 for done, copy in run_batches(loaded, tokenized, batch_windows, reduce, report, limits,
-                                              options.packed, transfers):
+                                              options.packed, transfers, depth):
                     yield (start, tokenized, n_windows, done), copy
 
     for (start, tokenized, n_windows, done), result in one_batch_behind(started()):
@@ -321,7 +328,8 @@ def iter_statistics(
     """Encode texts and yield their statistics (:mod:`skbert._statistics`), in no particular order.
 
     Only the hidden states in ``layers`` and the ``kinds`` asked for are computed
-    and leave the device.
+    and leave the device, and the encoder stops at the highest of those layers
+    (:func:`~skbert._models.model_to_depth`; all of them run for the pooler).
 
     Parameters
     ----------
@@ -371,10 +379,11 @@ def iter_statistics(
     width = loaded.hidden_size
     segments = n_segments(texts)
     row_bytes = 4 * width * (segments * len(kinds) * len(layers) + with_pooler)
+    depth = loaded.n_layers if with_pooler else max(layers)  # the layers above are not run
     shape = (segments, len(kinds), len(layers), width)
     n_values = int(np.prod(shape))
     for start, tokenized, n_windows, done, flat in _encoded_windows(loaded, texts, reduce, report, options,
-                                                                      row_bytes=row_bytes):
+                                                                      row_bytes=row_bytes, depth=depth):
         values = flat[:, :n_values].reshape(len(flat), *shape)
         pooler = flat[:, n_values:] if with_pooler else None
         content = np.stack([np.bincount(window_segments(tokenized[w.text], w), minlength=segments + 1)[1:]
@@ -447,7 +456,7 @@ def iter_token_vectors(
     partial: dict[int, list] = {}  # each text's windows, until all are done
     # token vectors need no particular layout, and always run padded
     for start, tokenized, n_windows, done, states in _encoded_windows(loaded, texts, reduce, report, options.padded(),
-                                                                      check_layout=False):
+                                                                      check_layout=False, depth=max(selected)):
         for row, window in enumerate(done):
             rows = np.flatnonzero(window.counted)
             parts = partial.setdefault(window.text + start, [])

@@ -200,6 +200,56 @@ OFFSET_POSITION_FAMILIES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl"
 PACKED_FAMILIES = frozenset({"bert", "distilbert", "albert", "electra", "roberta", "xlm-roberta", "camembert"})
 
 
+#: Families whose hidden state ``k`` is the output of encoder layer ``k`` as it is, so that a model cut
+#: after layer ``k`` gives the same first ``k + 1`` hidden states (checked for each in the tests). Not
+#: ALBERT (one shared layer, looped) nor ModernBERT (its last hidden state is normalised once more).
+PARTIAL_DEPTH_FAMILIES = frozenset({"bert", "distilbert", "electra", "deberta-v2", "roberta", "xlm-roberta",
+                                    "camembert"})
+_DEPTHS: dict[tuple[int, int], tuple[LoadedModel, torch.nn.Module]] = {}
+
+
+def _layer_list(model: torch.nn.Module, n_layers: int) -> str | None:
+    """The dotted name of the model's list of encoder layers (the one ModuleList of that length)."""
+    found = [name for name, module in model.named_modules()
+             if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers]
+    return found[0] if len(found) == 1 else None
+
+
+def model_to_depth(loaded: LoadedModel, depth: int) -> torch.nn.Module:
+    """The model cut after encoder layer ``depth``: hidden states ``0..depth`` at ``depth / n_layers`` of the cost.
+
+    A view that shares every weight with the loaded model (the modules on the way to
+    the layer list are shallow copies, the list a shorter one), made once per depth
+    and process; the loaded model itself is never changed, so calls at other depths
+    and other threads are unaffected. Families not in :data:`PARTIAL_DEPTH_FAMILIES`,
+    and ``depth >= n_layers``, get the whole model.
+    """
+    if depth >= loaded.n_layers or loaded.model.config.model_type not in PARTIAL_DEPTH_FAMILIES:
+        return loaded.model
+    key = (id(loaded), depth)
+    with _REGISTRY_LOCK:
+        known = _DEPTHS.get(key)
+        if known is not None and known[0] is loaded:
+            return known[1]
+    name = _layer_list(loaded.model, loaded.n_layers)
+    if name is None:
+        return loaded.model
+    import copy
+
+    view = copy.copy(loaded.model)
+    view._modules = dict(view._modules)
+    parent, path = view, name.split(".")
+    for part in path[:-1]:
+        child = copy.copy(parent._modules[part])
+        child._modules = dict(child._modules)
+        parent._modules[part] = child
+        parent = child
+    parent._modules[path[-1]] = torch.nn.ModuleList(list(parent._modules[path[-1]])[:depth])
+    with _REGISTRY_LOCK:
+        _DEPTHS[key] = (loaded, view)
+    return view
+
+
 def _position_offset(config) -> int:
     if config.model_type in OFFSET_POSITION_FAMILIES:
         return int(getattr(config, "pad_token_id", 1) or 0) + 1

@@ -252,3 +252,41 @@ def test_a_tokenizer_without_a_pair_template_or_special_tokens_is_refused_at_fit
     bare = _tokenizer_folder(tmp_path / "bare", specials=False)
     with pytest.raises(ValueError, match=r"lays out a text as 'text' \(0 special token\(s\) before it, 0 after\)"):
         BertEmbedder(bare).fit(["a"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_call_runs_only_up_to_the_highest_layer_it_needs(tmp_path, name):
+    """layers=1 of 3 with cache=None runs encoder layer 1 alone, where the family allows, and gives the
+    numbers of a full pass (the cache's, which computes every layer); token vectors too."""
+    from skbert._models import PARTIAL_DEPTH_FAMILIES
+
+    family = FAMILIES[NAMES.index(name)]
+    path = write_family(tmp_path / name, family, layers=3)
+    embedder, got = _fit(path, TEXTS + [LONG], pooling=("cls", "mean", "max"), layers=1)
+    full = BertEmbedder(path, precision="float32", pooling=("cls", "mean", "max"), layers=1, cache="memory")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = full.fit(TEXTS).transform(TEXTS + [LONG])
+    assert_allclose(got, want, atol=1e-3)  # the cached pass keeps float16 entries
+    loaded = embedder._load()
+    calls = []
+    name_of_list = [n for n, m in loaded.model.named_modules()
+                    if isinstance(m, torch.nn.ModuleList) and len(m) == 3]
+    layers = loaded.model.get_submodule(name_of_list[0]) if name_of_list else []
+    hooks = [layer.register_forward_hook(lambda module, args, out, k=k: calls.append(k))
+             for k, layer in enumerate(layers)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            again = embedder.transform(TEXTS)
+            tokens = embedder.transform_tokens(TEXTS[:2])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert_allclose(again, got[: len(TEXTS)], atol=1e-6)
+    if family.name in PARTIAL_DEPTH_FAMILIES:
+        assert calls and set(calls) == {0}  # hidden state 1 is encoder layer 0's output: layers 1 and 2 never ran
+    plain = Plain(path)
+    for record, text in zip(tokens, TEXTS[:2]):
+        states, _, _ = plain.encode(text)
+        assert_allclose(record.vectors, states[1], atol=ATOL)
