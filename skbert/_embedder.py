@@ -20,6 +20,7 @@ from ._cache import check_cache_location, store_for
 from ._device import resolve_device, resolve_dtype
 from ._encoding import TOTALS, EncodingReport
 from ._models import LoadedModel, load_model, model_fingerprint
+from ._openvino import runtime_for
 from ._options import EncodingOptions, encoding_options
 from ._pooling import expand_pooling
 from ._report import call_report, progress_bar
@@ -130,6 +131,9 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         The token limit and chunk overlap in force.
     device_, precision_, model_location_ : str
         Where the encoder runs, its compute dtype, where its weights came from.
+    runtime_ : {"torch", "openvino"}
+        What runs the model: OpenVINO for ``precision="auto"`` on a CPU where it is
+        installed (``skbert[openvino]``) and the model converts, else torch.
     special_layout_ : SpecialLayout
         Where the tokenizer puts its special tokens: ``.single_template`` (``"[CLS]
         text [SEP]"``) and ``.pair_template`` (``"[CLS] A [SEP] B [SEP]"``, or
@@ -219,6 +223,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         loaded = self._load()
         for name, value in fitted_settings(params, modes, loaded).items():
             setattr(self, name, value)
+        self.runtime_ = runtime_for(loaded, self.precision)  # converts and compiles here, once per process
         if self.cache is not None:
             model_fingerprint(loaded)  # the cache's keys need it: computed once per process, with the loading
         return self
@@ -442,6 +447,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
             max_length=self.max_length_, long_text=self.long_text, stride=self.stride_, precision=self.precision,
             batch_size=self.batch_size, token_budget=self.token_budget, attention=self.attention,
             device=loaded.device, packs_exactly=loaded.packs_exactly,
+            runtime=runtime_for(loaded, self.precision),
         )
 
     def _store(self):

@@ -120,16 +120,24 @@ def _is_oom(error: BaseException) -> bool:
     return (oom and isinstance(error, oom)) or "out of memory" in str(error).lower()
 
 
-def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor], transfers: Transfers, depth: int | None = None):
+def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor], transfers: Transfers, depth: int | None = None,
+             runtime: str = "torch"):
     """Run the model on a padded or packed batch on its device; returns the output and the moved masks.
 
     A padded batch without padding runs with no attention mask at all, which lets
     the attention kernels take their fast, unmasked path. ``depth``: the highest
     hidden state the caller reads; the layers above it are not run where the family
-    allows (:func:`~skbert._models.model_to_depth`).
+    allows (:func:`~skbert._models.model_to_depth`). ``runtime="openvino"`` runs a
+    padded batch through OpenVINO (:mod:`skbert._openvino`), torch where it cannot.
     """
     model = loaded.model if depth is None else model_to_depth(loaded, depth)
     on_device = transfers.to_device(batch)
+    if runtime == "openvino" and "cu_seqlens" not in batch:
+        from ._openvino import run
+
+        output = run(loaded, on_device, depth)
+        if output is not None:
+            return output, on_device
     if "cu_seqlens" in batch:
         return forward_packed(model, on_device, loaded.position_offset, loaded.has_token_types), on_device
     unpadded = bool(batch["attention_mask"].all())
@@ -154,6 +162,7 @@ def run_batches(
     packed: bool = False,
     transfers: Transfers | None = None,
     depth: int | None = None,
+    runtime: str = "torch",
 ) -> Iterator[tuple[list[Window], PendingCopy]]:
     """Run ``reduce(output, masks)`` on one batch of windows, splitting it on out-of-memory errors.
 
@@ -181,6 +190,8 @@ def run_batches(
         not given).
     depth : int, optional
         The highest hidden state ``reduce`` reads (None: all of them run).
+    runtime : {"torch", "openvino"}, default="torch"
+        What runs the model.
 
     Yields
     ------
@@ -200,7 +211,7 @@ def run_batches(
         batch = pack(tokenized, part) if packed else collate(tokenized, part, pad_id)
         try:
             with torch.inference_mode():
-                result = transfers.to_host(reduce(*_forward(loaded, batch, transfers, depth)))
+                result = transfers.to_host(reduce(*_forward(loaded, batch, transfers, depth, runtime)))
         except (RuntimeError, MemoryError) as error:
             if len(part) == 1 or not _is_oom(error):
                 raise
@@ -293,7 +304,7 @@ def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *,
             for batch in length_sorted_batches(lengths, limits):
                 batch_windows = [windows[i] for i in batch]
                 for done, copy in run_batches(loaded, tokenized, batch_windows, reduce, report, limits,
-                                              options.packed, transfers, depth):
+                                              options.packed, transfers, depth, options.runtime):
                     yield (start, tokenized, n_windows, done), copy
 
     for (start, tokenized, n_windows, done), result in one_batch_behind(started()):

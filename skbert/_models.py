@@ -226,6 +226,7 @@ def model_to_depth(loaded: LoadedModel, depth: int) -> torch.nn.Module:
     """
     if depth >= loaded.n_layers or loaded.model.config.model_type not in PARTIAL_DEPTH_FAMILIES:
         return loaded.model
+    depth = max(1, depth)  # the embedding layer alone: one layer runs (transformers records no hidden state without)
     key = (id(loaded), depth)
     with _REGISTRY_LOCK:
         known = _DEPTHS.get(key)

@@ -59,6 +59,9 @@ class EncodingOptions:
         Padded tokens per forward pass at most. Not keyed.
     packed : bool
         Batches packed into one row without padding. Not keyed.
+    runtime : {"torch", "openvino"}
+        What runs the model: torch eager (the reference), or OpenVINO's compiled
+        CPU kernels (:mod:`skbert._openvino`). Keyed: its numbers are its own.
     """
 
     max_length: int = _keyed()
@@ -68,6 +71,7 @@ class EncodingOptions:
     batch_size: int | None = _keyed(False)
     token_budget: int = _keyed(False)
     packed: bool = _keyed(False)
+    runtime: str = _keyed()
 
     def keyed(self) -> dict:
         """The fields that change the numbers, by name (those whose ``keyed`` holds for these options)."""
@@ -89,7 +93,8 @@ def stored_dtype(precision: str) -> str:
 
 
 def encoding_options(*, max_length: int, long_text: str, stride: int, precision: str, batch_size, token_budget,
-                     attention: str, device: torch.device, packs_exactly: bool = True) -> EncodingOptions:
+                     attention: str, device: torch.device, packs_exactly: bool = True,
+                     runtime: str = "torch") -> EncodingOptions:
     """The options of a fitted estimator on the device its model was loaded on.
 
     Parameters
@@ -104,15 +109,19 @@ def encoding_options(*, max_length: int, long_text: str, stride: int, precision:
         Where the model runs.
     packs_exactly : bool, default=True
         Whether the model's family packs exactly (else batches run padded).
+    runtime : {"torch", "openvino"}, default="torch"
+        What runs the model (:func:`~skbert._openvino.runtime_for`); OpenVINO runs
+        padded batches only.
 
     Returns
     -------
     EncodingOptions
     """
+    packed = use_packed(attention, device, packs_exactly) and runtime == "torch"
     return EncodingOptions(
         max_length=int(max_length), long_text=long_text, stride=int(stride), stored=stored_dtype(precision),
         batch_size=batch_size, token_budget=int(token_budget or default_token_budget(device)),
-        packed=use_packed(attention, device, packs_exactly),
+        packed=packed, runtime=runtime,
     )
 
 

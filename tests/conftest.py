@@ -9,6 +9,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch eager, the reference, unless a test asks for OpenVINO (tests/test_openvino.py); subprocesses inherit it
+os.environ["SKBERT_RUNTIME"] = os.environ.get("SKBERT_TEST_RUNTIME", "torch")
 
 import string  # noqa: E402
 

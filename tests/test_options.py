@@ -11,16 +11,18 @@ from skbert._options import EncodingOptions, encoding_options, numbers_fingerpri
 from support import TEXTS
 
 BASE = dict(max_length=32, long_text="truncate", stride=7, stored="float16", batch_size=None, token_budget=2048,
-            packed=False)
+            packed=False, runtime="torch")
 
 
 def test_options_are_frozen_and_say_which_fields_are_keyed():
     options = EncodingOptions(**BASE)
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.max_length = 8
-    assert options.keyed() == {"max_length": 32, "long_text": "truncate", "stored": "float16"}  # stride: no effect
+    assert options.keyed() == {"max_length": 32, "long_text": "truncate", "stored": "float16",
+                               "runtime": "torch"}  # stride: no effect
     chunked = dataclasses.replace(options, long_text="chunk")
-    assert chunked.keyed() == {"max_length": 32, "long_text": "chunk", "stride": 7, "stored": "float16"}
+    assert chunked.keyed() == {"max_length": 32, "long_text": "chunk", "stride": 7, "stored": "float16",
+                               "runtime": "torch"}
     assert options.padded() == options and dataclasses.replace(options, packed=True).padded() == options
 
 
@@ -28,7 +30,7 @@ def test_encoding_options_resolve_the_device_defaults():
     cpu = torch.device("cpu")
     options = encoding_options(max_length=64, long_text="chunk", stride=4, precision="float32", batch_size=3,
                                token_budget=None, attention="auto", device=cpu)
-    assert options == EncodingOptions(64, "chunk", 4, "float32", 3, 2048, False)
+    assert options == EncodingOptions(64, "chunk", 4, "float32", 3, 2048, False, "torch")
     assert encoding_options(max_length=64, long_text="chunk", stride=4, precision="auto", batch_size=None,
                             token_budget=99, attention="padded", device=cpu).stored == "float16"
 
@@ -40,7 +42,8 @@ def test_the_fingerprint_changes_with_what_changes_numbers_and_nothing_else(tiny
     same = numbers_fingerprint(loaded, base)
     for change in ({"batch_size": 2}, {"token_budget": 64}, {"packed": True}, {"stride": 3}):
         assert numbers_fingerprint(loaded, dataclasses.replace(base, **change)) == same, change
-    for change in ({"max_length": 16}, {"long_text": "head_tail"}, {"stored": "float32"}, {"long_text": "chunk"}):
+    for change in ({"max_length": 16}, {"long_text": "head_tail"}, {"stored": "float32"}, {"long_text": "chunk"},
+                   {"runtime": "openvino"}):
         assert numbers_fingerprint(loaded, dataclasses.replace(base, **change)) != same, change
     chunk = dataclasses.replace(base, long_text="chunk")
     assert numbers_fingerprint(loaded, chunk) != numbers_fingerprint(loaded, dataclasses.replace(chunk, stride=3))

@@ -1,0 +1,176 @@
+"""The OpenVINO runtime for CPUs: the same model, converted once per process, compiled for this CPU.
+
+Optional (``pip install skbert[openvino]``) and imported only when used. Where it is
+installed, ``precision="auto"`` on a CPU runs padded batches through it: OpenVINO
+converts the torch module (``openvino.convert_model``, dynamic batch and length) and
+compiles it for the CPU it runs on, in bfloat16 where the CPU multiplies it natively
+and float32 elsewhere, as ``"auto"`` chooses for torch. Measured side by side
+(``benchmarks/peers.py``) it is faster than torch's eager kernels on long texts,
+where the matrix products dominate. Every other precision, packed batches and
+models it cannot convert run in torch eager, the reference.
+
+The converted model is kept per process and per (model, depth, token types); OpenVINO's
+own compiled-kernel cache (``CACHE_DIR``) lives in ``SKBERT_OPENVINO_CACHE`` (default: a
+folder in the temporary directory), and a cache it cannot use is only slower. A
+conversion that fails, or a runtime that cannot load, warns once and the call runs in
+torch: never a wrong vector, never a crash mid-run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from ._warnings import warn_user
+
+_COMPILED: dict[tuple, object] = {}
+_FAILED: set[tuple] = set()
+_LOCK = threading.Lock()
+#: Seconds spent converting and compiling, per (model, depth, token types): reported, not hidden.
+SETUP_SECONDS: dict[tuple, float] = {}
+
+
+def available() -> bool:
+    """Whether OpenVINO is installed (nothing is imported to find out)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def preferred() -> bool:
+    """Whether ``precision="auto"`` on a CPU uses OpenVINO: where it is installed, unless
+    ``SKBERT_RUNTIME=torch`` says otherwise."""
+    return os.environ.get("SKBERT_RUNTIME", "auto") != "torch" and available()
+
+
+def _cache_dir() -> str:
+    return os.environ.get("SKBERT_OPENVINO_CACHE", os.path.join(tempfile.gettempdir(), "skbert-openvino-cache"))
+
+
+class _Wrapped(torch.nn.Module):
+    """The model as a function of plain tensors returning every hidden state (what conversion needs)."""
+
+    def __init__(self, model, token_types: bool, pooler: bool):
+        super().__init__()
+        self.model, self.token_types, self.pooler = model, token_types, pooler
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                            token_type_ids=token_type_ids if self.token_types else None,
+                            output_hidden_states=True, return_dict=True)
+        return tuple(output.hidden_states) + ((output.pooler_output,) if self.pooler else ())
+
+
+def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, pooler: bool = False):
+    """The model converted and compiled for this CPU (once per process and key), or None if it cannot be.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        On the CPU (the view cut at the call's depth, or the whole model); converted
+        from a float32 copy, which is let go once compiled.
+    key : tuple
+        What identifies it in this process.
+    token_types : bool
+        Whether it takes token type ids.
+    bf16 : bool
+        Compute in bfloat16 (where the CPU has it natively), else float32.
+    pooler : bool, default=False
+        Also return the pooler output (after the hidden states).
+    """
+    with _LOCK:
+        if key in _COMPILED:
+            return _COMPILED[key]
+        if key in _FAILED:
+            return None
+        start = time.perf_counter()
+        try:
+            import openvino
+
+            example = {"input_ids": torch.ones(2, 8, dtype=torch.int64),
+                       "attention_mask": torch.ones(2, 8, dtype=torch.int64)}
+            inputs = [("input_ids", [-1, -1], openvino.Type.i64), ("attention_mask", [-1, -1], openvino.Type.i64)]
+            if token_types:
+                example["token_type_ids"] = torch.zeros(2, 8, dtype=torch.int64)
+                inputs.append(("token_type_ids", [-1, -1], openvino.Type.i64))
+            import warnings
+
+            import copy
+
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # tracing notices
+                float_copy = copy.deepcopy(model).float().eval()
+                converted = openvino.convert_model(_Wrapped(float_copy, token_types, pooler).eval(),
+                                                   example_input=example,
+                                                   input=[openvino.PartialShape(shape) for _, shape, _ in inputs])
+                del float_copy
+            for port, (name, _, _) in zip(converted.inputs, inputs):
+                port.get_tensor().set_names({name})
+            config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY",
+                      "INFERENCE_NUM_THREADS": str(torch.get_num_threads())}
+            core = openvino.Core()
+            try:
+                core.set_property({"CACHE_DIR": _cache_dir()})
+            except Exception:  # an unwritable cache: compile every time
+                pass
+            result = core.compile_model(converted, "CPU", config)
+        except Exception as error:  # not installed after all, a model it cannot convert, a CPU it cannot use
+            _FAILED.add(key)
+            warn_user(f"skbert could not run this model through OpenVINO ({type(error).__name__}: "
+                      f"{str(error)[:200]}); it runs in torch instead. Results are not affected.")
+            return None
+        SETUP_SECONDS[key] = time.perf_counter() - start
+        _COMPILED[key] = result
+        return result
+
+
+def forward(network, batch: dict[str, torch.Tensor], token_types: bool, pooler: bool = False):
+    """Run a compiled model on a padded batch; the output has ``hidden_states`` (and ``pooler_output``)
+    like a transformers model's."""
+    feed = {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()}
+    if token_types:
+        token_type_ids = batch.get("token_type_ids")
+        feed["token_type_ids"] = (np.zeros_like(feed["input_ids"]) if token_type_ids is None
+                                  else token_type_ids.numpy())
+    request = network.create_infer_request()
+    results = request.infer(feed)
+    states = tuple(torch.from_numpy(np.asarray(results[output])) for output in network.outputs)
+    if pooler:
+        return SimpleNamespace(hidden_states=states[:-1], pooler_output=states[-1])
+    return SimpleNamespace(hidden_states=states, pooler_output=None)
+
+
+def _network(loaded, depth: int | None):
+    """The compiled model for a loaded model at a depth (None: all layers), or None where it cannot be."""
+    from ._device import cpu_has_native_bf16
+    from ._models import model_to_depth
+
+    model = loaded.model if depth is None else model_to_depth(loaded, depth)
+    full = model is loaded.model
+    pooler = full and loaded.has_pooler
+    key = (id(loaded), loaded.n_layers if full else depth, loaded.has_token_types)
+    network = compiled(model, key, loaded.has_token_types, bf16=cpu_has_native_bf16(), pooler=pooler)
+    return network, pooler
+
+
+def runtime_for(loaded, precision: str) -> str:
+    """``"openvino"`` where ``precision="auto"`` runs on a CPU with OpenVINO installed and the model converts;
+    else ``"torch"``. The conversion happens here, once per process, so a model that cannot be converted is
+    known before any entry is keyed by the runtime."""
+    if precision != "auto" or loaded.device.type != "cpu" or loaded.quantized or not preferred():
+        return "torch"
+    network, _ = _network(loaded, None)
+    return "torch" if network is None else "openvino"
+
+
+def run(loaded, batch: dict[str, torch.Tensor], depth: int | None):
+    """A padded batch through OpenVINO, cut at ``depth`` where the family allows; None if it cannot run."""
+    network, pooler = _network(loaded, depth)
+    if network is None:
+        return None
+    return forward(network, batch, loaded.has_token_types, pooler)

@@ -1,0 +1,110 @@
+"""The OpenVINO runtime: the same statistics as torch eager float32 within 16-bit tolerance, its own cache
+entries, and torch's result with a warning wherever it cannot run."""
+
+import warnings
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from skbert import BertEmbedder
+from skbert import _openvino
+from support import TEXTS, minilm
+
+pytest.importorskip("openvino")
+
+PAIRS = [(a, b) for a, b in zip(TEXTS, reversed(TEXTS))]
+LONG = "the river bank was muddy and we sat on it " * 12
+
+
+@pytest.fixture
+def openvino_on(monkeypatch):
+    monkeypatch.setenv("SKBERT_RUNTIME", "auto")
+
+
+def _cosine(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_auto_on_a_cpu_runs_openvino_and_matches_eager_float32(tiny_bert, openvino_on):
+    params = dict(pooling=("cls", "mean", "max", "pooler"), layers=-1, cache=None)
+    embedder = BertEmbedder(tiny_bert, **params).fit(TEXTS)
+    assert embedder.runtime_ == "openvino"
+    got = embedder.transform(TEXTS + [LONG])
+    want = BertEmbedder(tiny_bert, precision="float32", **params).fit(TEXTS).transform(TEXTS + [LONG])
+    assert_allclose(got, want, rtol=1e-4, atol=2e-5)  # conftest: "auto" is float32 here, so OpenVINO's f32
+
+
+@pytest.mark.parametrize("params", [
+    dict(pairs=True, pooling="mean_max", segments=("joint", "a", "b")),
+    dict(long_text="chunk", pooling="mean_max", layers="all"),
+    dict(long_text="head_tail", pooling="mean", layers=(1, 2)),
+    dict(pooling="mean", layers=1),  # a model cut after layer 1, converted on its own
+])
+def test_pairs_long_texts_and_depths_through_openvino(tiny_bert, openvino_on, params):
+    texts = PAIRS if params.get("pairs") else TEXTS + [LONG]
+    got = BertEmbedder(tiny_bert, cache=None, **params).fit(texts[:1]).transform(texts)
+    want = BertEmbedder(tiny_bert, cache=None, precision="float32", **params).fit(texts[:1]).transform(texts)
+    assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+
+
+def test_token_vectors_and_the_cache_through_openvino(tiny_bert, openvino_on, monkeypatch):
+    embedder = BertEmbedder(tiny_bert, layers=(0, 2)).fit(TEXTS)
+    records = embedder.transform_tokens(TEXTS)
+    monkeypatch.setenv("SKBERT_RUNTIME", "torch")
+    reference = BertEmbedder(tiny_bert, layers=(0, 2), precision="float32").fit(TEXTS)
+    for got, want in zip(records, reference.transform_tokens(TEXTS)):
+        assert got.tokens == want.tokens
+        assert_allclose(got.vectors, want.vectors, rtol=1e-4, atol=2e-5)
+    # entries from one runtime are never served to the other: the runtime is part of the key
+    torch_eager = BertEmbedder(tiny_bert).fit(TEXTS)
+    torch_eager.transform(TEXTS)
+    monkeypatch.setenv("SKBERT_RUNTIME", "auto")
+    assert embedder.transform_with_report(TEXTS)[1].n_encoded == len(set(TEXTS))
+    assert embedder.transform_with_report(TEXTS)[1].n_encoded == 0
+
+
+def test_a_model_openvino_cannot_convert_warns_and_gives_the_torch_result(tiny_bert_no_pooler, openvino_on,
+                                                                          monkeypatch):
+    import openvino
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("unsupported operation aten::something")
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+    monkeypatch.setattr(_openvino, "_COMPILED", {})
+    monkeypatch.setattr(_openvino, "_FAILED", set())
+    with pytest.warns(UserWarning, match="could not run this model through OpenVINO.*unsupported operation.*torch"):
+        embedder = BertEmbedder(tiny_bert_no_pooler, cache=None).fit(TEXTS)
+    assert embedder.runtime_ == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the failure is remembered
+        got = embedder.transform(TEXTS)
+    monkeypatch.setenv("SKBERT_RUNTIME", "torch")
+    assert_allclose(got, BertEmbedder(tiny_bert_no_pooler, cache=None).fit(TEXTS).transform(TEXTS), rtol=0, atol=0)
+
+
+def test_explicit_precisions_and_a_missing_runtime_stay_in_torch(tiny_bert, openvino_on, monkeypatch):
+    assert BertEmbedder(tiny_bert, precision="float32").fit(["a"]).runtime_ == "torch"  # the reference
+    monkeypatch.setattr(_openvino, "available", lambda: False)  # not installed
+    assert BertEmbedder(tiny_bert).fit(["a"]).runtime_ == "torch"
+
+
+@minilm
+def test_minilm_bfloat16_through_openvino_stays_within_cosine_0_9999_of_float32(openvino_on, monkeypatch):
+    """Where the CPU multiplies bfloat16 natively, OpenVINO computes in it: real texts stay close."""
+    import pandas as pd
+
+    from support import DATA, MINILM_ID
+
+    monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(_openvino, "_COMPILED", {})
+    texts = pd.read_csv(DATA)["text"].str.slice(0, 600).tolist()[:64]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bfloat16 emulated on an AVX2-only CPU: slow, still correct
+        embedder = BertEmbedder(MINILM_ID, cache=None, max_length=256).fit(texts[:1])
+        assert embedder.runtime_ == "openvino" and embedder.precision_ == "bfloat16"
+        got = embedder.transform(texts)
+    monkeypatch.setenv("SKBERT_RUNTIME", "torch")
+    want = BertEmbedder(MINILM_ID, cache=None, max_length=256, precision="float32").fit(texts[:1]).transform(texts)
+    assert _cosine(got, want).min() >= 0.9999
