@@ -94,27 +94,40 @@ def bench(model_name: str, kind: str, peer_python: str, repeats: int, scale: flo
 
     path = model_path(model_name)
     texts = load_texts(kind, max(32, int(SIZES[(model_name, kind)] * scale)))
-    ours = {
-        "skbert default": BertEmbedder(path, pooling="mean", include_special_tokens=True, max_length=MAX_LENGTH,
-                                       cache=None),
-        "skbert float32": BertEmbedder(path, pooling="mean", include_special_tokens=True, max_length=MAX_LENGTH,
-                                       cache=None, precision="float32"),
-    }
-    for embedder in ours.values():
-        embedder.fit(texts[:1]).transform(texts[:32])  # load and warm up
+    import os
+
+    def embedder(**params):
+        return BertEmbedder(path, pooling="mean", include_special_tokens=True, max_length=MAX_LENGTH, cache=None,
+                            **params)
+
+    # name -> (estimator, SKBERT_RUNTIME while it runs): the default, its torch-eager twin, and float32
+    ours = {"skbert default": (embedder(), "auto"), "skbert auto, torch eager": (embedder(), "torch"),
+            "skbert float32": (embedder(precision="float32"), "auto")}
+    setup = {}
+    for name, (estimator, runtime) in ours.items():
+        os.environ["SKBERT_RUNTIME"] = runtime
+        start = time.perf_counter()
+        estimator.fit(texts[:1])
+        setup[name] = time.perf_counter() - start
+        estimator.transform(texts[:32])  # warm up
+    os.environ["SKBERT_RUNTIME"] = "auto"
     peer = Peer(peer_python, path, texts, settings)
     times = {name: [] for name in [*ours, *(f"sentence-transformers {s}" for s in peer.settings)]}
     outputs = {}
     for _ in range(repeats):
-        for name, embedder in ours.items():
+        for name, (estimator, runtime) in ours.items():
+            os.environ["SKBERT_RUNTIME"] = runtime
             start = time.perf_counter()
-            outputs[name] = embedder.transform(texts)
+            outputs[name] = estimator.transform(texts)
             times[name].append(time.perf_counter() - start)
+        os.environ["SKBERT_RUNTIME"] = "auto"
         for setting in peer.settings:
             times[f"sentence-transformers {setting}"].append(peer.run(setting))
     for setting in peer.settings:
         outputs[f"sentence-transformers {setting}"] = peer.output(setting)
     peer.close()
+    notes = [f"{name}: runtime {ours[name][0].runtime_}, precision {ours[name][0].precision_}, fit (load, convert, "
+             f"compile) {setup[name]:.1f} s" for name in ours]
     best = {name: min(runs) for name, runs in times.items()}
     peers = [name for name in best if name.startswith("sentence-transformers")]
     fastest_peer = min(peers, key=best.get) if peers else None
@@ -130,7 +143,7 @@ def bench(model_name: str, kind: str, peer_python: str, repeats: int, scale: flo
         })
     print(markdown_table(rows, ["runner", "texts_per_s", "skbert_default_speedup", "vs_fastest_peer",
                                 "min_cosine_to_skbert_float32", "runs_s"]), flush=True)
-    return rows, peer.notes, fastest_peer
+    return rows, notes + peer.notes, fastest_peer
 
 
 def main():
