@@ -108,3 +108,16 @@ def test_minilm_bfloat16_through_openvino_stays_within_cosine_0_9999_of_float32(
     monkeypatch.setenv("SKBERT_RUNTIME", "torch")
     want = BertEmbedder(MINILM_ID, cache=None, max_length=256, precision="float32").fit(texts[:1]).transform(texts)
     assert _cosine(got, want).min() >= 0.9999
+
+
+def test_the_streaming_command_runs_through_openvino(tiny_bert, openvino_on, tmp_path, capsys):
+    import pandas as pd
+
+    from skbert._cli import main
+
+    pd.DataFrame({"text": TEXTS * 3}).to_parquet(tmp_path / "in.parquet")
+    assert main(["embed", str(tmp_path / "in.parquet"), "--model", tiny_bert, "--chunk-rows", "7", "--quiet",
+                 "-o", str(tmp_path / "out")]) == 0
+    got = pd.read_parquet(tmp_path / "out")
+    want = BertEmbedder(tiny_bert, cache=None, precision="float32").fit(["a"]).transform(TEXTS * 3)
+    assert_allclose(np.stack(got.sort_values(["row"])["embedding"].to_numpy()), want, rtol=1e-4, atol=2e-5)
