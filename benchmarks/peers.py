@@ -101,8 +101,8 @@ def bench(model_name: str, kind: str, peer_python: str, repeats: int, scale: flo
                             **params)
 
     # name -> (estimator, SKBERT_RUNTIME while it runs): the default, its torch-eager twin, and float32
-    ours = {"skbert default": (embedder(), "auto"), "skbert auto, torch eager": (embedder(), "torch"),
-            "skbert float32": (embedder(precision="float32"), "auto")}
+    ours = {"skbert default": (embedder(), "torch"), "skbert auto, OpenVINO": (embedder(), "openvino"),
+            "skbert float32": (embedder(precision="float32"), "torch")}
     setup = {}
     for name, (estimator, runtime) in ours.items():
         os.environ["SKBERT_RUNTIME"] = runtime
@@ -110,7 +110,7 @@ def bench(model_name: str, kind: str, peer_python: str, repeats: int, scale: flo
         estimator.fit(texts[:1])
         setup[name] = time.perf_counter() - start
         estimator.transform(texts[:32])  # warm up
-    os.environ["SKBERT_RUNTIME"] = "auto"
+    os.environ["SKBERT_RUNTIME"] = "torch"
     peer = Peer(peer_python, path, texts, settings)
     times = {name: [] for name in [*ours, *(f"sentence-transformers {s}" for s in peer.settings)]}
     outputs = {}
@@ -120,7 +120,7 @@ def bench(model_name: str, kind: str, peer_python: str, repeats: int, scale: flo
             start = time.perf_counter()
             outputs[name] = estimator.transform(texts)
             times[name].append(time.perf_counter() - start)
-        os.environ["SKBERT_RUNTIME"] = "auto"
+        os.environ["SKBERT_RUNTIME"] = "torch"
         for setting in peer.settings:
             times[f"sentence-transformers {setting}"].append(peer.run(setting))
     for setting in peer.settings:

@@ -132,8 +132,9 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     device_, precision_, model_location_ : str
         Where the encoder runs, its compute dtype, where its weights came from.
     runtime_ : {"torch", "openvino"}
-        What runs the model: OpenVINO for ``precision="auto"`` on a CPU where it is
-        installed (``skbert[openvino]``) and the model converts, else torch.
+        What runs the model: torch; OpenVINO for ``precision="auto"`` on a CPU where
+        ``SKBERT_RUNTIME=openvino`` asks for it (experimental), it is installed
+        (``skbert[openvino]``) and the model converts.
     special_layout_ : SpecialLayout
         Where the tokenizer puts its special tokens: ``.single_template`` (``"[CLS]
         text [SEP]"``) and ``.pair_template`` (``"[CLS] A [SEP] B [SEP]"``, or

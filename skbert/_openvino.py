@@ -1,7 +1,8 @@
 """The OpenVINO runtime for CPUs: the same model, converted once per process, compiled for this CPU.
 
-Optional (``pip install skbert[openvino]``) and imported only when used. Where it is
-installed, ``precision="auto"`` on a CPU runs padded batches through it: OpenVINO
+Optional (``pip install skbert[openvino]``), experimental and opt-in
+(``SKBERT_RUNTIME=openvino``), imported only when used. Then ``precision="auto"`` on a CPU
+runs padded batches through it: OpenVINO
 converts the torch module (``openvino.convert_model``, dynamic batch and length) and
 compiles it for the CPU it runs on, in bfloat16 where the CPU multiplies it natively
 and float32 elsewhere, as ``"auto"`` chooses for torch. Measured side by side
@@ -13,7 +14,12 @@ The converted model is kept per process and per (model, depth, token types); Ope
 own compiled-kernel cache (``CACHE_DIR``) lives in ``SKBERT_OPENVINO_CACHE`` (default: a
 folder in the temporary directory), and a cache it cannot use is only slower. A
 conversion that fails, or a runtime that cannot load, warns once and the call runs in
-torch: never a wrong vector, never a crash mid-run.
+torch.
+
+Why opt-in: in one test order (the README's examples, then the 16-bit cache test, with
+``SKBERT_TEST_RUNTIME=openvino``) networks compiled in an earlier test give MiniLM vectors
+at cosine 0.97 to float32 in the next, though the same steps in one test agree to 0.99999;
+not yet explained, so it is not the default until it is.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ import torch
 
 from ._warnings import warn_user
 
-_COMPILED: dict[tuple, object] = {}
-_FAILED: set[tuple] = set()
+_COMPILED: dict[tuple, tuple] = {}  # key -> (owner, compiled model)
+_FAILED: dict[tuple, object] = {}  # key -> owner
 _LOCK = threading.Lock()
 #: Seconds spent converting and compiling, per (model, depth, token types): reported, not hidden.
 SETUP_SECONDS: dict[tuple, float] = {}
@@ -43,9 +49,9 @@ def available() -> bool:
 
 
 def preferred() -> bool:
-    """Whether ``precision="auto"`` on a CPU uses OpenVINO: where it is installed, unless
-    ``SKBERT_RUNTIME=torch`` says otherwise."""
-    return os.environ.get("SKBERT_RUNTIME", "auto") != "torch" and available()
+    """Whether ``precision="auto"`` on a CPU uses OpenVINO: asked for with ``SKBERT_RUNTIME=openvino``
+    (an experimental opt-in, see the module's notes), and installed."""
+    return os.environ.get("SKBERT_RUNTIME", "torch") == "openvino" and available()
 
 
 def _cache_dir() -> str:
@@ -66,7 +72,8 @@ class _Wrapped(torch.nn.Module):
         return tuple(output.hidden_states) + ((output.pooler_output,) if self.pooler else ())
 
 
-def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, pooler: bool = False):
+def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, pooler: bool = False,
+             owner=None):
     """The model converted and compiled for this CPU (once per process and key), or None if it cannot be.
 
     Parameters
@@ -82,18 +89,25 @@ def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, 
         Compute in bfloat16 (where the CPU has it natively), else float32.
     pooler : bool, default=False
         Also return the pooler output (after the hidden states).
+    owner : object, optional
+        What the key's ids refer to (the loaded model): kept with the result, and a
+        result whose owner is not this object (an id reused after the first was let
+        go) is never served.
     """
     with _LOCK:
-        if key in _COMPILED:
-            return _COMPILED[key]
-        if key in _FAILED:
+        known = _COMPILED.get(key)
+        if known is not None and known[0] is owner:
+            return known[1]
+        if key in _FAILED and _FAILED[key] is owner:
             return None
         start = time.perf_counter()
         try:
             import openvino
 
-            example = {"input_ids": torch.ones(2, 8, dtype=torch.int64),
-                       "attention_mask": torch.ones(2, 8, dtype=torch.int64)}
+            # a padded example: tracing must take the masked path (an all-ones mask may be dropped as "no padding")
+            mask = torch.ones(2, 8, dtype=torch.int64)
+            mask[1, 5:] = 0
+            example = {"input_ids": torch.ones(2, 8, dtype=torch.int64), "attention_mask": mask}
             inputs = [("input_ids", [-1, -1], openvino.Type.i64), ("attention_mask", [-1, -1], openvino.Type.i64)]
             if token_types:
                 example["token_type_ids"] = torch.zeros(2, 8, dtype=torch.int64)
@@ -113,19 +127,14 @@ def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, 
                 port.get_tensor().set_names({name})
             config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY",
                       "INFERENCE_NUM_THREADS": str(torch.get_num_threads())}
-            core = openvino.Core()
-            try:
-                core.set_property({"CACHE_DIR": _cache_dir()})
-            except Exception:  # an unwritable cache: compile every time
-                pass
-            result = core.compile_model(converted, "CPU", config)
+            result = openvino.Core().compile_model(converted, "CPU", config)
         except Exception as error:  # not installed after all, a model it cannot convert, a CPU it cannot use
-            _FAILED.add(key)
+            _FAILED[key] = owner
             warn_user(f"skbert could not run this model through OpenVINO ({type(error).__name__}: "
                       f"{str(error)[:200]}); it runs in torch instead. Results are not affected.")
             return None
         SETUP_SECONDS[key] = time.perf_counter() - start
-        _COMPILED[key] = result
+        _COMPILED[key] = (owner, result)
         return result
 
 
@@ -138,8 +147,9 @@ def forward(network, batch: dict[str, torch.Tensor], token_types: bool, pooler: 
         feed["token_type_ids"] = (np.zeros_like(feed["input_ids"]) if token_type_ids is None
                                   else token_type_ids.numpy())
     request = network.create_infer_request()
-    results = request.infer(feed)
-    states = tuple(torch.from_numpy(np.asarray(results[output])) for output in network.outputs)
+    # share_outputs=False: each output copied out of the request's own buffers, which go with the request
+    results = request.infer(feed, share_inputs=False, share_outputs=False)
+    states = tuple(torch.from_numpy(np.array(results[output], copy=True)) for output in network.outputs)
     if pooler:
         return SimpleNamespace(hidden_states=states[:-1], pooler_output=states[-1])
     return SimpleNamespace(hidden_states=states, pooler_output=None)
@@ -154,7 +164,7 @@ def _network(loaded, depth: int | None):
     full = model is loaded.model
     pooler = full and loaded.has_pooler
     key = (id(loaded), loaded.n_layers if full else depth, loaded.has_token_types)
-    network = compiled(model, key, loaded.has_token_types, bf16=cpu_has_native_bf16(), pooler=pooler)
+    network = compiled(model, key, loaded.has_token_types, bf16=cpu_has_native_bf16(), pooler=pooler, owner=loaded)
     return network, pooler
 
 

@@ -19,7 +19,7 @@ LONG = "the river bank was muddy and we sat on it " * 12
 
 @pytest.fixture
 def openvino_on(monkeypatch):
-    monkeypatch.setenv("SKBERT_RUNTIME", "auto")
+    monkeypatch.setenv("SKBERT_RUNTIME", "openvino")
 
 
 def _cosine(a, b):
@@ -59,7 +59,7 @@ def test_token_vectors_and_the_cache_through_openvino(tiny_bert, openvino_on, mo
     # entries from one runtime are never served to the other: the runtime is part of the key
     torch_eager = BertEmbedder(tiny_bert).fit(TEXTS)
     torch_eager.transform(TEXTS)
-    monkeypatch.setenv("SKBERT_RUNTIME", "auto")
+    monkeypatch.setenv("SKBERT_RUNTIME", "openvino")
     assert embedder.transform_with_report(TEXTS)[1].n_encoded == len(set(TEXTS))
     assert embedder.transform_with_report(TEXTS)[1].n_encoded == 0
 
@@ -73,7 +73,7 @@ def test_a_model_openvino_cannot_convert_warns_and_gives_the_torch_result(tiny_b
 
     monkeypatch.setattr(openvino, "convert_model", refuse)
     monkeypatch.setattr(_openvino, "_COMPILED", {})
-    monkeypatch.setattr(_openvino, "_FAILED", set())
+    monkeypatch.setattr(_openvino, "_FAILED", {})
     with pytest.warns(UserWarning, match="could not run this model through OpenVINO.*unsupported operation.*torch"):
         embedder = BertEmbedder(tiny_bert_no_pooler, cache=None).fit(TEXTS)
     assert embedder.runtime_ == "torch"
