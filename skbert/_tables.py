@@ -42,7 +42,8 @@ def _csv_separator(kind: str) -> str:
 
 
 def _nulls_as_none(frame):
-    """Object columns with None for every null, whatever pandas read it as (NaN, NA)."""
+    """Object columns with None for every null of a CSV (pandas reads an empty field as NaN), so an
+    empty id cell is a null in Arrow, not a float among strings."""
     return frame.astype(object).where(frame.notna(), None)
 
 
@@ -82,7 +83,7 @@ def read_table(path: Path):
 
             frame = pq.read_table(path).to_pandas()
         else:
-            frame = pd.read_csv(path, sep=_csv_separator(kind), **_CSV_OPTIONS)
+            frame = _nulls_as_none(pd.read_csv(path, sep=_csv_separator(kind), **_CSV_OPTIONS))
     except ImportError as error:
         raise TableError(f"reading Parquet needs pyarrow (pip install pyarrow): {error}") from None
     except Exception as error:  # a malformed file
@@ -108,7 +109,7 @@ def iter_chunks(path: Path, columns: list[str], chunk_rows: int) -> Iterator:
             return
         reader = pd.read_csv(path, sep=_csv_separator(kind), usecols=columns, chunksize=chunk_rows, **_CSV_OPTIONS)
         for frame in reader:
-            yield frame
+            yield _nulls_as_none(frame)
     except Exception as error:  # the file went bad part way
         raise TableError(f"could not read {str(path)!r}: {error}") from None
 

@@ -279,3 +279,15 @@ def test_a_real_null_is_reported_the_same_way_by_both_outputs(tiny_bert, tmp_pat
     pq.write_table(pa.table({"doc": ["d0"], "text": [3]}), tmp_path / "numbers.parquet")
     code, err = _run(capsys, "embed", tmp_path / "numbers.parquet", *base, "--on-null", "empty", "-o", tmp_path / "n")
     assert code == 2 and "column 'text' holds an int (3), not a text" in err
+
+
+def test_an_empty_id_cell_is_a_null_id_in_both_outputs(tiny_bert, tmp_path, capsys):
+    (tmp_path / "in.csv").write_text("id,text\n007,a river\n,the bank\n")
+    base = ["embed", tmp_path / "in.csv", "--model", tiny_bert, "--id-column", "id", "--precision", "float32",
+            "--no-cache", "--quiet"]
+    code, err = _run(capsys, *base, "-o", tmp_path / "dataset")
+    assert code == 0, err
+    assert ds.dataset(tmp_path / "dataset").to_table().column("id").to_pylist() == ["007", None]
+    code, err = _run(capsys, *base, "-o", tmp_path / "file.parquet")
+    assert code == 0, err
+    assert pq.read_table(tmp_path / "file.parquet").column("id").to_pylist() == ["007", None]
