@@ -130,7 +130,6 @@ def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor], transfers: Tra
     allows (:func:`~skbert._models.model_to_depth`). ``runtime="openvino"`` runs a
     padded batch through OpenVINO (:mod:`skbert._openvino`), torch where it cannot.
     """
-    model = loaded.model if depth is None else model_to_depth(loaded, depth)
     on_device = transfers.to_device(batch)
     if runtime == "openvino" and "cu_seqlens" not in batch:
         from ._openvino import run
@@ -138,6 +137,7 @@ def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor], transfers: Tra
         output = run(loaded, on_device, depth)
         if output is not None:
             return output, on_device
+    model = loaded.model if depth is None else model_to_depth(loaded, depth)
     if "cu_seqlens" in batch:
         return forward_packed(model, on_device, loaded.position_offset, loaded.has_token_types), on_device
     unpadded = bool(batch["attention_mask"].all())
@@ -238,7 +238,7 @@ def _chunks(loaded, texts, max_length, long_text, stride, report, check_layout=T
     """
     tokenizer = text_tokenizer(loaded)
     layout = loaded.layout
-    pair_layout = layout.pair if layout is not None and layout.pair is not None else (1, 1, 1)
+    pair_layout = layout.pair or (1, 1, 1)  # no pair template: single texts only (pairs are refused at fit)
 
     def prepare(start):
         tokenized = tokenizer(texts[start : start + CHUNK_SIZE])
@@ -316,9 +316,9 @@ def _check_layout(tokenized: list[TokenizedText], layout) -> None:
     template puts them. A text that spells a special token out (``"[SEP]"`` in its words) does not."""
     for text in tokenized:
         pair = text.type_ids is not None
-        expected = (layout.pair_specials if pair else sum(layout.single)) if layout is not None else (3 if pair else 2)
+        expected = layout.pair_specials if pair else sum(layout.single)
         if not (text.special[0] and text.special[-1] and np.count_nonzero(text.special) == expected):
-            template = None if layout is None else (layout.pair_template if pair else layout.single_template)
+            template = layout.pair_template if pair else layout.single_template
             raise ValueError(
                 f"skbert pools inputs laid out as {template!r}; this {'pair' if pair else 'text'} has special tokens "
                 f"elsewhere (special-token mask {text.special.astype(int).tolist()[:8]}...), e.g. a special token "

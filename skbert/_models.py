@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from ._layout import special_layout
+
 
 @dataclass(frozen=True)
 class OfflinePackage:
@@ -134,7 +136,7 @@ class LoadedModel:
         so its 514 positions hold 512 tokens).
     quantized : bool
         Whether its Linear layers were quantised to int8.
-    layout : SpecialLayout or None
+    layout : SpecialLayout
         Where the tokenizer puts its special tokens (:mod:`skbert._layout`).
     window_limit : int or None
         The longest input accepted at all: ``max_positions`` for a model with a
@@ -333,8 +335,6 @@ def _load(source: ModelSource, device: torch.device, dtype: torch.dtype, quantiz
     if quantize:
         quantize_linear_layers(model)
     config = model.config
-    from ._layout import special_layout
-
     max_positions, window_limit = _max_positions(config, tokenizer)
     return LoadedModel(
         model=model,

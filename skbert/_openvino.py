@@ -10,11 +10,9 @@ and float32 elsewhere, as ``"auto"`` chooses for torch. Measured side by side
 where the matrix products dominate. Every other precision, packed batches and
 models it cannot convert run in torch eager, the reference.
 
-The converted model is kept per process and per (model, depth, token types); OpenVINO's
-own compiled-kernel cache (``CACHE_DIR``) lives in ``SKBERT_OPENVINO_CACHE`` (default: a
-folder in the temporary directory), and a cache it cannot use is only slower. A
-conversion that fails, or a runtime that cannot load, warns once and the call runs in
-torch.
+The converted model is kept per process and per (model, depth, token types), nothing on
+disk (conversion and compilation take a few seconds at ``fit``). A conversion that fails,
+or a runtime that cannot load, warns once and the call runs in torch.
 
 Why opt-in: in one test order (the README's examples, then the 16-bit cache test, with
 ``SKBERT_TEST_RUNTIME=openvino``) networks compiled in an earlier test give MiniLM vectors
@@ -26,9 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 import threading
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -39,8 +35,6 @@ from ._warnings import warn_user
 _COMPILED: dict[tuple, tuple] = {}  # key -> (owner, compiled model)
 _FAILED: dict[tuple, object] = {}  # key -> owner
 _LOCK = threading.Lock()
-#: Seconds spent converting and compiling, per (model, depth, token types): reported, not hidden.
-SETUP_SECONDS: dict[tuple, float] = {}
 
 
 def available() -> bool:
@@ -52,10 +46,6 @@ def preferred() -> bool:
     """Whether ``precision="auto"`` on a CPU uses OpenVINO: asked for with ``SKBERT_RUNTIME=openvino``
     (an experimental opt-in, see the module's notes), and installed."""
     return os.environ.get("SKBERT_RUNTIME", "torch") == "openvino" and available()
-
-
-def _cache_dir() -> str:
-    return os.environ.get("SKBERT_OPENVINO_CACHE", os.path.join(tempfile.gettempdir(), "skbert-openvino-cache"))
 
 
 class _Wrapped(torch.nn.Module):
@@ -100,7 +90,6 @@ def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, 
             return known[1]
         if key in _FAILED and _FAILED[key] is owner:
             return None
-        start = time.perf_counter()
         try:
             import openvino
 
@@ -133,7 +122,6 @@ def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, 
             warn_user(f"skbert could not run this model through OpenVINO ({type(error).__name__}: "
                       f"{str(error)[:200]}); it runs in torch instead. Results are not affected.")
             return None
-        SETUP_SECONDS[key] = time.perf_counter() - start
         _COMPILED[key] = (owner, result)
         return result
 

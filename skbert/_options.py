@@ -30,9 +30,6 @@ from ._entries import FORMAT_VERSION
 from ._models import LoadedModel, model_fingerprint
 from ._packing import use_packed
 
-STORED_DTYPES = ("float16", "float32")
-
-
 def _keyed(when=True):
     return field(metadata={"keyed": when})
 
