@@ -256,8 +256,9 @@ def test_a_tokenizer_without_a_pair_template_or_special_tokens_is_refused_at_fit
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_call_runs_only_up_to_the_highest_layer_it_needs(tmp_path, name):
-    """layers=1 of 3 with cache=None runs encoder layer 1 alone, where the family allows, and gives the
-    numbers of a full pass (the cache's, which computes every layer); token vectors too."""
+    """layers=1 of 3 with cache=None gives the numbers of a full pass (the cache's, which computes every
+    layer), token vectors too; and runs encoder layer 1 alone where the family is allowed to stop early
+    (none while that is switched off: see PARTIAL_DEPTH_FAMILIES)."""
     from skbert._models import PARTIAL_DEPTH_FAMILIES
 
     family = FAMILIES[NAMES.index(name)]
