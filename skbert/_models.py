@@ -202,13 +202,10 @@ OFFSET_POSITION_FAMILIES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl"
 PACKED_FAMILIES = frozenset({"bert", "distilbert", "albert", "electra", "roberta", "xlm-roberta", "camembert"})
 
 
-#: Families whose model may be cut after the highest layer a call reads. Empty: switched off. A view
-#: sharing the layer modules (below) gives the right numbers itself, but once one exists the whole
-#: model's later hidden states come out wrong (MiniLM: values off by up to 2.9 after a token-vector call
-#: at layers=0; transformers 5 records hidden states through hooks on the shared layer modules).
-#: Candidates once that is solved: BERT, DistilBERT, ELECTRA, DeBERTa-v2, RoBERTa, XLM-RoBERTa (hidden
-#: state k is layer k's output as it is); not ALBERT (one shared layer) nor ModernBERT (final norm).
-PARTIAL_DEPTH_FAMILIES: frozenset = frozenset()
+#: Families whose model may be cut after the highest layer a call reads (hidden state k is layer k's
+#: output as it is): not ALBERT (one shared layer) nor ModernBERT (a final norm after the last layer).
+PARTIAL_DEPTH_FAMILIES = frozenset({"bert", "distilbert", "electra", "deberta-v2", "roberta", "xlm-roberta",
+                                    "camembert"})
 _DEPTHS: dict[tuple[int, int], tuple[LoadedModel, torch.nn.Module]] = {}
 
 
@@ -239,9 +236,42 @@ def model_to_depth(loaded: LoadedModel, depth: int) -> torch.nn.Module:
     name = _layer_list(loaded.model, loaded.n_layers)
     if name is None:
         return loaded.model
+    with _REGISTRY_LOCK:
+        before = _probe(loaded.model)  # the model's own first forward, before any view exists
+        view = _view(loaded.model, name, depth)
+        shallow, after = _probe(view), _probe(loaded.model)
+        if not (len(after) == len(before) == loaded.n_layers + 1 and len(shallow) == depth + 1
+                and all(_same(a, b) for a, b in zip(before, after)) and all(_same(a, b) for a, b in zip(before, shallow))):
+            view = loaded.model  # the view would change what the model reads: never cut this one
+        _DEPTHS[key] = (loaded, view)
+    return view
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-3)
+
+
+def _probe(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    """The hidden states of a two-token input (ids 0 and 1)."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        output = model(input_ids=torch.tensor([[0, 1]], device=device), output_hidden_states=True, return_dict=True)
+    return tuple(output.hidden_states)
+
+
+def _view(model: torch.nn.Module, name: str, depth: int) -> torch.nn.Module:
+    """A shallow copy of ``model`` whose layer list ``name`` holds its first ``depth`` layers.
+
+    transformers (5.x) records hidden states through forward hooks it installs on the
+    layer modules at a model's first forward, and marks the model as hooked; a view
+    copied after that forward shares both the hooked layers and the mark, so it
+    records through the same hooks. One copied before would install a second set on
+    the shared layers, and the whole model would record each of those layers twice:
+    the caller runs the model once first (:func:`_probe`).
+    """
     import copy
 
-    view = copy.copy(loaded.model)
+    view = copy.copy(model)
     view._modules = dict(view._modules)
     parent, path = view, name.split(".")
     for part in path[:-1]:
@@ -250,8 +280,6 @@ def model_to_depth(loaded: LoadedModel, depth: int) -> torch.nn.Module:
         parent._modules[part] = child
         parent = child
     parent._modules[path[-1]] = torch.nn.ModuleList(list(parent._modules[path[-1]])[:depth])
-    with _REGISTRY_LOCK:
-        _DEPTHS[key] = (loaded, view)
     return view
 
 

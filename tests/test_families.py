@@ -5,6 +5,7 @@ Hugging Face's ``longest_first``), runs the model on one input at a time with no
 pools with numpy over the positions the tokenizer's own special-token mask and sequence ids give.
 """
 
+import copy
 import warnings
 
 import numpy as np
@@ -258,7 +259,7 @@ def test_a_tokenizer_without_a_pair_template_or_special_tokens_is_refused_at_fit
 def test_a_call_runs_only_up_to_the_highest_layer_it_needs(tmp_path, name):
     """layers=1 of 3 with cache=None gives the numbers of a full pass (the cache's, which computes every
     layer), token vectors too; and runs encoder layer 1 alone where the family is allowed to stop early
-    (none while that is switched off: see PARTIAL_DEPTH_FAMILIES)."""
+    (PARTIAL_DEPTH_FAMILIES)."""
     from skbert._models import PARTIAL_DEPTH_FAMILIES
 
     family = FAMILIES[NAMES.index(name)]
@@ -291,3 +292,52 @@ def test_a_call_runs_only_up_to_the_highest_layer_it_needs(tmp_path, name):
     for record, text in zip(tokens, TEXTS[:2]):
         states, _, _ = plain.encode(text)
         assert_allclose(record.vectors, states[1], atol=ATOL)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_shallow_call_first_leaves_later_full_passes_right(tmp_path, name):
+    """A model's first forward made at a shallow depth (token vectors at layers=0, then a pooled
+    layers=1 call) must not change what later calls on the same loaded model read at the top layer:
+    transformers installs its hidden-state hooks at the first forward, and a view made before that
+    once doubled them on the shared layers (MiniLM's top layer then came out up to 2.9 off)."""
+    family = FAMILIES[NAMES.index(name)]
+    path = write_family(tmp_path / name, family, layers=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        BertEmbedder(path, precision="float32", cache=None, layers=0).fit(TEXTS[:1]).transform_tokens(TEXTS[:2])
+        _fit(path, TEXTS, pooling="mean", layers=1)
+    _, got = _fit(path, TEXTS, pooling=("cls", "mean"), layers=(1, -1))
+    plain = Plain(path)
+    for row, text in enumerate(TEXTS):
+        states, sides, _ = plain.encode(text)
+        content = np.flatnonzero(sides == 0)
+        content = content if content.size else np.arange(len(sides))
+        want = np.concatenate([states[[1, -1], 0].reshape(-1), plain.pool(states[[1, -1]], content, "mean").reshape(-1)])
+        assert_allclose(got[row], want, atol=ATOL, err_msg=f"{name} row {row}")
+
+
+def test_a_view_that_would_read_other_numbers_is_never_used(tmp_path, monkeypatch):
+    """The check made when a cut model is first built: a view whose hidden states differ from the whole
+    model's (here one built from the last layers instead of the first) is dropped for the whole model."""
+    import skbert._models as models
+
+    def wrong(model, name, depth):
+        view = copy.copy(model)
+        view._modules = dict(view._modules)
+        encoder = copy.copy(view._modules["encoder"])
+        encoder._modules = dict(encoder._modules)
+        encoder._modules["layer"] = torch.nn.ModuleList(list(encoder._modules["layer"])[-depth:])
+        view._modules["encoder"] = encoder
+        return view
+
+    monkeypatch.setattr(models, "_view", wrong)
+    path = write_family(tmp_path / "bert", FAMILIES[NAMES.index("bert")], layers=3)
+    embedder, got = _fit(path, TEXTS, pooling="mean", layers=1)
+    loaded = embedder._load()
+    assert models.model_to_depth(loaded, 1) is loaded.model
+    plain = Plain(path)
+    for row, text in enumerate(TEXTS):
+        states, sides, _ = plain.encode(text)
+        content = np.flatnonzero(sides == 0)
+        content = content if content.size else np.arange(len(sides))
+        assert_allclose(got[row], plain.pool(states[[1]], content, "mean").reshape(-1), atol=ATOL)
