@@ -107,13 +107,17 @@ class MemoryTier:
     def __len__(self) -> int:
         return len(self._index)
 
-    def get_many(self, keys: list[bytes]) -> list[tuple[Block, int] | None]:
-        """Where the entries under ``keys`` are (None where absent); found ones become the most recent."""
+    def get_many(self, keys: list[bytes], hidden: int = 0) -> list[tuple[Block, int] | None]:
+        """Where the entries under ``keys`` holding at least ``hidden`` hidden states are (None where
+        absent, or too shallow); found ones become the most recent."""
         with self._lock:
             found = [self._index.get(key) for key in keys]
-            for key, place in zip(keys, found):
+            for i, (key, place) in enumerate(zip(keys, found)):
                 if place is not None:
-                    self._index.move_to_end(key)
+                    if place[0].hidden < hidden:
+                        found[i] = None
+                    else:
+                        self._index.move_to_end(key)
         return found
 
     def put(self, block: Block) -> list[tuple[bytes, Block, int]]:
@@ -205,12 +209,14 @@ class Store:
 
     # -- look-ups --------------------------------------------------------------------
 
-    def get_many(self, keys: list[bytes]) -> list[tuple[Block, int] | None]:
-        """Where the entries under ``keys`` are, from memory, then disk (None where neither has one)."""
-        found = self.memory.get_many(keys)
+    def get_many(self, keys: list[bytes], hidden: int = 0) -> list[tuple[Block, int] | None]:
+        """Where the entries under ``keys`` are, from memory, then disk (None where neither has one
+        holding at least ``hidden`` hidden states: an entry encoded by a call that stopped the
+        encoder below a layer asked for now is a miss)."""
+        found = self.memory.get_many(keys, hidden)
         absent = [i for i, place in enumerate(found) if place is None]
         if absent and self.disk is not None:
-            from_disk = self.disk.get_many([keys[i] for i in absent])
+            from_disk = self.disk.get_many([keys[i] for i in absent], hidden)
             for i in absent:
                 found[i] = from_disk.get(keys[i])
             with self._lock:
@@ -226,7 +232,8 @@ class Store:
 
     def put(self, block: Block) -> None:
         """Store newly encoded entries: in memory, and on disk (all of them in a cache
-        directory; in a spill directory, what memory evicts)."""
+        directory; in a spill directory, what memory evicts). An entry holding more hidden
+        states replaces one of the same key holding fewer, in both tiers."""
         if self.directory is not None and self.disk is not None:
             self.disk.write(block)
         self._keep_in_memory(block)

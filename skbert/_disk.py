@@ -85,7 +85,9 @@ CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY,  -- the key's first 8 bytes: a rowid look-up is twice as fast as a blob key's
     key BLOB NOT NULL,
     block INTEGER NOT NULL,
-    row INTEGER NOT NULL
+    row INTEGER NOT NULL,
+    hidden INTEGER NOT NULL DEFAULT 2147483647  -- hidden states the entry holds (fewer than the model's where
+                                                -- the encoder stopped early; the default: every one)
 );
 CREATE INDEX IF NOT EXISTS entries_by_block ON entries (block);
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -93,10 +95,11 @@ INSERT OR IGNORE INTO totals VALUES ('bytes', 0), ('entries', 0);
 """
 _ADD_TO_TOTALS = "UPDATE totals SET value = value + ? WHERE name = ?"
 # a block's index rows in one statement (one step, so the writer thread gives up Python's lock
-# once per block, not once per row): ?1 the row ids as a JSON array, ?2 the keys end to end, ?3 the block
+# once per block, not once per row): ?1 the row ids as a JSON array, ?2 the keys end to end, ?3 the block,
+# ?4 its hidden states; a row replaces a shallower entry of its key (the writer left out deeper ones)
 _INDEX_BLOCK = """
-INSERT OR IGNORE INTO entries (id, key, block, row)
-SELECT value, substr(?2, key * 16 + 1, 16), ?3, key FROM json_each(?1)
+INSERT OR REPLACE INTO entries (id, key, block, row, hidden)
+SELECT value, substr(?2, key * 16 + 1, 16), ?3, key, ?4 FROM json_each(?1)
 """
 
 
@@ -196,14 +199,41 @@ def _row_id(key: bytes) -> int:
     return int.from_bytes(key[:8], "little", signed=True)
 
 
-def _indexed(connection: sqlite3.Connection, keys: list[bytes]) -> list[tuple[bytes, int, int]]:
-    """(key, block, row) of those of ``keys`` the index holds."""
+def _indexed(connection: sqlite3.Connection, keys: list[bytes], hidden: int = 0) -> list[tuple[bytes, int, int, int]]:
+    """(key, block, row, hidden states) of those of ``keys`` the index holds with at least ``hidden``."""
     wanted = set(keys)
     rows = []
     for start in range(0, len(keys), _READ_CHUNK):
         chunk = [_row_id(key) for key in keys[start : start + _READ_CHUNK]]
-        rows += connection.execute(f"SELECT key, block, row FROM entries WHERE id IN {_in(len(chunk))}", chunk)
+        rows += connection.execute(
+            f"SELECT key, block, row, hidden FROM entries WHERE id IN {_in(len(chunk))} AND hidden >= ?",
+            [*chunk, hidden])
     return [row for row in rows if row[0] in wanted]
+
+
+def _add_depth_column(connection: sqlite3.Connection) -> None:
+    """Give a database made before entries recorded their depth its ``hidden`` column: every entry
+    of those held every hidden state, which the column's default says."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(entries)")}
+    if "hidden" not in columns:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if "hidden" not in {row[1] for row in connection.execute("PRAGMA table_info(entries)")}:
+                connection.execute("ALTER TABLE entries ADD COLUMN hidden INTEGER NOT NULL DEFAULT 2147483647")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+
+def _index_rows(connection: sqlite3.Connection, keys: list[bytes]) -> dict[int, tuple[bytes, int, int]]:
+    """The index rows of ``keys``' row ids, whichever key holds them: id -> (key, block, hidden states)."""
+    rows = {}
+    for start in range(0, len(keys), _READ_CHUNK):
+        chunk = [_row_id(key) for key in keys[start : start + _READ_CHUNK]]
+        rows.update((row_id, (key, block, hidden)) for row_id, key, block, hidden in connection.execute(
+            f"SELECT id, key, block, hidden FROM entries WHERE id IN {_in(len(chunk))}", chunk))
+    return rows
 
 
 class DiskTier:
@@ -229,6 +259,7 @@ class DiskTier:
         self.max_bytes = int(max_bytes)
         self._reader = _connect(self.path)
         self._reader.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        _add_depth_column(self._reader)
         self._read_lock = threading.Lock()
         self._pending: dict[bytes, tuple[Block, int]] = {}  # queued for the writer, not yet committed
         self._pending_lock = threading.Lock()
@@ -240,20 +271,21 @@ class DiskTier:
 
     # -- reading ---------------------------------------------------------------------
 
-    def get_many(self, keys: list[bytes]) -> dict[bytes, tuple[Block, int]]:
+    def get_many(self, keys: list[bytes], hidden: int = 0) -> dict[bytes, tuple[Block, int]]:
         """Where the entries of some keys are: a block of the found rows (read from disk or
-        still queued) and the row; damaged blocks are deleted and their keys left out."""
+        still queued) and the row; entries with fewer than ``hidden`` hidden states are left
+        out, damaged blocks deleted and their keys left out."""
         found: dict[bytes, tuple[Block, int]] = {}
         with self._pending_lock:
             for key in keys:
                 place = self._pending.get(key)
-                if place is not None:
+                if place is not None and place[0].hidden >= hidden:
                     found[key] = place
         rest = [key for key in keys if key not in found]
         with self._read_lock:
-            located = _indexed(self._reader, rest)
+            located = _indexed(self._reader, rest, hidden)
             by_block: dict[int, list[tuple[bytes, int]]] = {}
-            for key, block_id, row in located:
+            for key, block_id, row, _ in located:
                 by_block.setdefault(block_id, []).append((key, row))
             damaged_blocks, damaged_keys = [], []
             ids = list(by_block)
@@ -345,25 +377,42 @@ class DiskTier:
             connection.close()
 
     def _commit(self, connection: sqlite3.Connection, blocks: list[Block]) -> None:
-        """Store the rows of ``blocks`` that no process has stored yet, in one transaction."""
+        """Store the rows of ``blocks`` that no process has stored yet (or stored with fewer hidden
+        states: those replace the shallower entries), in one transaction."""
         connection.execute("BEGIN IMMEDIATE")
         try:
-            present = {row[0] for row in _indexed(connection, [key for block in blocks for key in block.keys])}
-            added = added_bytes = 0
-            for block in blocks:  # written already, maybe by another process: left out
-                new = [row for row, key in enumerate(block.keys) if key not in present and not present.add(key)]
+            present = _index_rows(connection, [key for block in blocks for key in block.keys])
+            added = replaced = added_bytes = 0
+            replaced_in: set[int] = set()  # blocks that lost rows to deeper entries
+            for block in blocks:  # written already as deep, maybe by another process: left out
+                new = []
+                for row, key in enumerate(block.keys):
+                    old = present.get(_row_id(key))  # (key, block, hidden) of the key's index row
+                    if old is None or (old[0] == key and old[2] < block.hidden):  # another key's row: kept
+                        new.append(row)
+                        if old is not None:
+                            replaced += 1
+                            replaced_in.add(old[1])
+                        present[_row_id(key)] = (key, -1, block.hidden)  # taken: a copy later in the block is left out
                 if not new:
                     continue
                 for part in split_block(block if len(new) == len(block) else block.take(new)):
                     data = pack_block(part)
                     block_id = connection.execute(
                         "INSERT INTO blocks (data, checksum) VALUES (?, ?)", (data, checksum(data))).lastrowid
-                    added += connection.execute(_INDEX_BLOCK, (
-                        json.dumps([_row_id(key) for key in part.keys]), b"".join(part.keys), block_id)).rowcount
+                    connection.execute(_INDEX_BLOCK, (json.dumps([_row_id(key) for key in part.keys]),
+                                                      b"".join(part.keys), block_id, part.hidden))
+                    present.update((_row_id(key), (key, block_id, part.hidden)) for key in part.keys)
+                    added += len(part)
                     added_bytes += len(data)
             if added_bytes:
                 connection.execute(_ADD_TO_TOTALS, (added_bytes, "bytes"))
-                connection.execute(_ADD_TO_TOTALS, (added, "entries"))
+                connection.execute(_ADD_TO_TOTALS, (added - replaced, "entries"))
+            # a block none of whose rows is indexed any more (all replaced by deeper entries) goes
+            empty = [block_id for block_id in replaced_in if connection.execute(
+                "SELECT 1 FROM entries WHERE block = ? LIMIT 1", (block_id,)).fetchone() is None]
+            if empty:
+                _delete(connection, empty, [])
             evicted = self._evict(connection)
             connection.execute("COMMIT")
         except BaseException:

@@ -1,10 +1,13 @@
 """Cache entries: what is kept of each text, its key, and the conversions to and from batches.
 
-An entry holds a text's :data:`~skbert._statistics.KINDS` for every hidden state
-(per segment, for a sentence pair), its pooler output (if the model has one), its
-content-token counts and its full token count: everything any pooling mode, layer
-choice or aggregation is computed from, and nothing that can be derived (see
-:mod:`skbert._statistics`).
+An entry holds a text's :data:`~skbert._statistics.KINDS` for every hidden state up
+to the deepest one the encoding ran to (every one, unless the call that encoded it
+stopped the encoder early: :attr:`Block.hidden`), per segment for a sentence pair,
+its pooler output (if the model has one and every layer ran), its
+content-token counts and its full token count: everything any pooling mode, choice
+of layers up to that depth, or aggregation is computed from, and nothing that can be
+derived (see :mod:`skbert._statistics`). A look-up that reads a deeper layer than an
+entry holds misses, and the deeper entry encoded then replaces it.
 
 Entries live in :class:`Block` s, one row per text, as the encoder produced them:
 a batch of texts is encoded, stored, read back and handed out as a few arrays,
@@ -45,8 +48,10 @@ class Block:
     ----------
     keys : list of bytes
         Each row's 16-byte key (:func:`text_key`).
-    values : ndarray of shape (n, segments, len(KINDS), n_layers + 1, d), float16 or float32
-        One segment for single texts, two for sentence pairs.
+    values : ndarray of shape (n, segments, len(KINDS), depth + 1, d), float16 or float32
+        One segment for single texts, two for sentence pairs; hidden states ``0..depth``
+        (``depth`` is the model's last layer unless the encoding stopped earlier: see
+        :attr:`hidden`).
     n_content : ndarray of int64, shape (n, segments)
     n_tokens : ndarray of int64, shape (n,)
         Each text's full length in tokens, before truncation or windowing.
@@ -74,6 +79,11 @@ class Block:
         """Bytes of its arrays."""
         pooler = 0 if self.pooler is None else self.pooler.nbytes
         return self.values.nbytes + self.n_content.nbytes + self.n_tokens.nbytes + pooler
+
+    @property
+    def hidden(self) -> int:
+        """Hidden states each row holds (``0 .. hidden - 1``): a look-up that reads a higher one misses."""
+        return self.values.shape[3]
 
     @property
     def shape(self) -> tuple:
@@ -211,7 +221,7 @@ def block_from_statistics(keys: list[bytes], statistics: Statistics, dtype) -> B
     keys : list of bytes
         One per row.
     statistics : Statistics
-        float32, holding :data:`KINDS` for every hidden state in order.
+        float32, holding :data:`KINDS` for hidden states ``0..depth`` in order.
     dtype : numpy dtype
         float16 or float32; a batch whose values would overflow float16 is kept in
         float32.

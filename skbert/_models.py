@@ -216,6 +216,15 @@ def _layer_list(model: torch.nn.Module, n_layers: int) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+def stop_depth(loaded: LoadedModel, depth: int) -> int:
+    """The layer the encoder stops at for a call reading hidden states up to ``depth``:
+    ``depth`` itself (at least 1) where the family can be cut (:func:`model_to_depth`),
+    the last layer otherwise."""
+    if depth >= loaded.n_layers or loaded.model.config.model_type not in PARTIAL_DEPTH_FAMILIES:
+        return loaded.n_layers
+    return max(1, depth)
+
+
 def model_to_depth(loaded: LoadedModel, depth: int) -> torch.nn.Module:
     """The model cut after encoder layer ``depth``: hidden states ``0..depth`` at ``depth / n_layers`` of the cost.
 
@@ -225,9 +234,9 @@ def model_to_depth(loaded: LoadedModel, depth: int) -> torch.nn.Module:
     and other threads are unaffected. Families not in :data:`PARTIAL_DEPTH_FAMILIES`,
     and ``depth >= n_layers``, get the whole model.
     """
-    if depth >= loaded.n_layers or loaded.model.config.model_type not in PARTIAL_DEPTH_FAMILIES:
+    depth = stop_depth(loaded, depth)  # the embedding layer alone: one layer runs (transformers records none without)
+    if depth == loaded.n_layers:
         return loaded.model
-    depth = max(1, depth)  # the embedding layer alone: one layer runs (transformers records no hidden state without)
     key = (id(loaded), depth)
     with _REGISTRY_LOCK:
         known = _DEPTHS.get(key)

@@ -4,9 +4,13 @@
 then disk), encodes only the misses, stores what it encoded batch by batch (so an
 interrupted call resumes from there) and hands out :class:`~skbert._statistics.Statistics`
 holding at least the kinds and hidden states the caller will pool: with a store,
-every kind and hidden state, as the store's blocks hold them (no copy, no
-selection; pooling picks what it needs); with no store, only those kinds and hidden
-states, computed in the first place.
+every kind and every hidden state up to the deepest the entry holds, as the store's
+blocks hold them (no copy, no selection; pooling picks what it needs); with no store,
+only those kinds and hidden states, computed in the first place.
+
+A miss is encoded to the highest layer the request reads (:func:`encoded_depth`), and
+every hidden state up to it is stored; an entry that holds fewer hidden states than
+a request reads is a miss, and the deeper entry encoded then replaces it.
 
 Cached or freshly encoded, a text's statistics are handed out as the store keeps
 them (16-bit unless float32 was asked for), so a text gives the same vector whether
@@ -24,7 +28,7 @@ from ._batching import n_segments
 from ._cache import Store
 from ._encoding import CHUNK_SIZE, EncodingReport, iter_statistics
 from ._entries import block_from_statistics, concatenate, gather, statistics_from_block, text_keys
-from ._models import LoadedModel
+from ._models import LoadedModel, stop_depth
 from ._options import EncodingOptions, numbers_fingerprint
 from ._statistics import KINDS, Statistics
 
@@ -128,12 +132,14 @@ class StatisticsSource:
     def _cached(self, texts, request: Request, report: EncodingReport) -> Iterator[Statistics]:
         keys = text_keys(self.fingerprint, texts)
         segments = n_segments(texts)
-        layers, width = self.loaded.n_layers + 1, self.loaded.hidden_size
-        row_bytes = self.stored_dtype.itemsize * segments * len(KINDS) * layers * width
+        depth = encoded_depth(self.loaded, request)
+        width = self.loaded.hidden_size
+        row_bytes = self.stored_dtype.itemsize * segments * len(KINDS) * (self.loaded.n_layers + 1) * width
         step = max(1, min(LOOKUP_BATCH, LOOKUP_BYTES // row_bytes))
+        needed = (self.loaded.n_layers if request.pooler else max(request.layers)) + 1
         missing = []
         for start in range(0, len(keys), step):
-            found = self.store.get_many(keys[start : start + step])
+            found = self.store.get_many(keys[start : start + step], hidden=needed)
             hits = [i for i, place in enumerate(found) if place is not None]
             missing.extend(start + i for i, place in enumerate(found) if place is None)
             if hits:
@@ -142,15 +148,24 @@ class StatisticsSource:
         if not missing:
             return
         missing = np.asarray(missing)
-        every_layer = tuple(range(self.loaded.n_layers + 1))
         for batch in iter_statistics(
-            self.loaded, [texts[i] for i in missing], layers=every_layer, kinds=KINDS,
-            with_pooler=self.loaded.has_pooler, report=report, options=self.options,
+            self.loaded, [texts[i] for i in missing], layers=tuple(range(depth + 1)), kinds=KINDS,
+            with_pooler=self.loaded.has_pooler and depth == self.loaded.n_layers, report=report,
+            options=self.options,
         ):
             positions = missing[batch.positions]
             block = block_from_statistics([keys[p] for p in positions], batch, self.stored_dtype)
             self.store.put(block)
             yield statistics_from_block(positions, block)
+
+
+def encoded_depth(loaded: LoadedModel, request: Request) -> int:
+    """The deepest layer a cache miss is encoded to: the highest the request reads where the
+    encoder can stop there (:func:`~skbert._models.model_to_depth`), else the last; every
+    hidden state up to it is stored."""
+    if request.pooler:
+        return loaded.n_layers
+    return stop_depth(loaded, max(request.layers))
 
 
 def _handed_out(positions: np.ndarray, located: list) -> Iterator[Statistics]:

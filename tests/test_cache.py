@@ -612,3 +612,136 @@ def test_four_threads_sharing_a_cached_estimator_get_the_serial_result_and_consi
     assert info["hits"] + info["misses"] == lookups
     assert TOTALS.n_encoded - before == sum(report.n_encoded for _, report in results) == info["misses"]
     assert len(set(texts)) <= info["misses"]  # each distinct text encoded at least once, by some thread
+
+
+def _layer_calls(embedder):
+    """Hooks counting the calls of each encoder layer of an embedder's loaded model; returns (calls, hooks).
+    The cut models are made first (making one runs the whole model on a probe input)."""
+    from skbert._models import model_to_depth
+
+    loaded = embedder._load()
+    for depth in range(1, loaded.n_layers):
+        model_to_depth(loaded, depth)
+    layers = loaded.model.encoder.layer
+    calls = [0] * len(layers)
+
+    def hook(k):
+        def count(module, args, output):
+            calls[k] += 1
+        return count
+
+    return calls, [layer.register_forward_hook(hook(k)) for k, layer in enumerate(layers)]
+
+
+@pytest.mark.parametrize("cache", ["memory", "directory"])
+def test_entries_hold_the_layers_their_encoding_ran_and_deeper_requests_are_encoded_again(tiny_bert, tmp_path,
+                                                                                          cache):
+    """layers=1 of 3 with a cache runs the first layer only and stores hidden states 0..1; a later
+    layers=-1 finds them too shallow, encodes every layer and replaces them (the disk holds one entry
+    per text, not two); a later layers=1 is served from the deeper entries; every result equals a
+    cache=None pass."""
+    location = "memory" if cache == "memory" else str(tmp_path / "cache")
+    shallow = BertEmbedder(tiny_bert, cache=location, layers=1, **F32).fit(MANY[:1])
+    calls, hooks = _layer_calls(shallow)
+    try:
+        first = shallow.transform(MANY)
+        assert calls[0] > 0 and calls[1] == calls[2] == 0  # hidden state 1 is the first layer's output
+        info = shallow.cache_info()
+        assert info["misses"] == len(MANY)
+        deep = BertEmbedder(tiny_bert, cache=location, layers=-1, **F32).fit(MANY[:1])
+        top = deep.transform(MANY)
+        assert calls[2] > 0
+        info = deep.cache_info()
+        assert info["misses"] == 2 * len(MANY)  # too shallow: a miss, encoded again
+        if cache == "directory":
+            assert info["disk_entries"] == len(MANY)  # replaced, not added
+        _cache.clear_stores()  # from disk (a directory) or encoded anew (memory)
+        before = calls[2]
+        again = BertEmbedder(tiny_bert, cache=location, layers=1, **F32).fit(MANY[:1]).transform(MANY)
+        if cache == "directory":
+            assert calls[2] == before  # served from the deeper entries on disk
+    finally:
+        for h in hooks:
+            h.remove()
+    for layers, got in ((1, first), (-1, top), (1, again)):
+        want = BertEmbedder(tiny_bert, cache=None, layers=layers, **F32).fit(MANY[:1]).transform(MANY)
+        assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    if cache == "directory":
+        disk = Store(10**6, tmp_path / "cache").disk
+        entries, nbytes = disk.totals()
+        blocks = disk._reader.execute("SELECT COUNT(*), SUM(length(data)) FROM blocks").fetchone()
+        assert entries == len(MANY) and nbytes == blocks[1]  # the shallow blocks went with their last entry
+        disk.close()
+
+
+def test_the_pooler_after_shallow_entries_encodes_every_layer(tiny_bert):
+    shallow = BertEmbedder(tiny_bert, layers=0, **F32).fit(MANY[:1])
+    shallow.transform(MANY)
+    pooled = BertEmbedder(tiny_bert, pooling="pooler", **F32).fit(MANY[:1]).transform(MANY)
+    want = BertEmbedder(tiny_bert, pooling="pooler", cache=None, **F32).fit(MANY[:1]).transform(MANY)
+    assert_allclose(pooled, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("order", [[2, 1], [1, 2]])
+def test_a_search_over_layers_up_to_k_never_runs_a_layer_above_k(tiny_bert, order):
+    """A grid over hidden states 1 and 2 of 3: the third layer never runs. Listed deepest first, each text is
+    encoded once (the later points are served from the deeper entries); listed shallowest first, the
+    deeper point finds the entries too shallow and encodes each text a second time."""
+    X = MANY * 2
+    y = np.arange(len(X)) % 2
+    pipe = make_pipeline(BertEmbedder(tiny_bert), LogisticRegression(max_iter=100))
+    calls, hooks = _layer_calls(pipe[0])
+    before = BertEmbedder(tiny_bert).cache_info()["n_encoded"]
+    try:
+        GridSearchCV(pipe, {"bertembedder__pooling": ["cls", "mean"], "bertembedder__layers": order}, cv=3).fit(X, y)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls[2] == 0 and calls[1] > 0
+    passes = 1 if order[0] == 2 else 2
+    assert BertEmbedder(tiny_bert).cache_info()["n_encoded"] - before == passes * len(set(X))
+
+
+def test_a_database_from_before_entries_recorded_their_depth_is_read_as_every_layer(tmp_path):
+    """A cache directory written before the index had its ``hidden`` column (all its entries hold every
+    hidden state) gets the column on opening, and its entries serve requests for any layer."""
+    from skbert._disk import DiskTier
+
+    key = b"k" * 16
+    tier = DiskTier(tmp_path, 10**9)
+    tier.write(_block([key]))
+    tier.close()
+    connection = sqlite3.connect(tmp_path / DATABASE)
+    connection.execute("ALTER TABLE entries DROP COLUMN hidden")  # as the earlier schema had it
+    connection.commit()
+    connection.close()
+    old = DiskTier(tmp_path, 10**9)
+    assert list(old.get_many([key], hidden=100)) == [key]
+    deeper = _block([key])
+    deeper.values = np.zeros((1, 1, 4, 5, 4), np.float16)
+    old.write(deeper)  # not deeper than "every hidden state": left as it is
+    old.flush()
+    assert old.totals()[0] == 1 and old.get_many([key])[key][0].hidden == 2
+    old.close()
+
+
+def test_the_disk_tier_serves_and_replaces_by_depth(tmp_path):
+    from skbert._disk import DiskTier
+
+    keys = [b"a" * 16, b"b" * 16]
+    shallow = _block(keys)  # 2 hidden states
+    deep = _block(keys[:1])
+    deep.values = np.ones((1, 1, 4, 3, 4), np.float16)
+    tier = DiskTier(tmp_path, 10**9)
+    tier.write(shallow)
+    tier.flush()
+    assert set(tier.get_many(keys, hidden=2)) == set(keys) and tier.get_many(keys, hidden=3) == {}
+    tier.write(deep)
+    tier.write(_block(keys[:1]))  # shallower than what is stored now: left out
+    tier.flush()
+    fresh = DiskTier(tmp_path, 10**9)
+    found = fresh.get_many(keys, hidden=3)
+    assert list(found) == keys[:1] and found[keys[0]][0].hidden == 3 and float(found[keys[0]][0].values.max()) == 1
+    assert fresh.totals()[0] == 2
+    fresh.close()
+    tier.close()
