@@ -132,9 +132,10 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     device_, precision_, model_location_ : str
         Where the encoder runs, its compute dtype, where its weights came from.
     runtime_ : {"torch", "openvino"}
-        What runs the model: torch; OpenVINO for ``precision="auto"`` on a CPU where
-        ``SKBERT_RUNTIME=openvino`` asks for it (experimental), it is installed
-        (``skbert[openvino]``) and the model converts.
+        What runs the model: OpenVINO for ``precision="auto"`` on a CPU where it is
+        installed (``skbert[openvino]``), the model converts and ``attention`` is not
+        ``"packed"`` (``SKBERT_RUNTIME=torch`` in the environment keeps torch); torch
+        eager otherwise.
     special_layout_ : SpecialLayout
         Where the tokenizer puts its special tokens: ``.single_template`` (``"[CLS]
         text [SEP]"``) and ``.pair_template`` (``"[CLS] A [SEP] B [SEP]"``, or
@@ -224,7 +225,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         loaded = self._load()
         for name, value in fitted_settings(params, modes, loaded).items():
             setattr(self, name, value)
-        self.runtime_ = runtime_for(loaded, self.precision)  # converts and compiles here, once per process
+        self.runtime_ = runtime_for(loaded, self.precision, self.attention)  # converts and compiles here, once per process
         if self.cache is not None:
             model_fingerprint(loaded)  # the cache's keys need it: computed once per process, with the loading
         return self
@@ -448,7 +449,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
             max_length=self.max_length_, long_text=self.long_text, stride=self.stride_, precision=self.precision,
             batch_size=self.batch_size, token_budget=self.token_budget, attention=self.attention,
             device=loaded.device, packs_exactly=loaded.packs_exactly,
-            runtime=runtime_for(loaded, self.precision),
+            runtime=runtime_for(loaded, self.precision, self.attention),
         )
 
     def _store(self):

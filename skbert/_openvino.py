@@ -1,23 +1,18 @@
 """The OpenVINO runtime for CPUs: the same model, converted once per process, compiled for this CPU.
 
-Optional (``pip install skbert[openvino]``), experimental and opt-in
-(``SKBERT_RUNTIME=openvino``), imported only when used. Then ``precision="auto"`` on a CPU
-runs padded batches through it: OpenVINO
-converts the torch module (``openvino.convert_model``, dynamic batch and length) and
-compiles it for the CPU it runs on, in bfloat16 where the CPU multiplies it natively
-and float32 elsewhere, as ``"auto"`` chooses for torch. Measured side by side
-(``benchmarks/peers.py``) it is faster than torch's eager kernels on long texts,
-where the matrix products dominate. Every other precision, packed batches and
-models it cannot convert run in torch eager, the reference.
+Optional (``pip install skbert[openvino]``) and imported only when used. Where it is
+installed, ``precision="auto"`` on a CPU runs padded batches through it (``SKBERT_RUNTIME=torch``
+keeps torch eager): OpenVINO converts the torch module (``openvino.convert_model``, dynamic
+batch and length) and compiles it for the CPU it runs on, in bfloat16 where the CPU
+multiplies it natively and float32 elsewhere, as ``"auto"`` chooses for torch. Measured
+side by side (``benchmarks/peers.py``) it is faster than torch's eager kernels. Every other
+precision, packed attention and models it cannot convert run in torch eager, the
+reference; the runtime is part of every cache key (:mod:`skbert._options`), so entries
+of one are never served to the other.
 
 The converted model is kept per process and per (model, depth, token types), nothing on
 disk (conversion and compilation take a few seconds at ``fit``). A conversion that fails,
 or a runtime that cannot load, warns once and the call runs in torch.
-
-Why opt-in: in one test order (the README's examples, then the 16-bit cache test, with
-``SKBERT_TEST_RUNTIME=openvino``) networks compiled in an earlier test give MiniLM vectors
-at cosine 0.97 to float32 in the next, though the same steps in one test agree to 0.99999;
-not yet explained, so it is not the default until it is.
 """
 
 from __future__ import annotations
@@ -43,9 +38,9 @@ def available() -> bool:
 
 
 def preferred() -> bool:
-    """Whether ``precision="auto"`` on a CPU uses OpenVINO: asked for with ``SKBERT_RUNTIME=openvino``
-    (an experimental opt-in, see the module's notes), and installed."""
-    return os.environ.get("SKBERT_RUNTIME", "torch") == "openvino" and available()
+    """Whether ``precision="auto"`` on a CPU uses OpenVINO: where it is installed, unless
+    ``SKBERT_RUNTIME=torch`` asks for torch eager."""
+    return os.environ.get("SKBERT_RUNTIME", "openvino") != "torch" and available()
 
 
 class _Wrapped(torch.nn.Module):
@@ -156,11 +151,12 @@ def _network(loaded, depth: int | None):
     return network, pooler
 
 
-def runtime_for(loaded, precision: str) -> str:
-    """``"openvino"`` where ``precision="auto"`` runs on a CPU with OpenVINO installed and the model converts;
-    else ``"torch"``. The conversion happens here, once per process, so a model that cannot be converted is
-    known before any entry is keyed by the runtime."""
-    if precision != "auto" or loaded.device.type != "cpu" or loaded.quantized or not preferred():
+def runtime_for(loaded, precision: str, attention: str = "auto") -> str:
+    """``"openvino"`` where ``precision="auto"`` runs on a CPU with OpenVINO installed and the model converts
+    (and packed attention, a torch path, is not asked for); else ``"torch"``. The conversion happens here,
+    once per process, so a model that cannot be converted is known before any entry is keyed by the runtime."""
+    if (precision != "auto" or attention == "packed" or loaded.device.type != "cpu" or loaded.quantized
+            or not preferred()):
         return "torch"
     network, _ = _network(loaded, None)
     return "torch" if network is None else "openvino"

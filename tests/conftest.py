@@ -9,8 +9,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# torch eager, the reference, unless a test asks for OpenVINO (tests/test_openvino.py); subprocesses inherit it
-os.environ["SKBERT_RUNTIME"] = os.environ.get("SKBERT_TEST_RUNTIME", "torch")
+# what precision="auto" runs on a CPU: OpenVINO where installed (the default, as users get it) or, with
+# SKBERT_TEST_RUNTIME=torch, torch eager; explicit precisions run torch eager either way; subprocesses inherit it
+os.environ["SKBERT_RUNTIME"] = os.environ.get("SKBERT_TEST_RUNTIME", "openvino")
 
 import string  # noqa: E402
 

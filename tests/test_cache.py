@@ -689,7 +689,7 @@ def test_a_search_over_layers_up_to_k_never_runs_a_layer_above_k(tiny_bert, orde
     deeper point finds the entries too shallow and encodes each text a second time."""
     X = MANY * 2
     y = np.arange(len(X)) % 2
-    pipe = make_pipeline(BertEmbedder(tiny_bert), LogisticRegression(max_iter=100))
+    pipe = make_pipeline(BertEmbedder(tiny_bert, **F32), LogisticRegression(max_iter=100))  # torch: hooks see it
     calls, hooks = _layer_calls(pipe[0])
     before = BertEmbedder(tiny_bert).cache_info()["n_encoded"]
     try:

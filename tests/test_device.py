@@ -172,8 +172,8 @@ def test_output_bytes_cap_the_rows_of_a_batch(tiny_bert, monkeypatch):
     from skbert import BertEmbedder, _encoding
 
     texts = [f"a river bank {i}" for i in range(50)]
-    embedder = BertEmbedder(tiny_bert, cache=None, layers="all", token_budget=10**6).fit(["a"])
-    want = embedder.transform(texts)
+    embedder = BertEmbedder(tiny_bert, cache=None, layers="all", token_budget=10**6, precision="float32").fit(["a"])
+    want = embedder.transform(texts)  # float32: torch eager, whose forward the spy sees
     row_bytes = 4 * 32 * (3 * 4)  # cls, last, mean for 4 hidden states, float32
     monkeypatch.setattr(_encoding, "OUTPUT_BYTES_PER_BATCH", 8 * row_bytes)
     rows = _spy_on_forward(embedder, monkeypatch)

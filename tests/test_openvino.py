@@ -88,7 +88,13 @@ def test_a_model_openvino_cannot_convert_warns_and_gives_the_torch_result(tiny_b
 
 
 def test_explicit_precisions_and_a_missing_runtime_stay_in_torch(tiny_bert, openvino_on, monkeypatch):
+    monkeypatch.delenv("SKBERT_RUNTIME")
+    assert BertEmbedder(tiny_bert).fit(["a"]).runtime_ == "openvino"  # the default where it is installed
     assert BertEmbedder(tiny_bert, precision="float32").fit(["a"]).runtime_ == "torch"  # the reference
+    assert BertEmbedder(tiny_bert, attention="packed").fit(["a"]).runtime_ == "torch"  # a torch path
+    monkeypatch.setenv("SKBERT_RUNTIME", "torch")
+    assert BertEmbedder(tiny_bert).fit(["a"]).runtime_ == "torch"
+    monkeypatch.delenv("SKBERT_RUNTIME")
     monkeypatch.setattr(_openvino, "available", lambda: False)  # not installed
     assert BertEmbedder(tiny_bert).fit(["a"]).runtime_ == "torch"
 
