@@ -58,6 +58,9 @@ class EncodingReport:
         Batches split in half after a CUDA out-of-memory error.
     n_cache_hits : int
         Texts served from the cache without a forward pass.
+    runtime_setup_s : float
+        Seconds spent converting and compiling the network the call runs (OpenVINO, a
+        depth this process had not run yet); 0 otherwise.
     """
 
     n_encoded: int = 0
@@ -65,6 +68,7 @@ class EncodingReport:
     n_tokens: int = 0
     n_oom_splits: int = 0
     n_cache_hits: int = 0
+    runtime_setup_s: float = 0.0
 
 
 class Totals:
@@ -292,6 +296,10 @@ def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *,
         result for them, copied to the host (on a GPU, once the next batch has
         been queued: see :mod:`skbert._transfer`).
     """
+    if options.runtime == "openvino":  # made before the first batch, so its cost is reported apart
+        from ._openvino import prepare
+
+        report.runtime_setup_s += prepare(loaded, depth)
     caps = [c for c in (options.batch_size, row_bytes and max(1, OUTPUT_BYTES_PER_BATCH // row_bytes)) if c]
     limits = BatchLimits(options.token_budget, min(caps) if caps else None)
     transfers = Transfers.for_device(loaded.device)

@@ -162,6 +162,16 @@ def runtime_for(loaded, precision: str, attention: str = "auto") -> str:
     return "torch" if network is None else "openvino"
 
 
+def prepare(loaded, depth: int | None) -> float:
+    """Convert and compile the network a call at ``depth`` runs, if this process has not yet; the
+    seconds it took (about 0 when it was made before, or cannot be)."""
+    import time
+
+    start = time.perf_counter()
+    _network(loaded, depth)
+    return time.perf_counter() - start
+
+
 def run(loaded, batch: dict[str, torch.Tensor], depth: int | None):
     """A padded batch through OpenVINO, cut at ``depth`` where the family allows; None if it cannot run."""
     network, pooler = _network(loaded, depth)

@@ -29,6 +29,10 @@ class TransformReport:
     n_tokens_encoded : int, default=0
         Real (non-padding) tokens the model ran for this call: the work behind
         ``n_encoded``, for tokens-per-second figures.
+    runtime_setup_s : float, default=0.0
+        Seconds this call spent converting and compiling a network for the runtime
+        (OpenVINO, a depth not run before in this process; ``fit`` reports the whole
+        model's in ``runtime_setup_s_``), within the call's time.
     """
 
     n_rows: int
@@ -38,6 +42,7 @@ class TransformReport:
     n_long: int
     n_truncated: int
     n_tokens_encoded: int = 0
+    runtime_setup_s: float = 0.0
 
 
 #: Seconds a call runs before ``show_progress`` draws its bar.
@@ -77,4 +82,4 @@ def call_report(encoding, n_rows: int, n_unique: int, n_long: int, *, long_text:
             f"truncated{remedy}."
         )
     return TransformReport(n_rows, n_unique, encoding.n_encoded, encoding.n_cache_hits, n_long, n_truncated,
-                           encoding.n_tokens)
+                           encoding.n_tokens, encoding.runtime_setup_s)

@@ -130,3 +130,17 @@ def test_the_streaming_command_runs_through_openvino(tiny_bert, openvino_on, tmp
     got = pd.read_parquet(tmp_path / "out")
     want = BertEmbedder(tiny_bert, cache=None, precision="float32").fit(["a"]).transform(TEXTS * 3)
     assert_allclose(np.stack(got.sort_values(["row"])["embedding"].to_numpy()), want, rtol=1e-4, atol=2e-5)
+
+
+def test_the_cost_of_converting_is_reported(tiny_bert, openvino_on, monkeypatch):
+    """fit reports the whole model's conversion (once per process), a call at a new depth its cut model's."""
+    monkeypatch.setattr(_openvino, "_COMPILED", {})
+    first = BertEmbedder(tiny_bert, cache=None, layers=1).fit(["a"])
+    again = BertEmbedder(tiny_bert, cache=None, layers=1).fit(["a"])
+    assert first.runtime_ == "openvino" and first.runtime_setup_s_ > 0.05 > again.runtime_setup_s_
+    _, report = first.transform_with_report(TEXTS)  # layers=1: a network cut after the first layer
+    _, later = first.transform_with_report(TEXTS)
+    assert report.runtime_setup_s > 0.05 > later.runtime_setup_s
+    monkeypatch.setenv("SKBERT_RUNTIME", "torch")
+    eager = BertEmbedder(tiny_bert, cache=None, layers=1).fit(["a"])
+    assert eager.runtime_setup_s_ < 0.05 and eager.transform_with_report(TEXTS)[1].runtime_setup_s == 0
