@@ -130,12 +130,37 @@ def forward(network, batch: dict[str, torch.Tensor], token_types: bool, pooler: 
         feed["token_type_ids"] = (np.zeros_like(feed["input_ids"]) if token_type_ids is None
                                   else token_type_ids.numpy())
     request = network.create_infer_request()
-    # share_outputs=False: each output copied out of the request's own buffers, which go with the request
-    results = request.infer(feed, share_inputs=False, share_outputs=False)
-    states = tuple(torch.from_numpy(np.array(results[output], copy=True)) for output in network.outputs)
+    request.infer(feed, share_inputs=False, share_outputs=True)
+    states = _Outputs(request, len(network.outputs))
     if pooler:
-        return SimpleNamespace(hidden_states=states[:-1], pooler_output=states[-1])
+        return SimpleNamespace(hidden_states=_Outputs(request, len(network.outputs) - 1),
+                               pooler_output=states[len(network.outputs) - 1])
     return SimpleNamespace(hidden_states=states, pooler_output=None)
+
+
+class _Outputs:
+    """A request's outputs as a sequence of tensors, each copied out of the request's own buffers
+    the first time it is read (a call pooling one hidden state copies one, not every layer's); the
+    request, and so its buffers, lives as long as this does."""
+
+    def __init__(self, request, n: int):
+        self._request, self._n, self._copies = request, n, {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not -self._n <= index < self._n:
+            raise IndexError(index)
+        index %= self._n
+        copy = self._copies.get(index)
+        if copy is None:
+            copy = self._copies[index] = torch.from_numpy(
+                np.array(self._request.get_output_tensor(index).data, copy=True))
+        return copy
+
+    def __iter__(self):
+        return (self[i] for i in range(self._n))
 
 
 def _network(loaded, depth: int | None):
