@@ -100,8 +100,9 @@ def bench(model_name: str, kind: str, peer_python: str, repeats: int, scale: flo
         return BertEmbedder(path, pooling="mean", include_special_tokens=True, max_length=MAX_LENGTH, cache=None,
                             **params)
 
-    # name -> (estimator, SKBERT_RUNTIME while it runs): the default, its torch-eager twin, and float32
-    ours = {"skbert default": (embedder(), "torch"), "skbert auto, OpenVINO": (embedder(), "openvino"),
+    # name -> (estimator, SKBERT_RUNTIME while it runs): the default (OpenVINO where installed), its torch-eager
+    # twin, and float32
+    ours = {"skbert default": (embedder(), "openvino"), "skbert auto, torch eager": (embedder(), "torch"),
             "skbert float32": (embedder(precision="float32"), "torch")}
     setup = {}
     for name, (estimator, runtime) in ours.items():
