@@ -94,6 +94,30 @@ def cpu_bf16_ceiling() -> float:
     return cpu_ceiling(dtype=torch.bfloat16) if cpu_has_native_bf16() else float("nan")
 
 
+def openvino_ceiling(size: int = 2048, repeats: int = 10, rounds: int = 5) -> float:
+    """FLOP/s of a large matrix product compiled by OpenVINO for this CPU (bf16 where native), now."""
+    import openvino
+    import openvino.opset13 as ops
+
+    from skbert._device import cpu_has_native_bf16
+
+    rng = np.random.default_rng(0)
+    a = ops.parameter([size, size], openvino.Type.f32, name="a")
+    product = ops.matmul(a, ops.constant(rng.standard_normal((size, size)).astype(np.float32)), False, False)
+    network = openvino.Core().compile_model(openvino.Model([product], [a]), "CPU", {
+        "INFERENCE_PRECISION_HINT": "bf16" if cpu_has_native_bf16() else "f32", "PERFORMANCE_HINT": "LATENCY"})
+    request, x = network.create_infer_request(), rng.standard_normal((size, size)).astype(np.float32)
+    for _ in range(3):
+        request.infer({"a": x})
+    best = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            request.infer({"a": x})
+        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start))
+    return best
+
+
 def machine() -> dict:
     info = {
         "python": platform.python_version(),

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import _cpu_name, load_texts, markdown_table, model_path, write_results
+from common import _cpu_name, flops_per_token, load_texts, markdown_table, model_path, openvino_ceiling, write_results
 
 warnings.filterwarnings("ignore")
 SIZES = {("minilm", "short"): 1000, ("minilm", "long"): 150, ("bert-base", "short"): 200, ("bert-base", "long"): 32}
@@ -132,6 +132,12 @@ def bench(model_name: str, kind: str, peer_python: str, repeats: int, scale: flo
     best = {name: min(runs) for name, runs in times.items()}
     peers = [name for name in best if name.startswith("sentence-transformers")]
     fastest_peer = min(peers, key=best.get) if peers else None
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path)
+    tokens = AutoTokenizer.from_pretrained(path)(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+    mean_tokens = float(np.mean([len(t) for t in tokens]))
+    work = len(texts) * mean_tokens * flops_per_token(config, mean_tokens)  # FLOPs of one pass, padding excluded
     rows = []
     for name, runs in times.items():
         rows.append({
@@ -140,6 +146,7 @@ def bench(model_name: str, kind: str, peer_python: str, repeats: int, scale: flo
             "skbert_default_speedup": best[name] / best["skbert default"],
             "vs_fastest_peer": (best[fastest_peer] / best[name]) if fastest_peer else float("nan"),
             "min_cosine_to_skbert_float32": float(cosine(outputs[name], outputs["skbert float32"]).min()),
+            "gflop_per_s": work / best[name] / 1e9,
             "runs_s": ", ".join(f"{t:.2f}" for t in runs),
         })
     print(markdown_table(rows, ["runner", "texts_per_s", "skbert_default_speedup", "vs_fastest_peer",
@@ -157,6 +164,8 @@ def main():
     parser.add_argument("--settings", default="default,bf16,onnx,onnx-int8,openvino")
     args = parser.parse_args()
     print(f"CPU: {_cpu_name()}; kind: {cpu_kind()}", flush=True)
+    ceiling = openvino_ceiling()
+    print(f"OpenVINO matrix-product ceiling: {ceiling / 1e9:.0f} GFLOP/s", flush=True)
     rows, notes = [], []
     for model_name in args.models.split(","):
         for kind in args.sets.split(","):
@@ -168,15 +177,20 @@ def main():
     peer_versions = subprocess.run([args.peer_python, "-c", "import sentence_transformers, transformers, torch; "
                                     "print(sentence_transformers.__version__, transformers.__version__, "
                                     "torch.__version__)"], capture_output=True, text=True).stdout.strip()
+    for row in rows:
+        row["share_of_ceiling"] = row["gflop_per_s"] * 1e9 / ceiling
     columns = ["model", "texts", "runner", "n_texts", "texts_per_s", "skbert_default_speedup", "vs_fastest_peer",
-               "min_cosine_to_skbert_float32", "runs_s"]
-    table = markdown_table(rows, columns, formats={"min_cosine_to_skbert_float32": "{:.5f}"})
+               "min_cosine_to_skbert_float32", "share_of_ceiling", "runs_s"]
+    table = markdown_table(rows, columns, formats={"min_cosine_to_skbert_float32": "{:.5f}", "share_of_ceiling": "{:.2f}"})
     note = (f"CPU kind: {cpu_kind()}. Peers' environment: sentence-transformers, transformers, torch = "
             f"{peer_versions}. {args.repeats} alternating rounds; best of each runner. `skbert_default_speedup`: "
             "skbert's default texts/s over the row's; `vs_fastest_peer`: the row's texts/s over the fastest "
             "sentence-transformers setting's in the same block. Mean pooling, special tokens included, "
-            f"max_length {MAX_LENGTH}.\n\n" + "\n".join(f"- {n}" for n in notes))
-    path = write_results(f"peers-{cpu_kind()}", "cpu", {"rows": rows, "notes": notes, "peers": peer_versions},
+            f"max_length {MAX_LENGTH}. `share_of_ceiling`: the pass's FLOPs (real tokens, no padding) per second over "
+            f"a 2048x2048 matrix product compiled by OpenVINO in the same run ({ceiling / 1e9:.0f} GFLOP/s).\n\n"
+            + "\n".join(f"- {n}" for n in notes))
+    path = write_results(f"peers-{cpu_kind()}", "cpu", {"rows": rows, "notes": notes, "peers": peer_versions,
+                                                         "openvino_ceiling_flops": ceiling},
                          f"## Results\n\n{table}\n\n{note}")
     print("\n" + table + "\n\n" + note + f"\n\nwritten to {path}")
 
