@@ -12,7 +12,8 @@ of one are never served to the other.
 
 The converted model is kept per process and per (model, depth, token types), nothing on
 disk (conversion and compilation take a few seconds at ``fit``). A conversion that fails,
-or a runtime that cannot load, warns once and the call runs in torch.
+or a runtime that cannot load, warns once and the call runs in torch; a network that fails
+while running warns once, and that batch and every later one of the model run in torch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ._warnings import warn_user
 
 _COMPILED: dict[tuple, tuple] = {}  # key -> (owner, compiled model)
 _FAILED: dict[tuple, object] = {}  # key -> owner
+_BROKEN: list = []  # loaded models OpenVINO failed to run: every depth of them runs in torch
 _LOCK = threading.Lock()
 
 
@@ -168,6 +170,9 @@ def _network(loaded, depth: int | None):
     from ._device import cpu_has_native_bf16
     from ._models import model_to_depth
 
+    with _LOCK:
+        if any(broken is loaded for broken in _BROKEN):
+            return None, False
     model = loaded.model if depth is None else model_to_depth(loaded, depth)
     full = model is loaded.model
     pooler = full and loaded.has_pooler
@@ -202,4 +207,21 @@ def run(loaded, batch: dict[str, torch.Tensor], depth: int | None):
     network, pooler = _network(loaded, depth)
     if network is None:
         return None
-    return forward(network, batch, loaded.has_token_types, pooler)
+    try:
+        return forward(network, batch, loaded.has_token_types, pooler)
+    except Exception as error:  # e.g. an input shape it cannot run: never a crash mid-run
+        _give_up(loaded, error)
+        return None
+
+
+def _give_up(loaded, error: Exception) -> None:
+    """Forget every network of ``loaded`` and remember the failure: this batch and every later one
+    (:func:`runtime_for` then says torch) run in torch eager; warns once."""
+    with _LOCK:
+        keys = [key for key, (owner, _) in _COMPILED.items() if owner is loaded]
+        for key in keys:
+            del _COMPILED[key]
+            _FAILED[key] = loaded
+        _BROKEN.append(loaded)
+    warn_user(f"OpenVINO failed while running this model ({type(error).__name__}: {str(error)[:200]}); skbert "
+              "runs it in torch eager from this batch on. Results are not affected.")

@@ -144,3 +144,29 @@ def test_the_cost_of_converting_is_reported(tiny_bert, openvino_on, monkeypatch)
     monkeypatch.setenv("SKBERT_RUNTIME", "torch")
     eager = BertEmbedder(tiny_bert, cache=None, layers=1).fit(["a"])
     assert eager.runtime_setup_s_ < 0.05 and eager.transform_with_report(TEXTS)[1].runtime_setup_s == 0
+
+
+def test_a_failure_while_running_finishes_the_call_in_torch(tiny_bert, openvino_on, monkeypatch):
+    """OpenVINO failing on the second batch: one warning, every row right, and later calls in torch."""
+    monkeypatch.setattr(_openvino, "_COMPILED", {})
+    monkeypatch.setattr(_openvino, "_FAILED", {})
+    monkeypatch.setattr(_openvino, "_BROKEN", [])
+    embedder = BertEmbedder(tiny_bert, cache=None, batch_size=2).fit(TEXTS)
+    assert embedder.runtime_ == "openvino"
+    real, calls = _openvino.forward, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("cannot run this shape")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_openvino, "forward", failing)
+    with pytest.warns(UserWarning, match="OpenVINO failed while running.*cannot run this shape.*torch eager"):
+        got = embedder.transform(TEXTS)
+    want = BertEmbedder(tiny_bert, cache=None, precision="float32").fit(TEXTS).transform(TEXTS)
+    assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+    assert len(calls) == 2  # nothing more went to OpenVINO
+    assert BertEmbedder(tiny_bert, cache=None).fit(TEXTS).runtime_ == "torch"
+    BertEmbedder(tiny_bert, cache=None, layers=1).fit(TEXTS).transform(TEXTS)  # another depth: torch too
+    assert len(calls) == 2
