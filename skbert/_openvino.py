@@ -10,7 +10,8 @@ precision, packed attention and models it cannot convert run in torch eager, the
 reference; the runtime is part of every cache key (:mod:`skbert._options`), so entries
 of one are never served to the other.
 
-The converted model is kept per process and per (model, depth, token types), nothing on
+The converted model is kept per process and per (model, depth, token types): the whole
+model's always, the :data:`MAX_CUT_NETWORKS` most recently used cut ones, nothing on
 disk (conversion and compilation take a few seconds at ``fit``). A conversion that fails,
 or a runtime that cannot load, warns once and the call runs in torch; a network that fails
 while running warns once, and that batch and every later one of the model run in torch.
@@ -28,7 +29,10 @@ import torch
 
 from ._warnings import warn_user
 
-_COMPILED: dict[tuple, tuple] = {}  # key -> (owner, compiled model)
+_COMPILED: dict[tuple, tuple] = {}  # key -> (owner, compiled model), least recently used first
+#: Cut networks (a model stopped at a shallower depth) kept per model: each holds its own copy of the
+#: weights of its layers, so a search over every depth would otherwise keep one per depth.
+MAX_CUT_NETWORKS = 2
 _FAILED: dict[tuple, object] = {}  # key -> owner
 _BROKEN: list = []  # loaded models OpenVINO failed to run: every depth of them runs in torch
 _LOCK = threading.Lock()
@@ -84,6 +88,7 @@ def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, 
     with _LOCK:
         known = _COMPILED.get(key)
         if known is not None and known[0] is owner:
+            _COMPILED[key] = _COMPILED.pop(key)  # now the most recently used
             return known[1]
         if key in _FAILED and _FAILED[key] is owner:
             return None
@@ -120,7 +125,17 @@ def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, 
                       f"{str(error)[:200]}); it runs in torch instead. Results are not affected.")
             return None
         _COMPILED[key] = (owner, result)
+        _forget_old_cuts(owner)
         return result
+
+
+def _forget_old_cuts(owner) -> None:
+    """Drop the least recently used cut networks of ``owner`` beyond :data:`MAX_CUT_NETWORKS` (under the lock);
+    the whole model's network always stays."""
+    n_layers = getattr(owner, "n_layers", None)
+    cuts = [key for key, (known, _) in _COMPILED.items() if known is owner and key[1] != n_layers]
+    for key in cuts[: max(0, len(cuts) - MAX_CUT_NETWORKS)]:
+        del _COMPILED[key]
 
 
 def forward(network, batch: dict[str, torch.Tensor], token_types: bool, pooler: bool = False):

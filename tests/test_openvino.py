@@ -170,3 +170,16 @@ def test_a_failure_while_running_finishes_the_call_in_torch(tiny_bert, openvino_
     assert BertEmbedder(tiny_bert, cache=None).fit(TEXTS).runtime_ == "torch"
     BertEmbedder(tiny_bert, cache=None, layers=1).fit(TEXTS).transform(TEXTS)  # another depth: torch too
     assert len(calls) == 2
+
+
+def test_only_a_few_cut_networks_are_kept(tiny_bert, openvino_on, monkeypatch):
+    """Each depth's network holds its own weights: beyond MAX_CUT_NETWORKS the least recently used cut one
+    goes (and is converted again if asked for), the whole model's stays, and every result is right."""
+    monkeypatch.setattr(_openvino, "_COMPILED", {})
+    monkeypatch.setattr(_openvino, "MAX_CUT_NETWORKS", 1)
+    texts = TEXTS[:4]
+    for layers, kept in ((1, [1, 3]), (2, [2, 3]), (1, [1, 3]), (-1, [1, 3])):
+        got = BertEmbedder(tiny_bert, cache=None, layers=layers).fit(texts).transform(texts)
+        want = BertEmbedder(tiny_bert, cache=None, layers=layers, precision="float32").fit(texts).transform(texts)
+        assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+        assert sorted(key[1] for key in _openvino._COMPILED) == kept
