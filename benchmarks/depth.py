@@ -53,12 +53,13 @@ def main():
              "texts_per_s": len(texts) / min(runs), "speedup_over_all_layers": base / min(runs),
              "runs_s": ", ".join(f"{t:.2f}" for t in runs)} for name, runs in times.items()]
     precision = next(iter(embedders.values())).precision_
+    runtime = next(iter(embedders.values())).runtime_
     table = markdown_table(rows, ["setting", "texts", "n_texts", "best_s", "texts_per_s", "speedup_over_all_layers",
                                   "runs_s"])
     note = (f"bert-base-sized random BERT (12 layers, 768 wide), mean pooling, max_length 256, cache=None, "
-            f"precision {precision}; {args.repeats} alternating rounds, best of each. layers=4 against hidden state 4 of a "
+            f"precision {precision}, runtime {runtime}; {args.repeats} alternating rounds, best of each. layers=4 against hidden state 4 of a "
             f"pass that runs all 12 layers: min cosine {cosine.min():.6f}, max abs difference {np.abs(full - cut).max():.3g}.")
-    path = write_results(f"depth-{args.texts}", "cpu", {"rows": rows, "precision": precision, "min_cosine_to_full_pass": float(cosine.min())},
+    path = write_results(f"depth-{args.texts}", "cpu", {"rows": rows, "precision": precision, "runtime": runtime, "min_cosine_to_full_pass": float(cosine.min())},
                          f"## Results\n\n{table}\n\n{note}")
     print(table + "\n\n" + note + f"\n\nwritten to {path}")
 
