@@ -148,11 +148,14 @@ def forward(network, batch: dict[str, torch.Tensor], token_types: bool, pooler: 
                                   else token_type_ids.numpy())
     request = network.create_infer_request()
     request.infer(feed, share_inputs=False, share_outputs=True)
-    states = _Outputs(request, len(network.outputs))
-    if pooler:
-        return SimpleNamespace(hidden_states=_Outputs(request, len(network.outputs) - 1),
-                               pooler_output=states[len(network.outputs) - 1])
-    return SimpleNamespace(hidden_states=states, pooler_output=None)
+    n_states = len(network.outputs) - pooler  # the pooler output comes after the hidden states
+    return SimpleNamespace(hidden_states=_Outputs(request, n_states),
+                           pooler_output=_copied(request, n_states) if pooler else None)
+
+
+def _copied(request, index: int) -> torch.Tensor:
+    """Output ``index`` of a finished request, copied out of the request's own buffers."""
+    return torch.from_numpy(np.array(request.get_output_tensor(index).data, copy=True))
 
 
 class _Outputs:
@@ -172,8 +175,7 @@ class _Outputs:
         index %= self._n
         copy = self._copies.get(index)
         if copy is None:
-            copy = self._copies[index] = torch.from_numpy(
-                np.array(self._request.get_output_tensor(index).data, copy=True))
+            copy = self._copies[index] = _copied(self._request, index)
         return copy
 
     def __iter__(self):
@@ -183,7 +185,7 @@ class _Outputs:
 def _network(loaded, depth: int | None):
     """The compiled model for a loaded model at a depth (None: all layers), or None where it cannot be."""
     from ._device import cpu_has_native_bf16
-    from ._models import model_to_depth
+    from ._models import model_to_depth, stop_depth
 
     with _LOCK:
         if any(broken is loaded for broken in _BROKEN):
@@ -191,7 +193,7 @@ def _network(loaded, depth: int | None):
     model = loaded.model if depth is None else model_to_depth(loaded, depth)
     full = model is loaded.model
     pooler = full and loaded.has_pooler
-    key = (id(loaded), loaded.n_layers if full else depth, loaded.has_token_types)
+    key = (id(loaded), loaded.n_layers if full else stop_depth(loaded, depth), loaded.has_token_types)
     network = compiled(model, key, loaded.has_token_types, bf16=cpu_has_native_bf16(), pooler=pooler, owner=loaded)
     return network, pooler
 
@@ -233,10 +235,8 @@ def _give_up(loaded, error: Exception) -> None:
     """Forget every network of ``loaded`` and remember the failure: this batch and every later one
     (:func:`runtime_for` then says torch) run in torch eager; warns once."""
     with _LOCK:
-        keys = [key for key, (owner, _) in _COMPILED.items() if owner is loaded]
-        for key in keys:
+        for key in [key for key, (owner, _) in _COMPILED.items() if owner is loaded]:
             del _COMPILED[key]
-            _FAILED[key] = loaded
         _BROKEN.append(loaded)
     warn_user(f"OpenVINO failed while running this model ({type(error).__name__}: {str(error)[:200]}); skbert "
               "runs it in torch eager from this batch on. Results are not affected.")

@@ -183,3 +183,12 @@ def test_only_a_few_cut_networks_are_kept(tiny_bert, openvino_on, monkeypatch):
         want = BertEmbedder(tiny_bert, cache=None, layers=layers, precision="float32").fit(texts).transform(texts)
         assert_allclose(got, want, rtol=1e-4, atol=2e-5)
         assert sorted(key[1] for key in _openvino._COMPILED) == kept
+
+
+def test_calls_that_stop_at_the_same_layer_share_one_network(tiny_bert, openvino_on, monkeypatch):
+    """layers=0 runs the first layer as layers=1 does (transformers records no hidden state without one):
+    one cut network serves both."""
+    monkeypatch.setattr(_openvino, "_COMPILED", {})
+    for layers in (0, 1):
+        BertEmbedder(tiny_bert, cache=None, layers=layers).fit(TEXTS).transform(TEXTS)
+    assert sorted(key[1] for key in _openvino._COMPILED) == [1, 3]
