@@ -242,18 +242,22 @@ def model_to_depth(loaded: LoadedModel, depth: int) -> torch.nn.Module:
         known = _DEPTHS.get(key)
         if known is not None and known[0] is loaded:
             return known[1]
-    name = _layer_list(loaded.model, loaded.n_layers)
-    if name is None:
-        return loaded.model
-    with _REGISTRY_LOCK:
-        before = _probe(loaded.model)  # the model's own first forward, before any view exists
-        view = _view(loaded.model, name, depth)
-        shallow, after = _probe(view), _probe(loaded.model)
-        if not (len(after) == len(before) == loaded.n_layers + 1 and len(shallow) == depth + 1
-                and all(_same(a, b) for a, b in zip(before, after)) and all(_same(a, b) for a, b in zip(before, shallow))):
-            view = loaded.model  # the view would change what the model reads: never cut this one
-        _DEPTHS[key] = (loaded, view)
+        name = _layer_list(loaded.model, loaded.n_layers)
+        view = loaded.model if name is None else _checked_view(loaded, name, depth)
+        _DEPTHS[key] = (loaded, view)  # the whole model where it cannot be cut: not looked for again
     return view
+
+
+def _checked_view(loaded: LoadedModel, name: str, depth: int) -> torch.nn.Module:
+    """The view cut at ``depth`` if, on a probe input, it reads the whole model's first hidden states and
+    leaves the whole model's unchanged; else the whole model."""
+    before = _probe(loaded.model)  # the model's own first forward, before any view exists
+    view = _view(loaded.model, name, depth)
+    shallow, after = _probe(view), _probe(loaded.model)
+    if (len(after) == len(before) == loaded.n_layers + 1 and len(shallow) == depth + 1
+            and all(_same(a, b) for a, b in zip(before, after)) and all(_same(a, b) for a, b in zip(before, shallow))):
+        return view
+    return loaded.model  # the view would change what the model reads: never cut this one
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
