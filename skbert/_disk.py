@@ -79,15 +79,17 @@ _KEY_BYTES = 16
 _DTYPES = {0: np.dtype("<f2"), 1: np.dtype("<f4")}
 _CODES = {dtype: code for code, dtype in _DTYPES.items()}
 
-_SCHEMA = """
+#: What an index row from before entries recorded their depth holds: every hidden state.
+_EVERY_HIDDEN_STATE = 2**31 - 1
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS blocks (id INTEGER PRIMARY KEY, data BLOB NOT NULL, checksum INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY,  -- the key's first 8 bytes: a rowid look-up is twice as fast as a blob key's
     key BLOB NOT NULL,
     block INTEGER NOT NULL,
     row INTEGER NOT NULL,
-    hidden INTEGER NOT NULL DEFAULT 2147483647  -- hidden states the entry holds (fewer than the model's where
-                                                -- the encoder stopped early; the default: every one)
+    hidden INTEGER NOT NULL DEFAULT {_EVERY_HIDDEN_STATE}  -- hidden states the entry holds (fewer than the model's where
+                                                  -- the encoder stopped early; the default: every one)
 );
 CREATE INDEX IF NOT EXISTS entries_by_block ON entries (block);
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -202,13 +204,7 @@ def _row_id(key: bytes) -> int:
 def _indexed(connection: sqlite3.Connection, keys: list[bytes], hidden: int = 0) -> list[tuple[bytes, int, int, int]]:
     """(key, block, row, hidden states) of those of ``keys`` the index holds with at least ``hidden``."""
     wanted = set(keys)
-    rows = []
-    for start in range(0, len(keys), _READ_CHUNK):
-        chunk = [_row_id(key) for key in keys[start : start + _READ_CHUNK]]
-        rows += connection.execute(
-            f"SELECT key, block, row, hidden FROM entries WHERE id IN {_in(len(chunk))} AND hidden >= ?",
-            [*chunk, hidden])
-    return [row for row in rows if row[0] in wanted]
+    return [found for found in _index_rows(connection, keys).values() if found[0] in wanted and found[3] >= hidden]
 
 
 def _add_depth_column(connection: sqlite3.Connection) -> None:
@@ -219,21 +215,22 @@ def _add_depth_column(connection: sqlite3.Connection) -> None:
         connection.execute("BEGIN IMMEDIATE")
         try:
             if "hidden" not in {row[1] for row in connection.execute("PRAGMA table_info(entries)")}:
-                connection.execute("ALTER TABLE entries ADD COLUMN hidden INTEGER NOT NULL DEFAULT 2147483647")
+                connection.execute(
+                    f"ALTER TABLE entries ADD COLUMN hidden INTEGER NOT NULL DEFAULT {_EVERY_HIDDEN_STATE}")
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
 
 
-def _index_rows(connection: sqlite3.Connection, keys: list[bytes]) -> dict[int, tuple[bytes, int, int]]:
-    """The index rows of ``keys``' row ids, whichever key holds them: id -> (key, block, hidden states)."""
+def _index_rows(connection: sqlite3.Connection, keys: list[bytes]) -> dict[int, tuple[bytes, int, int, int]]:
+    """The index rows of ``keys``' row ids, whichever key holds them: id -> (key, block, row, hidden states)."""
     rows = {}
     for start in range(0, len(keys), _READ_CHUNK):
         chunk = [_row_id(key) for key in keys[start : start + _READ_CHUNK]]
-        rows.update((row_id, (key, block, hidden)) for row_id, key, block, hidden in connection.execute(
-            f"SELECT id, key, block, hidden FROM entries WHERE id IN {_in(len(chunk))}", chunk))
-    return rows
+        rows.update((row_id, found) for row_id, *found in connection.execute(
+            f"SELECT id, key, block, row, hidden FROM entries WHERE id IN {_in(len(chunk))}", chunk))
+    return {row_id: tuple(found) for row_id, found in rows.items()}
 
 
 class DiskTier:
@@ -387,13 +384,13 @@ class DiskTier:
             for block in blocks:  # written already as deep, maybe by another process: left out
                 new = []
                 for row, key in enumerate(block.keys):
-                    old = present.get(_row_id(key))  # (key, block, hidden) of the key's index row
-                    if old is None or (old[0] == key and old[2] < block.hidden):  # another key's row: kept
+                    old = present.get(_row_id(key))  # (key, block, row, hidden) of the key's index row
+                    if old is None or (old[0] == key and old[3] < block.hidden):  # another key's row: kept
                         new.append(row)
                         if old is not None:
                             replaced += 1
                             replaced_in.add(old[1])
-                        present[_row_id(key)] = (key, -1, block.hidden)  # taken: a copy later in the block is left out
+                        present[_row_id(key)] = (key, -1, row, block.hidden)  # taken: a copy later in the block is left out
                 if not new:
                     continue
                 for part in split_block(block if len(new) == len(block) else block.take(new)):
@@ -402,7 +399,7 @@ class DiskTier:
                         "INSERT INTO blocks (data, checksum) VALUES (?, ?)", (data, checksum(data))).lastrowid
                     connection.execute(_INDEX_BLOCK, (json.dumps([_row_id(key) for key in part.keys]),
                                                       b"".join(part.keys), block_id, part.hidden))
-                    present.update((_row_id(key), (key, block_id, part.hidden)) for key in part.keys)
+                    present.update((_row_id(key), (key, block_id, row, part.hidden)) for row, key in enumerate(part.keys))
                     added += len(part)
                     added_bytes += len(data)
             if added_bytes:
