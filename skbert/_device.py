@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -30,6 +31,38 @@ def use_torch_threads(threads: int | None) -> None:
     """
     if threads:
         torch.set_num_threads(int(threads))
+
+
+_FORKED = False
+
+
+def _note_fork() -> None:
+    global _FORKED
+    _FORKED = True
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
+def one_thread_after_fork() -> None:
+    """In a process forked from another, run torch on one thread (once, with a warning).
+
+    torch's CPU builds run their threads on OpenMP, whose GNU implementation cannot
+    start its threads again in a forked child once the parent has used them: the
+    child's first parallel torch operation would wait for ever (a ``multiprocessing``
+    pool with the "fork" start method, Linux's default before Python 3.14, or joblib's
+    "multiprocessing" backend). One thread is safe, and with a process per core it is
+    what a pool of processes wants anyway. Called where skbert loads or runs a model.
+    """
+    global _FORKED
+    if not _FORKED:
+        return
+    _FORKED = False
+    if torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        warn_user("skbert is running in a process forked from another, where torch's CPU threads cannot be "
+                  "started again: torch runs on one thread in this process. For parallel work start processes "
+                  "with 'spawn' or 'forkserver', or use joblib's default backend or skbert.dask.")
 
 
 def dask_worker_rank() -> int | None:

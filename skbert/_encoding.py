@@ -33,6 +33,7 @@ from ._batching import (
     n_segments,
     window_segments,
 )
+from ._device import one_thread_after_fork
 from ._models import LoadedModel, model_to_depth
 from ._options import EncodingOptions
 from ._packing import forward_packed, pack, packed_pooler, segment_statistics
@@ -296,6 +297,7 @@ def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *,
         result for them, copied to the host (on a GPU, once the next batch has
         been queued: see :mod:`skbert._transfer`).
     """
+    one_thread_after_fork()
     if options.runtime == "openvino":  # made before the first batch, so its cost is reported apart
         from ._openvino import prepare
 

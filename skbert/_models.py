@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ._device import one_thread_after_fork
 from ._layout import special_layout
 
 
@@ -429,6 +430,7 @@ def load_model(
     ModelNotFoundError
         If the name resolves to nothing loadable; the message lists what was tried.
     """
+    one_thread_after_fork()
     source = resolve_source(model_name, revision)
     key = (source, str(device), str(dtype), quantize)
     with _REGISTRY_LOCK:

@@ -1,7 +1,9 @@
 """A quiet, honest surface: iterators, lone surrogates, torch devices, warnings at the user's line,
-progress bars only for long work, and a transform that never changes the estimator."""
+progress bars only for long work, a transform that never changes the estimator, and forked processes."""
 
 import copy
+import subprocess
+import sys
 import threading
 import warnings
 
@@ -113,3 +115,43 @@ def test_threads_sharing_one_estimator_get_their_own_rows_and_reports(tiny_bert)
     for i, (got, report) in enumerate(results):
         assert isinstance(report, TransformReport) and report.n_rows == len(inputs[i]) == report.n_encoded
         assert_allclose(got, want[i], rtol=1e-5, atol=1e-6)
+
+
+_FORKED_CHILD = """
+import multiprocessing, sys, warnings
+import numpy as np, torch
+from skbert import BertEmbedder
+
+texts = ["The river bank was muddy.", "She paid the loan at the bank.", "money money money"] * 8
+torch.set_num_threads(2)
+torch.ones(4_000_000).mul_(2)  # the parent's OpenMP threads have run (as a real model's pass runs them)
+embedder = BertEmbedder(sys.argv[1], cache=None).fit(texts)
+want = embedder.transform(texts)
+
+def child(_):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = embedder.transform(texts)
+    torch.ones(4_000_000).mul_(2)  # a parallel torch operation after skbert's: would wait for ever on 2 threads
+    return got, torch.get_num_threads(), [str(w.message) for w in caught]
+
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    try:
+        got, threads, messages = pool.apply_async(child, (0,)).get(timeout=90)
+    except multiprocessing.TimeoutError:
+        pool.terminate()
+        sys.exit("the forked child hung")
+np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+assert threads == 1, threads
+assert sum("forked" in m for m in messages) == 1, messages
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork start method is Linux's default")
+def test_a_forked_child_embeds_on_one_thread_instead_of_hanging(tiny_bert):
+    # torch's OpenMP threads cannot run again in a process forked after they ran: without skbert's guard the
+    # child's first parallel operation never returns
+    done = subprocess.run([sys.executable, "-c", _FORKED_CHILD, tiny_bert], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
