@@ -22,7 +22,7 @@ from ._cache import check_cache_location, store_for
 from ._device import resolve_device, resolve_dtype
 from ._encoding import TOTALS, EncodingReport
 from ._models import LoadedModel, load_model, model_fingerprint
-from ._openvino import runtime_for
+from ._openvino import runtime_for, wanted
 from ._options import EncodingOptions, encoding_options
 from ._pooling import expand_pooling
 from ._report import call_report, progress_bar
@@ -137,7 +137,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         What runs the model: OpenVINO for ``precision="auto"`` on a CPU where it is
         installed (``skbert[openvino]``), the model converts and ``attention`` is not
         ``"packed"`` (``SKBERT_RUNTIME=torch`` in the environment keeps torch); torch
-        eager otherwise.
+        eager otherwise. An unpickled estimator names the runtime of the machine it
+        was unpickled on (as do ``device_`` and ``precision_`` with ``device="auto"``).
     runtime_setup_s_ : float
         Seconds this ``fit`` spent converting and compiling the model for the runtime
         (OpenVINO: about 1.5 s for MiniLM, 3.5 s for bert-base, once per process and
@@ -431,13 +432,20 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
 
     def __setstate__(self, state):
         """Restore a pickle (made without weights); with ``device="auto"`` the device is chosen anew,
-        so a pickle made on a GPU machine runs on a CPU one."""
+        so a pickle made on a GPU machine runs on a CPU one. The device, precision and runtime
+        attributes then describe this machine, as ``transform`` will run here (the runtime as
+        asked for: a model OpenVINO cannot convert still falls back to torch, with a warning)."""
         self.__dict__.update(state)
-        if "device_" in state and self.device == "auto":
+        if "device_" not in state:  # not fitted
+            return
+        if self.device == "auto":
             device = resolve_device("auto", self.precision)
             self.device_ = str(device)
             if self.precision != "int8":
                 self.precision_ = str(resolve_dtype(self.precision, device)).removeprefix("torch.")
+        if "runtime_" in state:
+            on = self.device_.split(":")[0]  # "cpu", "cuda:1" -> its type
+            self.runtime_ = "openvino" if wanted(self.precision, self.attention, on) else "torch"
 
     # -- what every method reaches the work through --------------------------------------
 

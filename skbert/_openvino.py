@@ -198,12 +198,17 @@ def _network(loaded, depth: int | None):
     return network, pooler
 
 
+def wanted(precision: str, attention: str, device_type: str) -> bool:
+    """Whether a call with these settings asks for OpenVINO: ``precision="auto"`` on a CPU with OpenVINO
+    preferred (:func:`preferred`), and not packed attention (a torch path). Nothing is converted to tell."""
+    return precision == "auto" and attention != "packed" and device_type == "cpu" and preferred()
+
+
 def runtime_for(loaded, precision: str, attention: str = "auto") -> str:
-    """``"openvino"`` where ``precision="auto"`` runs on a CPU with OpenVINO installed and the model converts
-    (and packed attention, a torch path, is not asked for); else ``"torch"``. The conversion happens here,
-    once per process, so a model that cannot be converted is known before any entry is keyed by the runtime."""
-    if (precision != "auto" or attention == "packed" or loaded.device.type != "cpu" or loaded.quantized
-            or not preferred()):
+    """``"openvino"`` where OpenVINO is :func:`wanted` and the model converts; else ``"torch"``. The
+    conversion happens here, once per process, so a model that cannot be converted is known before any
+    entry is keyed by the runtime."""
+    if loaded.quantized or not wanted(precision, attention, loaded.device.type):
         return "torch"
     network, _ = _network(loaded, None)
     return "torch" if network is None else "openvino"

@@ -1,6 +1,7 @@
 """The OpenVINO runtime: the same statistics as torch eager float32 within 16-bit tolerance, its own cache
 entries, and torch's result with a warning wherever it cannot run."""
 
+import pickle
 import warnings
 
 import numpy as np
@@ -85,6 +86,22 @@ def test_a_model_openvino_cannot_convert_warns_and_gives_the_torch_result(tiny_b
         got = embedder.transform(TEXTS)
     monkeypatch.setenv("SKBERT_RUNTIME", "torch")
     assert_allclose(got, BertEmbedder(tiny_bert_no_pooler, cache=None).fit(TEXTS).transform(TEXTS), rtol=0, atol=0)
+
+
+def test_an_unpickled_estimator_names_the_runtime_of_the_machine_it_runs_on(tiny_bert, openvino_on, monkeypatch):
+    blob = pickle.dumps(BertEmbedder(tiny_bert, cache=None).fit(TEXTS))
+    assert pickle.loads(blob).runtime_ == "openvino"
+    installed = _openvino.available
+    monkeypatch.setattr(_openvino, "available", lambda: False)  # a machine without OpenVINO
+    restored = pickle.loads(blob)
+    assert restored.runtime_ == "torch"
+    eager = BertEmbedder(tiny_bert, cache=None).fit(TEXTS)
+    assert eager.runtime_ == "torch"
+    assert_allclose(restored.transform(TEXTS), eager.transform(TEXTS), rtol=0, atol=0)  # and runs it
+    monkeypatch.setattr(_openvino, "available", installed)
+    assert pickle.loads(pickle.dumps(eager)).runtime_ == "openvino"  # fitted without, restored where it is
+    assert pickle.loads(pickle.dumps(BertEmbedder(tiny_bert, precision="float32").fit(TEXTS))).runtime_ == "torch"
+    assert not hasattr(pickle.loads(pickle.dumps(BertEmbedder(tiny_bert))), "runtime_")  # unfitted stays so
 
 
 def test_explicit_precisions_and_a_missing_runtime_stay_in_torch(tiny_bert, openvino_on, monkeypatch):
