@@ -189,7 +189,9 @@ def main():
             f"max_length {MAX_LENGTH}. `share_of_ceiling`: the pass's FLOPs (real tokens, no padding) per second over "
             f"a 2048x2048 matrix product compiled by OpenVINO in the same run ({ceiling / 1e9:.0f} GFLOP/s).\n\n"
             + "\n".join(f"- {n}" for n in notes))
-    path = write_results(f"peers-{cpu_kind()}", "cpu", {"rows": rows, "notes": notes, "peers": peer_versions,
+    part = "" if (args.models, args.sets) == ("minilm,bert-base", "short,long") else (
+        f"-{args.models.replace(',', '+')}-{args.sets.replace(',', '+')}")  # a part of the run: a file of its own
+    path = write_results(f"peers-{cpu_kind()}{part}", "cpu", {"rows": rows, "notes": notes, "peers": peer_versions,
                                                          "openvino_ceiling_flops": ceiling},
                          f"## Results\n\n{table}\n\n{note}")
     print("\n" + table + "\n\n" + note + f"\n\nwritten to {path}")
