@@ -34,7 +34,7 @@ from ._batching import (
     window_segments,
 )
 from ._device import one_thread_after_fork
-from ._models import LoadedModel, model_to_depth
+from ._models import LoadedModel, model_to_depth, read_depth
 from ._options import EncodingOptions
 from ._packing import forward_packed, pack, packed_pooler, segment_statistics
 from ._statistics import KINDS, Statistics, finish_texts, window_statistics
@@ -400,7 +400,7 @@ def iter_statistics(
     width = loaded.hidden_size
     segments = n_segments(texts)
     row_bytes = 4 * width * (segments * len(kinds) * len(layers) + with_pooler)
-    depth = loaded.n_layers if with_pooler else max(layers)  # the layers above are not run
+    depth = read_depth(loaded, layers, with_pooler)  # the layers above are not run
     shape = (segments, len(kinds), len(layers), width)
     n_values = int(np.prod(shape))
     for start, tokenized, n_windows, done, flat in _encoded_windows(loaded, texts, reduce, report, options,

@@ -217,6 +217,12 @@ def _layer_list(model: torch.nn.Module, n_layers: int) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+def read_depth(loaded: LoadedModel, layers, pooler: bool) -> int:
+    """The highest hidden state a call reads: the last for the pooler (it pools the last layer's
+    output), else the highest of ``layers``."""
+    return loaded.n_layers if pooler else max(layers)
+
+
 def stop_depth(loaded: LoadedModel, depth: int) -> int:
     """The layer the encoder stops at for a call reading hidden states up to ``depth``:
     ``depth`` itself (at least 1) where the family can be cut (:func:`model_to_depth`),

@@ -19,9 +19,12 @@ while running warns once, and that batch and every later one of the model run in
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import threading
+import time
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -103,10 +106,6 @@ def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, 
             if token_types:
                 example["token_type_ids"] = torch.zeros(2, 8, dtype=torch.int64)
                 inputs.append(("token_type_ids", [-1, -1], openvino.Type.i64))
-            import warnings
-
-            import copy
-
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # tracing notices
                 float_copy = copy.deepcopy(model).float().eval()
@@ -217,8 +216,6 @@ def runtime_for(loaded, precision: str, attention: str = "auto") -> str:
 def prepare(loaded, depth: int | None) -> float:
     """Convert and compile the network a call at ``depth`` runs, if this process has not yet; the
     seconds it took (about 0 when it was made before, or cannot be)."""
-    import time
-
     start = time.perf_counter()
     _network(loaded, depth)
     return time.perf_counter() - start

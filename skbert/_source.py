@@ -28,7 +28,7 @@ from ._batching import n_segments
 from ._cache import Store
 from ._encoding import CHUNK_SIZE, EncodingReport, iter_statistics
 from ._entries import block_from_statistics, concatenate, gather, statistics_from_block, text_keys
-from ._models import LoadedModel, stop_depth
+from ._models import LoadedModel, read_depth, stop_depth
 from ._options import EncodingOptions, numbers_fingerprint
 from ._statistics import KINDS, Statistics
 
@@ -136,7 +136,7 @@ class StatisticsSource:
         width = self.loaded.hidden_size
         row_bytes = self.stored_dtype.itemsize * segments * len(KINDS) * (self.loaded.n_layers + 1) * width
         step = max(1, min(LOOKUP_BATCH, LOOKUP_BYTES // row_bytes))
-        needed = (self.loaded.n_layers if request.pooler else max(request.layers)) + 1
+        needed = read_depth(self.loaded, request.layers, request.pooler) + 1  # hidden states an entry must hold
         missing = []
         for start in range(0, len(keys), step):
             found = self.store.get_many(keys[start : start + step], hidden=needed)
@@ -163,9 +163,7 @@ def encoded_depth(loaded: LoadedModel, request: Request) -> int:
     """The deepest layer a cache miss is encoded to: the highest the request reads where the
     encoder can stop there (:func:`~skbert._models.model_to_depth`), else the last; every
     hidden state up to it is stored."""
-    if request.pooler:
-        return loaded.n_layers
-    return stop_depth(loaded, max(request.layers))
+    return stop_depth(loaded, read_depth(loaded, request.layers, request.pooler))
 
 
 def _handed_out(positions: np.ndarray, located: list) -> Iterator[Statistics]:
