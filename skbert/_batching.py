@@ -18,6 +18,7 @@ each batch is padded only to its own longest window.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -47,6 +48,10 @@ class TokenizedText:
         Which side of a pair each token belongs to, from the tokenizer's layout
         (:mod:`skbert._layout`): 0 for A and the special tokens before it and the
         one that closes it, 1 for B and the rest; None for a single text.
+    pair_kept : (int, int) or None
+        For a pair longer than the window it was tokenised for: how many tokens of A
+        and of B the tokenizer's own ``longest_first`` truncation keeps (asked of the
+        tokenizer, so it is its rule whatever its version); None otherwise.
     """
 
     ids: np.ndarray
@@ -54,6 +59,7 @@ class TokenizedText:
     offsets: np.ndarray | None
     type_ids: np.ndarray | None = None
     segments: np.ndarray | None = None
+    pair_kept: tuple[int, int] | None = None
 
 
 def pair_middle(special: np.ndarray, before: int) -> int:
@@ -90,6 +96,7 @@ class TextTokenizer:
         self._before = 1 if layout is None or layout.pair is None else layout.pair[0]
         backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
         self._backend = None
+        self._truncating = {}  # max_length -> a private copy that truncates pairs to it
         if backend is not None:
             from tokenizers import Tokenizer
 
@@ -102,7 +109,7 @@ class TextTokenizer:
         """Whether character offsets are available."""
         return self._backend is not None
 
-    def __call__(self, texts: list) -> list[TokenizedText]:
+    def __call__(self, texts: list, max_length: int | None = None) -> list[TokenizedText]:
         """Tokenise texts, or sentence pairs, special tokens added.
 
         Parameters
@@ -110,11 +117,20 @@ class TextTokenizer:
         texts : list of str, or list of (str, str)
             Single texts, or pairs (A, B), encoded as the tokenizer encodes
             ``tokenizer(a, b)``: ``[CLS] A [SEP] B [SEP]`` with token types.
+        max_length : int, optional
+            The window pairs will be cut to: each longer pair's
+            :attr:`~TokenizedText.pair_kept` is asked of the tokenizer.
 
         Returns
         -------
         list of TokenizedText
         """
+        tokenized = self._tokenize(texts)
+        if max_length is not None and n_segments(texts) == 2:
+            self._ask_truncation(texts, tokenized, max_length)
+        return tokenized
+
+    def _tokenize(self, texts: list) -> list[TokenizedText]:
         pairs = n_segments(texts) == 2
         if self._backend is not None:
             tokenized = [
@@ -144,6 +160,36 @@ class TextTokenizer:
         for text in tokenized:
             text.segments = side_of_tokens(text.special, self._before)
         return tokenized
+
+    def _ask_truncation(self, pairs: list, tokenized: list[TokenizedText], max_length: int) -> None:
+        """Set :attr:`~TokenizedText.pair_kept` of the pairs longer than ``max_length``: each is encoded again,
+        truncated by the tokenizer itself (``longest_first``, on the right), and its kept tokens counted by side."""
+        specials = int(tokenized[0].special.sum()) if tokenized else 0
+        longer = [k for k, text in enumerate(tokenized) if len(text.ids) > max_length]
+        if not longer or max_length < specials:  # nothing to cut, or no room at all (refused when windowed)
+            return
+        chosen = [pairs[k] for k in longer]
+        if self._backend is not None:
+            truncating = self._truncating.get(max_length)
+            if truncating is None:
+                from tokenizers import Tokenizer
+
+                truncating = Tokenizer.from_str(self._backend.to_str())
+                truncating.no_padding()
+                truncating.enable_truncation(max_length, strategy="longest_first", direction="right")
+                self._truncating[max_length] = truncating
+            sides = [np.array([-1 if side is None else side for side in encoding.sequence_ids])
+                     for encoding in truncating.encode_batch(chosen, add_special_tokens=True)]
+        else:
+            encoded = self.tokenizer([a for a, _ in chosen], [b for _, b in chosen], add_special_tokens=True,
+                                     truncation="longest_first", max_length=max_length,
+                                     return_special_tokens_mask=True)
+            sides = []
+            for mask in encoded["special_tokens_mask"]:
+                special = np.asarray(mask, dtype=bool)
+                sides.append(np.where(special, -1, side_of_tokens(special, self._before)))
+        for k, side in zip(longer, sides):
+            tokenized[k].pair_kept = (int((side == 0).sum()), int((side == 1).sum()))
 
 
 @dataclass
@@ -239,37 +285,9 @@ def plan_windows(special: np.ndarray, max_length: int, strategy: str, stride: in
     return windows
 
 
-def pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
-    """How many tokens of each side of a pair a window keeps: Hugging Face's ``longest_first``.
-
-    The rule of the tokenizers library (``truncate_encodings``): if the pair fits,
-    both sides whole; else the shorter side stays whole and the longer one is cut
-    to the rest, unless the shorter takes more than half, in which case each side
-    gets half (the odd token to the side that is longer, or to B on a tie).
-
-    Parameters
-    ----------
-    len_a, len_b : int
-        Tokens of A and of B, special tokens not counted.
-    budget : int
-        Most tokens of A and B together (``max_length`` minus the pair's special tokens).
-
-    Returns
-    -------
-    (int, int)
-    """
-    if len_a + len_b <= budget:
-        return len_a, len_b
-    short, long = sorted((len_a, len_b))
-    long = short if short > budget else max(short, budget - short)
-    if short + long > budget:
-        short, long = budget // 2, budget // 2 + budget % 2
-    keep_a, keep_b = (long, short) if len_a > len_b else (short, long)
-    return min(len_a, keep_a), min(len_b, keep_b)
-
-
-def plan_pair_window(special: np.ndarray, max_length: int, layout: tuple = (1, 1, 1)) -> tuple[np.ndarray, np.ndarray]:
-    """The one window of a sentence pair, in its tokenizer's layout, cut as :func:`pair_lengths` says.
+def plan_pair_window(special: np.ndarray, max_length: int, layout: tuple = (1, 1, 1),
+                     kept: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The one window of a sentence pair, in its tokenizer's layout, cut as its tokenizer cuts it.
 
     Parameters
     ----------
@@ -280,10 +298,14 @@ def plan_pair_window(special: np.ndarray, max_length: int, layout: tuple = (1, 1
         Special tokens before A, between the sides and after B
         (:attr:`~skbert._layout.SpecialLayout.pair`): (1, 1, 1) for ``[CLS] A [SEP]
         B [SEP]``, (1, 2, 1) for ``<s> A </s></s> B </s>``.
+    kept : (int, int), optional
+        How many tokens of A and of B the tokenizer's truncation keeps
+        (:attr:`TokenizedText.pair_kept`); needed for a pair longer than ``max_length``.
 
     Returns
     -------
     (token_indices, counted)
+        The first ``kept[0]`` tokens of A and ``kept[1]`` of B, with every special token.
     """
     n = len(special)
     if n <= max_length:
@@ -292,9 +314,12 @@ def plan_pair_window(special: np.ndarray, max_length: int, layout: tuple = (1, 1
     if max_length < before + between + after:
         raise ValueError(f"max_length={max_length} leaves no room for a pair's {before + between + after} special "
                          "tokens.")
+    if kept is None:
+        raise ValueError("a pair longer than max_length needs its tokenizer's truncation (TokenizedText.pair_kept); "
+                         "tokenise it with that max_length.")
     middle = pair_middle(special, before)
-    len_a, b_start = middle - before, middle + between
-    keep_a, keep_b = pair_lengths(len_a, n - after - b_start, max_length - before - between - after)
+    b_start = middle + between
+    keep_a, keep_b = kept
     keep = np.concatenate([np.arange(before + keep_a), np.arange(middle, b_start + keep_b), np.arange(n - after, n)])
     return keep, np.ones(len(keep), dtype=bool)
 
@@ -333,7 +358,7 @@ def make_windows(tokenized: list[TokenizedText], max_length: int, strategy: str,
         if text.type_ids is not None:  # a sentence pair
             if strategy != "truncate":
                 raise ValueError(f"long_text={strategy!r} works on single texts; sentence pairs are truncated.")
-            planned = [plan_pair_window(text.special, max_length, pair_layout)]
+            planned = [plan_pair_window(text.special, max_length, pair_layout, text.pair_kept)]
         else:
             planned = plan_windows(text.special, max_length, strategy, stride)
         for k, (indices, counted) in enumerate(planned):
@@ -367,6 +392,39 @@ class BatchLimits:
         """After a batch of ``rows`` x ``longest`` ran out of memory: half of it from now on."""
         self.token_budget = max(1, min(self.token_budget or rows * longest, rows * longest) // 2)
         self.max_rows = max(1, min(self.max_rows or rows, rows) // 2)
+
+
+class BatchCeiling:
+    """The token budget a model's device ran out of memory above, kept for every later call of that model.
+
+    After an out-of-memory error a call lowers its own :class:`BatchLimits` and then
+    this ceiling, so the next call (in any thread) starts below the size that failed
+    instead of failing again. Only the token budget is kept: rows are capped per
+    call by what a batch hands back.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.token_budget: int | None = None
+
+    def cap(self, token_budget: int | None) -> int | None:
+        """``token_budget``, at most the ceiling."""
+        with self._lock:
+            if self.token_budget is None:
+                return token_budget
+            return self.token_budget if token_budget is None else min(token_budget, self.token_budget)
+
+    def forget(self) -> None:
+        """No ceiling (as a freshly loaded model has none)."""
+        with self._lock:
+            self.token_budget = None
+
+    def lower(self, token_budget: int | None) -> None:
+        """Remember a budget lowered after an out-of-memory error."""
+        if token_budget is None:
+            return
+        with self._lock:
+            self.token_budget = token_budget if self.token_budget is None else min(self.token_budget, token_budget)
 
 
 def length_sorted_batches(lengths: np.ndarray, limits: BatchLimits) -> Iterator[np.ndarray]:

@@ -93,7 +93,8 @@ def resolve_device(device: str | torch.device, precision: str = "auto") -> torch
     device : str or torch.device
         ``"auto"`` (CUDA when available, else MPS, else CPU; on a Dask worker that
         sees several GPUs, GPU ``rank % n_gpus`` for worker number ``rank``, so one
-        worker per GPU spreads over them), any string that
+        worker per GPU spreads over them; in a process forked from one that had
+        already used CUDA, the CPU, with one warning), any string that
         :class:`torch.device` accepts, such as ``"cpu"``, ``"cuda"`` or ``"cuda:1"``,
         or a :class:`torch.device`.
     precision : str, default="auto"
@@ -103,21 +104,25 @@ def resolve_device(device: str | torch.device, precision: str = "auto") -> torch
     Returns
     -------
     torch.device
-        The device to run the encoder on.
+        The device to run the encoder on; a CUDA device always with its number
+        (``"cuda"`` is the current device), so ``"cuda"`` and ``"cuda:0"`` are one device.
 
     Raises
     ------
     ValueError
         If the string is not a device, or names a device this machine lacks.
+    RuntimeError
+        For a CUDA device asked for in a process forked after CUDA was initialised.
     """
     if isinstance(device, torch.device):
         device = str(device)
     if device == "auto":
         if precision == "int8":
             return torch.device("cpu")
-        if torch.cuda.is_available():
+        if not _cuda_lost_to_fork(warn=True) and torch.cuda.is_available():  # the fork first: it touches no CUDA
             rank = dask_worker_rank() if torch.cuda.device_count() > 1 else None
-            return torch.device("cuda") if rank is None else torch.device("cuda", rank % torch.cuda.device_count())
+            index = torch.cuda.current_device() if rank is None else rank % torch.cuda.device_count()
+            return torch.device("cuda", index)
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -128,6 +133,13 @@ def resolve_device(device: str | torch.device, precision: str = "auto") -> torch
             f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
         ) from exc
     if resolved.type == "cuda":
+        if _cuda_lost_to_fork(warn=False):
+            raise RuntimeError(
+                f"device={device!r} was asked for in a process forked from one that had already used CUDA, where "
+                "CUDA cannot start again. Start worker processes with 'spawn' or 'forkserver' "
+                "(multiprocessing.get_context('spawn')), use joblib's default backend ('loky') or skbert.dask, "
+                "or give the workers device='cpu'."
+            )
         if not torch.cuda.is_available():
             raise ValueError(f"device={device!r} was asked for, but CUDA is not available here; use 'auto' or 'cpu'.")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
@@ -135,9 +147,30 @@ def resolve_device(device: str | torch.device, precision: str = "auto") -> torch
                 f"device={device!r} was asked for, but this machine has "
                 f"{torch.cuda.device_count()} CUDA device(s)."
             )
+        if resolved.index is None:  # the current device now, by its number: later set_device calls do not move it
+            resolved = torch.device("cuda", torch.cuda.current_device())
     if resolved.type == "mps" and not _mps_available():
         raise ValueError(f"device={device!r} was asked for, but MPS is not available here; use 'auto' or 'cpu'.")
     return resolved
+
+
+_FORK_WARNED = False
+
+
+def _cuda_lost_to_fork(warn: bool) -> bool:
+    """Whether this process was forked from one that had already initialised CUDA (CUDA cannot start here).
+
+    With ``warn``, says once that ``device="auto"`` runs on the CPU in such a process.
+    """
+    check = getattr(torch.cuda, "_is_in_bad_fork", None)
+    lost = bool(check is not None and check())
+    global _FORK_WARNED
+    if lost and warn and not _FORK_WARNED:
+        _FORK_WARNED = True
+        warn_user("skbert is running in a process forked from one that had already used CUDA, where CUDA cannot "
+                  "start again: device='auto' runs on the CPU here. To use the GPU in worker processes, start them "
+                  "with 'spawn' or 'forkserver', or use joblib's default backend ('loky') or skbert.dask.")
+    return lost
 
 
 def _cpu_supports(*helpers: str) -> bool:
@@ -211,7 +244,7 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
             _warn_if_emulated(dtype)
         elif device.type == "cuda" and dtype == torch.bfloat16 and not cuda_has_native_bf16(device):
             warn_user(
-                f"precision='bfloat16' on {device} (compute capability {_capability(device)}) is emulated and "
+                f"precision='bfloat16' on {device} (compute capability {cuda_capability(device)}) is emulated and "
                 "much slower than float16; precision='auto' picks float16 there."
             )
         return dtype
@@ -222,7 +255,8 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
-def _capability(device: torch.device) -> tuple[int, int]:
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """The compute capability of a CUDA device (an unindexed one: the current device)."""
     index = torch.cuda.current_device() if device.index is None else device.index
     return tuple(torch.cuda.get_device_capability(index))
 
@@ -234,7 +268,7 @@ def cuda_has_native_bf16(device: torch.device) -> bool:
     bfloat16 is emulated (T4, V100), and it asks about the current device rather
     than the one chosen.
     """
-    return _capability(device) >= (8, 0)
+    return cuda_capability(device) >= (8, 0)
 
 
 def default_token_budget(device: torch.device) -> int:

@@ -464,7 +464,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         return encoding_options(
             max_length=self.max_length_, long_text=self.long_text, stride=self.stride_, precision=self.precision,
             batch_size=self.batch_size, token_budget=self.token_budget, attention=self.attention,
-            device=loaded.device, packs_exactly=loaded.packs_exactly,
+            device=loaded.device, packing_blocker=loaded.packing_blocker,
             runtime=runtime_for(loaded, self.precision, self.attention),
         )
 

@@ -34,9 +34,9 @@ from ._batching import (
     window_segments,
 )
 from ._device import one_thread_after_fork
-from ._models import LoadedModel, model_to_depth, read_depth
+from ._models import LoadedModel, apply_pooler, model_to_depth, read_depth
 from ._options import EncodingOptions
-from ._packing import forward_packed, pack, packed_pooler, segment_statistics
+from ._packing import forward_packed, is_packed, pack, unpack
 from ._statistics import KINDS, Statistics, finish_texts, window_statistics
 from ._transfer import PendingCopy, Transfers, one_batch_behind
 
@@ -136,14 +136,15 @@ def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor], transfers: Tra
     padded batch through OpenVINO (:mod:`skbert._openvino`), torch where it cannot.
     """
     on_device = transfers.to_device(batch)
-    if runtime == "openvino" and "cu_seqlens" not in batch:
+    packed = is_packed(batch)
+    if runtime == "openvino" and not packed:
         from ._openvino import run
 
         output = run(loaded, on_device, depth)
         if output is not None:
             return output, on_device
     model = loaded.model if depth is None else model_to_depth(loaded, depth)
-    if "cu_seqlens" in batch:
+    if packed:
         return forward_packed(model, on_device, loaded.position_offset, loaded.has_token_types), on_device
     unpadded = bool(batch["attention_mask"].all())
     output = model(
@@ -155,6 +156,23 @@ def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor], transfers: Tra
         return_dict=True,
     )
     return output, on_device
+
+
+class PaddedStates:
+    """A forward's hidden states in its batch's padded layout ``(n, longest, d)``: a padded batch's as they are,
+    a packed batch's unpacked (:func:`~skbert._packing.unpack`) when first read, so that one reduction serves both."""
+
+    def __init__(self, output, batch: dict[str, torch.Tensor]):
+        self._states, self._batch, self._unpacked = output.hidden_states, batch, {}
+        self._packed = is_packed(batch)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not self._packed:
+            return self._states[index]
+        index %= len(self._states)
+        if index not in self._unpacked:
+            self._unpacked[index] = unpack(self._states[index], self._batch)
+        return self._unpacked[index]
 
 
 def run_batches(
@@ -189,7 +207,8 @@ def run_batches(
         failed batch is halved.
     packed : bool, default=False
         Run the windows packed into one row (:mod:`skbert._packing`); ``reduce``
-        then gets ``cu_seqlens`` and a flat ``content_mask`` among the masks.
+        then gets the packed batch, whose hidden states :class:`PaddedStates` lays
+        out as a padded batch's.
     transfers : Transfers, optional
         The call's copies between host and device (made for the model's device if
         not given).
@@ -213,7 +232,7 @@ def run_batches(
         if rows < len(part):
             pending[:0] = [part[i : i + rows] for i in range(0, len(part), rows)]
             continue
-        batch = pack(tokenized, part) if packed else collate(tokenized, part, pad_id)
+        batch = pack(tokenized, part, pad_id) if packed else collate(tokenized, part, pad_id)
         try:
             with torch.inference_mode():
                 result = transfers.to_host(reduce(*_forward(loaded, batch, transfers, depth, runtime)))
@@ -227,11 +246,11 @@ def run_batches(
             _count(report, n_oom_splits=1)
             if limits is not None:
                 limits.lower(rows=len(part), longest=len(part[0].token_indices))
+                loaded.batch_ceiling.lower(limits.token_budget)  # and for the model's later calls
             half = len(part) // 2
             pending[:0] = [part[:half], part[half:]]
             continue
-        real = batch["input_ids"].numel() if packed else int(batch["attention_mask"].sum())
-        _count(report, n_tokens=real)
+        _count(report, n_tokens=int(batch["attention_mask"].sum()))
         yield part, result
 
 
@@ -246,7 +265,7 @@ def _chunks(loaded, texts, max_length, long_text, stride, report, check_layout=T
     pair_layout = layout.pair or (1, 1, 1)  # no pair template: single texts only (pairs are refused at fit)
 
     def prepare(start):
-        tokenized = tokenizer(texts[start : start + CHUNK_SIZE])
+        tokenized = tokenizer(texts[start : start + CHUNK_SIZE], max_length)
         return start, tokenized, make_windows(tokenized, max_length, long_text, stride, pair_layout)
 
     starts = range(0, len(texts), CHUNK_SIZE)
@@ -280,14 +299,17 @@ def _prefetching(prepare, starts):
 OUTPUT_BYTES_PER_BATCH = 256 * 2**20
 
 
-def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *, row_bytes=None, check_layout=True,
-                     depth=None):
+def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *, row_bytes=None, token_bytes=None,
+                     check_layout=True, depth=None):
     """Tokenise, window, batch and run texts; yield each finished batch with what it needs to regroup.
 
     Batches hold at most ``batch_size`` rows and ``token_budget`` padded tokens, and
-    at most ``OUTPUT_BYTES_PER_BATCH // row_bytes`` rows (many short texts in a large
-    GPU budget would otherwise make a huge output). After an out-of-memory error the
-    budget is halved for the rest of the call, not only for the batch that failed.
+    what they hand back is at most ``OUTPUT_BYTES_PER_BATCH``: ``// row_bytes`` rows
+    for an output per window (many short texts in a large GPU budget would otherwise
+    make a huge output), ``// token_bytes`` padded tokens for one per token. After an
+    out-of-memory error the budget is halved for the rest of the call, not only for
+    the batch that failed, and the model's later calls start from it
+    (:class:`~skbert._batching.BatchCeiling`).
 
     Yields
     ------
@@ -303,7 +325,10 @@ def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *,
 
         report.runtime_setup_s += prepare(loaded, depth)
     caps = [c for c in (options.batch_size, row_bytes and max(1, OUTPUT_BYTES_PER_BATCH // row_bytes)) if c]
-    limits = BatchLimits(options.token_budget, min(caps) if caps else None)
+    budget = options.token_budget
+    if token_bytes:  # an output per token (token vectors): the budget also caps what a batch hands back
+        budget = min(budget, max(1, OUTPUT_BYTES_PER_BATCH // token_bytes))
+    limits = BatchLimits(loaded.batch_ceiling.cap(budget), min(caps) if caps else None)
     transfers = Transfers.for_device(loaded.device)
 
     def started():
@@ -380,16 +405,14 @@ def iter_statistics(
     report = EncodingReport() if report is None else report
     layers, kinds = tuple(layers), tuple(kinds)
 
-    def reduce(output, masks):
-        hidden = [output.hidden_states[i] for i in layers]
-        if "cu_seqlens" in masks:
-            values = segment_statistics(hidden, masks["content_index"], masks["content_owner"], kinds, masks["bounds"])
-            pooler = packed_pooler(loaded.model, output.hidden_states[-1], masks["cu_seqlens"]) if with_pooler else None
-        else:
-            values = window_statistics(hidden, masks["attention_mask"], masks["content_mask"], kinds, masks["bounds"])
-            pooler = output.pooler_output if with_pooler else None
+    def reduce(output, batch):
+        states = PaddedStates(output, batch)
+        values = window_statistics([states[i] for i in layers], batch["attention_mask"], batch["content_mask"],
+                                   kinds, batch["bounds"])
+        if not with_pooler:
+            return values.flatten(1)
         # one device-to-host copy for the whole batch
-        return values.flatten(1) if pooler is None else torch.cat([values.flatten(1), pooler.float()], dim=1)
+        return torch.cat([values.flatten(1), apply_pooler(loaded.model, states[-1][:, 0]).float()], dim=1)
 
     def finished(positions, texts_of, values, content, text_of_window, pooler):
         finals, n_content = finish_texts(values, content, text_of_window, len(positions), kinds)
@@ -476,8 +499,10 @@ def iter_token_vectors(
 
     partial: dict[int, list] = {}  # each text's windows, until all are done
     # token vectors need no particular layout, and always run padded
+    token_bytes = 4 * len(selected) * loaded.hidden_size  # float32 vectors of every selected layer
     for start, tokenized, n_windows, done, states in _encoded_windows(loaded, texts, reduce, report, options.padded(),
-                                                                      check_layout=False, depth=max(selected)):
+                                                                      token_bytes=token_bytes, check_layout=False,
+                                                                      depth=max(selected)):
         for row, window in enumerate(done):
             rows = np.flatnonzero(window.counted)
             parts = partial.setdefault(window.text + start, [])

@@ -166,34 +166,31 @@ def text_keys(fingerprint: bytes, texts) -> list[bytes]:
     return keys
 
 
-def encoder_fingerprint(model_fingerprint: bytes, **settings) -> bytes:
-    """Combine a model's fingerprint with everything else that changes what is stored.
+def take(block: Block, rows: np.ndarray) -> Block:
+    """Some rows of a block (a boolean mask or positions), as a new block."""
+    positions = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+    return Block([block.keys[i] for i in positions], block.values[positions], block.n_content[positions],
+                 block.n_tokens[positions], None if block.pooler is None else block.pooler[positions])
 
-    The torch and transformers versions are part of it: a new kernel or a changed
-    model implementation may change the numbers, so entries are never shared across
-    versions.
 
-    Parameters
-    ----------
-    model_fingerprint : bytes
-        From :func:`~skbert._models.model_fingerprint`.
-    **settings
-        ``max_length``, ``long_text``, ``stride``, device type, compute dtype,
-        stored dtype.
+def non_finite_rows(block: Block) -> np.ndarray | None:
+    """Rows holding a NaN or an infinity where a number belongs (the model overflowed, as float16 can on
+    cards without bfloat16), or None where there is none (the common case, told at the speed of one pass).
 
-    Returns
-    -------
-    bytes
-        32 bytes.
+    A segment without a token of its own has ``-inf`` as its maximum by design: that is not one.
     """
-    digest = hashlib.blake2b(digest_size=32)
-    digest.update(model_fingerprint)
-    import torch
-    import transformers  # looked up now: the module in sys.modules, whatever imported it first
-
-    versions = (FORMAT_VERSION, torch.__version__, transformers.__version__)
-    digest.update(repr((versions, sorted(settings.items()))).encode())
-    return digest.digest()
+    values = torch.from_numpy(np.ascontiguousarray(block.values))
+    pooler = None if block.pooler is None else torch.from_numpy(np.ascontiguousarray(block.pooler))
+    if bool(values.isfinite().all()) and (pooler is None or bool(pooler.isfinite().all())):
+        return None
+    bad = ~values.isfinite()
+    empty = torch.from_numpy(block.n_content == 0)  # (n, segments)
+    maxima = bad[:, :, KINDS.index("max")]
+    maxima &= ~(empty[:, :, None, None] & (values[:, :, KINDS.index("max")] == float("-inf")))
+    rows = bad.flatten(1).any(dim=1)
+    if pooler is not None:
+        rows |= ~pooler.isfinite().all(dim=1)
+    return None if not bool(rows.any()) else rows.numpy()
 
 
 def _narrow(values: np.ndarray | None, dtype: np.dtype) -> np.ndarray | None:

@@ -20,13 +20,15 @@ import importlib.util
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ._batching import BatchCeiling
 from ._device import one_thread_after_fork
 from ._layout import special_layout
+from ._packing import packing_blocker, route_attention, transformers_passes_lengths, varlen_kernel
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,11 @@ class LoadedModel:
         Where the model's position ids start (RoBERTa: after the padding index).
     has_token_types : bool
         Whether the model has token type (segment) embeddings to feed (``type_vocab_size`` > 1).
-    packs_exactly : bool
-        Whether packed batches give its padded numbers (:data:`PACKED_FAMILIES`).
+    packing_blocker : str or None
+        Why its batches cannot run packed on this device and dtype, or None where they
+        can (:func:`~skbert._packing.packing_blocker`; decided once, at loading).
+    batch_ceiling : BatchCeiling
+        The token budget its device ran out of memory above, for every later call.
     """
 
     model: torch.nn.Module
@@ -165,7 +170,8 @@ class LoadedModel:
     window_limit: int | None = None
     position_offset: int = 0
     has_token_types: bool = True
-    packs_exactly: bool = True
+    packing_blocker: str | None = None
+    batch_ceiling: BatchCeiling = field(default_factory=BatchCeiling, compare=False, repr=False)
 
 
 _REGISTRY: dict[tuple, LoadedModel] = {}
@@ -303,6 +309,20 @@ def _view(model: torch.nn.Module, name: str, depth: int) -> torch.nn.Module:
     return view
 
 
+def apply_pooler(model: torch.nn.Module, first: torch.Tensor) -> torch.Tensor:
+    """The model's pooler on each window's first token: ``first`` is ``(n, d)``, the last hidden state at [CLS].
+
+    The one pooler for every batch layout and runtime. BERT's pooler (and RoBERTa's,
+    ELECTRA's where present) is a module that pools position 0 of what it is given;
+    ALBERT's is a Linear with a separate ``pooler_activation``.
+    """
+    pooler = model.pooler
+    first = first.to(next(pooler.parameters()).dtype)
+    if isinstance(pooler, torch.nn.Linear):  # ALBERT
+        return model.pooler_activation(pooler(first))
+    return pooler(first.unsqueeze(1))
+
+
 def _position_offset(config) -> int:
     if config.model_type in OFFSET_POSITION_FAMILIES:
         return int(getattr(config, "pad_token_id", 1) or 0) + 1
@@ -385,6 +405,9 @@ def _load(source: ModelSource, device: torch.device, dtype: torch.dtype, quantiz
     if quantize:
         quantize_linear_layers(model)
     config = model.config
+    blocker = _packing_blocker(config, device, dtype)
+    if blocker is None and not route_attention(model):  # once, before the model is shared: never per call
+        blocker = f"packed attention replaces SDPA attention, and this model runs {config._attn_implementation!r}"
     max_positions, window_limit = _max_positions(config, tokenizer)
     return LoadedModel(
         model=model,
@@ -401,7 +424,19 @@ def _load(source: ModelSource, device: torch.device, dtype: torch.dtype, quantiz
         window_limit=window_limit,
         position_offset=_position_offset(config),
         has_token_types=int(getattr(config, "type_vocab_size", 0) or 0) > 1,
-        packs_exactly=config.model_type in PACKED_FAMILIES,
+        packing_blocker=blocker,
+    )
+
+
+def _packing_blocker(config, device: torch.device, dtype: torch.dtype) -> str | None:
+    """:func:`~skbert._packing.packing_blocker` for a model being loaded (the device's capability asked once)."""
+    from ._device import cuda_capability
+
+    heads = int(getattr(config, "num_attention_heads", 1) or 1)
+    return packing_blocker(
+        device_type=device.type, dtype=dtype, capability=cuda_capability(device) if device.type == "cuda" else None,
+        head_dim=int(config.hidden_size) // heads, exact=config.model_type in PACKED_FAMILIES,
+        kernel=varlen_kernel() is not None, transformers_ok=transformers_passes_lengths(),
     )
 
 

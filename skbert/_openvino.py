@@ -53,21 +53,21 @@ def preferred() -> bool:
 
 
 class _Wrapped(torch.nn.Module):
-    """The model as a function of plain tensors returning every hidden state (what conversion needs)."""
+    """The model as a function of plain tensors returning every hidden state (what conversion needs; the
+    pooler is applied to them by the caller, as for every runtime)."""
 
-    def __init__(self, model, token_types: bool, pooler: bool):
+    def __init__(self, model, token_types: bool):
         super().__init__()
-        self.model, self.token_types, self.pooler = model, token_types, pooler
+        self.model, self.token_types = model, token_types
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         output = self.model(input_ids=input_ids, attention_mask=attention_mask,
                             token_type_ids=token_type_ids if self.token_types else None,
                             output_hidden_states=True, return_dict=True)
-        return tuple(output.hidden_states) + ((output.pooler_output,) if self.pooler else ())
+        return tuple(output.hidden_states)
 
 
-def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, pooler: bool = False,
-             owner=None):
+def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, owner=None):
     """The model converted and compiled for this CPU (once per process and key), or None if it cannot be.
 
     Parameters
@@ -81,8 +81,6 @@ def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, 
         Whether it takes token type ids.
     bf16 : bool
         Compute in bfloat16 (where the CPU has it natively), else float32.
-    pooler : bool, default=False
-        Also return the pooler output (after the hidden states).
     owner : object, optional
         What the key's ids refer to (the loaded model): kept with the result, and a
         result whose owner is not this object (an id reused after the first was let
@@ -109,7 +107,7 @@ def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, 
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # tracing notices
                 float_copy = copy.deepcopy(model).float().eval()
-                converted = openvino.convert_model(_Wrapped(float_copy, token_types, pooler).eval(),
+                converted = openvino.convert_model(_Wrapped(float_copy, token_types).eval(),
                                                    example_input=example,
                                                    input=[openvino.PartialShape(shape) for _, shape, _ in inputs])
                 del float_copy
@@ -137,9 +135,8 @@ def _forget_old_cuts(owner) -> None:
         del _COMPILED[key]
 
 
-def forward(network, batch: dict[str, torch.Tensor], token_types: bool, pooler: bool = False):
-    """Run a compiled model on a padded batch; the output has ``hidden_states`` (and ``pooler_output``)
-    like a transformers model's."""
+def forward(network, batch: dict[str, torch.Tensor], token_types: bool):
+    """Run a compiled model on a padded batch; the output has ``hidden_states`` like a transformers model's."""
     feed = {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()}
     if token_types:
         token_type_ids = batch.get("token_type_ids")
@@ -147,9 +144,7 @@ def forward(network, batch: dict[str, torch.Tensor], token_types: bool, pooler: 
                                   else token_type_ids.numpy())
     request = network.create_infer_request()
     request.infer(feed, share_inputs=False, share_outputs=True)
-    n_states = len(network.outputs) - pooler  # the pooler output comes after the hidden states
-    return SimpleNamespace(hidden_states=_Outputs(request, n_states),
-                           pooler_output=_copied(request, n_states) if pooler else None)
+    return SimpleNamespace(hidden_states=_Outputs(request, len(network.outputs)))
 
 
 def _copied(request, index: int) -> torch.Tensor:
@@ -188,13 +183,11 @@ def _network(loaded, depth: int | None):
 
     with _LOCK:
         if any(broken is loaded for broken in _BROKEN):
-            return None, False
+            return None
     model = loaded.model if depth is None else model_to_depth(loaded, depth)
     full = model is loaded.model
-    pooler = full and loaded.has_pooler
     key = (id(loaded), loaded.n_layers if full else stop_depth(loaded, depth), loaded.has_token_types)
-    network = compiled(model, key, loaded.has_token_types, bf16=cpu_has_native_bf16(), pooler=pooler, owner=loaded)
-    return network, pooler
+    return compiled(model, key, loaded.has_token_types, bf16=cpu_has_native_bf16(), owner=loaded)
 
 
 def wanted(precision: str, attention: str, device_type: str) -> bool:
@@ -209,8 +202,7 @@ def runtime_for(loaded, precision: str, attention: str = "auto") -> str:
     entry is keyed by the runtime."""
     if loaded.quantized or not wanted(precision, attention, loaded.device.type):
         return "torch"
-    network, _ = _network(loaded, None)
-    return "torch" if network is None else "openvino"
+    return "torch" if _network(loaded, None) is None else "openvino"
 
 
 def prepare(loaded, depth: int | None) -> float:
@@ -223,11 +215,11 @@ def prepare(loaded, depth: int | None) -> float:
 
 def run(loaded, batch: dict[str, torch.Tensor], depth: int | None):
     """A padded batch through OpenVINO, cut at ``depth`` where the family allows; None if it cannot run."""
-    network, pooler = _network(loaded, depth)
+    network = _network(loaded, depth)
     if network is None:
         return None
     try:
-        return forward(network, batch, loaded.has_token_types, pooler)
+        return forward(network, batch, loaded.has_token_types)
     except Exception as error:  # e.g. an input shape it cannot run: never a crash mid-run
         _give_up(loaded, error)
         return None

@@ -13,7 +13,8 @@ the device type and the compute dtype as resolved on this machine (not the
 ``precision`` parameter as written: ``"auto"`` resolves differently on different
 CPUs), the stored dtype, the window (``max_length``), the long-text strategy, the
 chunk ``stride`` (under ``long_text="chunk"`` only; elsewhere it changes nothing),
-and the torch and transformers versions. Batching (``batch_size``,
+and the torch, transformers and tokenizers versions (a pair's truncation is the
+tokenizer's own, whose rule has changed between versions). Batching (``batch_size``,
 ``token_budget``, packed or padded attention) does not: it changes results only
 within float tolerance, and entries are shared across it.
 """
@@ -90,7 +91,7 @@ def stored_dtype(precision: str) -> str:
 
 
 def encoding_options(*, max_length: int, long_text: str, stride: int, precision: str, batch_size, token_budget,
-                     attention: str, device: torch.device, packs_exactly: bool = True,
+                     attention: str, device: torch.device, packing_blocker: str | None = None,
                      runtime: str = "torch") -> EncodingOptions:
     """The options of a fitted estimator on the device its model was loaded on.
 
@@ -104,8 +105,9 @@ def encoding_options(*, max_length: int, long_text: str, stride: int, precision:
         The estimator's parameters (None: no row limit; the device's default budget).
     device : torch.device
         Where the model runs.
-    packs_exactly : bool, default=True
-        Whether the model's family packs exactly (else batches run padded).
+    packing_blocker : str or None, default=None
+        Why the loaded model cannot run packed batches here
+        (:attr:`~skbert._models.LoadedModel.packing_blocker`; None: it can).
     runtime : {"torch", "openvino"}, default="torch"
         What runs the model (:func:`~skbert._openvino.runtime_for`); OpenVINO runs
         padded batches only.
@@ -114,7 +116,7 @@ def encoding_options(*, max_length: int, long_text: str, stride: int, precision:
     -------
     EncodingOptions
     """
-    packed = use_packed(attention, device, packs_exactly) and runtime == "torch"
+    packed = runtime == "torch" and use_packed(attention, device.type, packing_blocker)
     return EncodingOptions(
         max_length=int(max_length), long_text=long_text, stride=int(stride), stored=stored_dtype(precision),
         batch_size=batch_size, token_budget=int(token_budget or default_token_budget(device)),
@@ -143,12 +145,14 @@ def numbers_fingerprint(loaded: LoadedModel, options: EncodingOptions) -> bytes:
     bytes
         32 bytes.
     """
-    import transformers  # the module in sys.modules, whatever imported it first
+    import tokenizers  # the modules in sys.modules, whatever imported them first
+    import transformers
 
     described = {
         "format": FORMAT_VERSION,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,  # its truncation rule has changed between versions
         "device": loaded.device.type,
         "dtype": compute_dtype(loaded),
         **options.keyed(),

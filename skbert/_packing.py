@@ -5,29 +5,43 @@ restarting at 0 for each window and the cumulative window lengths (``cu_seqlens`
 telling attention where each window starts and ends. No token is padding, so no
 work is spent on it and no mask is needed: on CUDA the attention runs in
 ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention's variable-length
-kernel); elsewhere it runs window by window through ``scaled_dot_product_attention``,
-the reference the packed path is tested against on a CPU.
+kernel); on a CPU it runs window by window through ``scaled_dot_product_attention``,
+the reference the packed path is tested against.
 
-The attention function is registered with transformers' ``AttentionInterface`` and
-takes the cumulative lengths from the keyword arguments ``BertModel.forward`` hands
-down to every attention layer (``cu_seq_lens_q`` and friends); a call without them
-falls back to transformers' own SDPA attention, so the same model serves padded
-batches unchanged.
+Where packing runs is decided once per loaded model (:func:`packing_blocker`): the
+kernel needs CUDA, a 16-bit dtype, compute capability 8.0 or higher and a head width
+it supports, and the family must pack exactly. ``attention="auto"`` packs only there;
+an explicit ``"packed"`` where it cannot run warns and runs padded.
+
+The attention function is registered with transformers' ``AttentionInterface`` under
+:data:`ATTENTION`, together with the SDPA mask for it, and a model that can pack is
+routed through it once, when it is loaded (:func:`route_attention`). The function takes
+the cumulative lengths from the keyword arguments ``BertModel.forward`` hands down to
+every attention layer (``cu_seq_lens_q`` and friends); a padded call, without them,
+runs transformers' own SDPA attention with its usual padding mask. Nothing about the
+shared model changes per call, so padded and packed calls may run at once in threads.
+
+A packed batch carries its padded layout's masks too (:func:`pack` builds on
+:func:`~skbert._batching.collate`): its hidden states are laid out as a padded batch's
+(:func:`unpack`) and reduced by the one padded reduction, so both layouts give their
+statistics and the pooler through the same code, with no atomic additions.
 """
 
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-from ._batching import TokenizedText, Window, segment_bounds, window_segments
+from ._batching import TokenizedText, Window, collate
 
 ATTENTION = "skbert_packed"
 ATTENTION_CHOICES = ("auto", "packed", "padded")
-_SWITCH = threading.Lock()
+_REGISTER = threading.Lock()
+_REGISTERED = False
+#: The widest attention head FlashAttention's kernel takes (head widths must also be a multiple of 8).
+MAX_HEAD_DIM = 256
 
 
 def varlen_kernel():
@@ -47,30 +61,81 @@ def transformers_passes_lengths() -> bool:
     return int(transformers.__version__.split(".")[0]) >= 5
 
 
-def use_packed(attention: str, device: torch.device, exact: bool = True) -> bool:
-    """Whether batches are packed: ``"auto"`` packs where the varlen kernel runs (CUDA).
+def packing_blocker(*, device_type: str, dtype: torch.dtype, capability: tuple[int, int] | None, head_dim: int,
+                    exact: bool, kernel: bool, transformers_ok: bool) -> str | None:
+    """Why batches of a model cannot run packed here, or None where they can.
 
-    ``exact``: whether the model's family packs exactly
-    (:data:`~skbert._models.PACKED_FAMILIES`); where it does not, batches run padded,
-    with a warning if ``"packed"`` was asked for.
+    A pure function of what was found when the model was loaded, so that every case
+    (cards and dtypes this machine lacks included) is tested on any machine.
 
-    Raises
-    ------
-    ValueError
-        For ``"packed"`` with a transformers older than 5.
+    Parameters
+    ----------
+    device_type : str
+        ``"cpu"``, ``"cuda"``, ``"mps"``.
+    dtype : torch.dtype
+        The compute dtype.
+    capability : (int, int) or None
+        The CUDA device's compute capability (None elsewhere).
+    head_dim : int
+        Width of one attention head.
+    exact : bool
+        Whether the model's family packs exactly (:data:`~skbert._models.PACKED_FAMILIES`).
+    kernel : bool
+        Whether this torch has the variable-length kernel (:func:`varlen_kernel`).
+    transformers_ok : bool
+        :func:`transformers_passes_lengths`.
+
+    Returns
+    -------
+    str or None
+        A sentence for a warning, or None. On a CPU packed batches run the per-window
+        reference attention (any dtype).
     """
-    if attention == "packed" and not transformers_passes_lengths():
-        raise ValueError("attention='packed' needs transformers >= 5; use 'padded' or 'auto' with this version.")
+    if not transformers_ok:
+        return "packed attention needs transformers >= 5"
     if not exact:
+        return ("packed attention is not exact for this model's family (its attention has masks or position biases "
+                "of its own)")
+    if device_type == "cpu":
+        return None
+    if device_type != "cuda":
+        return f"packed attention runs on CUDA (and on the CPU, as a reference), not on {device_type}"
+    if not kernel:
+        return "this torch has no variable-length attention kernel (torch.nn.attention.varlen)"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"FlashAttention's variable-length kernel computes in float16 or bfloat16, not {str(dtype)[6:]}"
+    if capability is None or tuple(capability) < (8, 0):
+        return f"FlashAttention needs compute capability 8.0 or higher; this GPU has {capability}"
+    if head_dim % 8 or head_dim > MAX_HEAD_DIM:
+        return f"FlashAttention takes head widths that are multiples of 8 up to {MAX_HEAD_DIM}, not {head_dim}"
+    return None
+
+
+def use_packed(attention: str, device_type: str, blocker: str | None) -> bool:
+    """Whether a call's batches run packed.
+
+    Parameters
+    ----------
+    attention : {"auto", "packed", "padded"}
+        The estimator's parameter: ``"auto"`` packs where the CUDA kernel runs.
+    device_type : str
+    blocker : str or None
+        :func:`packing_blocker` for the loaded model. ``"packed"`` where it is not None
+        warns with it and runs padded.
+
+    Returns
+    -------
+    bool
+    """
+    if attention == "padded":
+        return False
+    if blocker is not None:
         if attention == "packed":
             from ._warnings import warn_user
 
-            warn_user("attention='packed' is not exact for this model's family (its attention has masks or "
-                      "position biases of its own); batches run padded.")
+            warn_user(f"attention='packed': {blocker}; batches run padded.")
         return False
-    if attention == "auto":
-        return device.type == "cuda" and varlen_kernel() is not None and transformers_passes_lengths()
-    return attention == "packed"
+    return attention == "packed" or device_type == "cuda"
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -78,11 +143,12 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
 
     ``query``, ``key`` and ``value`` are ``(1, heads, total_tokens, head_dim)``;
     returns ``(1, total_tokens, heads, head_dim)`` as transformers' functions do.
+    Without packed lengths (a padded batch) it is transformers' SDPA attention.
     """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     cu_seqlens = kwargs.get("cu_seq_lens_q")
     if cu_seqlens is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     kernel = varlen_kernel() if query.is_cuda else None
@@ -101,145 +167,107 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     return torch.cat(parts, dim=2).transpose(1, 2), None
 
 
-_REGISTERED = False
+def _padding_mask(*args, attention_mask=None, **kwargs):
+    """The mask function registered for :data:`ATTENTION`: SDPA's padding mask for a padded batch; none for a
+    batch without padding or a packed one (its windows are told apart by their lengths)."""
+    if attention_mask is None:
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
 
 
 def _register() -> None:
-    """Register :func:`packed_attention` with transformers, once, on first packed use."""
+    """Register :func:`packed_attention` and its mask with transformers, once per process."""
     global _REGISTERED
-    if not _REGISTERED:
-        from transformers import AttentionInterface
+    with _REGISTER:
+        if not _REGISTERED:
+            from transformers import AttentionInterface
+            from transformers.masking_utils import AttentionMaskInterface
 
-        AttentionInterface.register(ATTENTION, packed_attention)
-        _REGISTERED = True
+            AttentionInterface.register(ATTENTION, packed_attention)
+            AttentionMaskInterface.register(ATTENTION, _padding_mask)
+            _REGISTERED = True
 
 
-def pack(tokenized: list[TokenizedText], windows: list[Window]) -> dict[str, torch.Tensor]:
-    """Concatenate some windows into one packed row.
+def route_attention(model: torch.nn.Module) -> bool:
+    """Route a freshly loaded model's attention through :func:`packed_attention`, once, before it is shared.
+
+    Only a model on transformers' SDPA attention is routed (padded batches then run
+    exactly as before); returns whether it was.
+    """
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    _register()
+    model.config._attn_implementation = ATTENTION
+    return True
+
+
+def pack(tokenized: list[TokenizedText], windows: list[Window], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Concatenate some windows into one packed row, with their padded layout's masks.
 
     Returns
     -------
     dict
-        ``input_ids``, ``position_ids``, ``token_type_ids`` (1, total) int64;
-        ``content_mask`` (total,) the segment (1, or 2 for a pair's B) of each
-        non-special token a window counts, 0 elsewhere; ``content_index`` the flat
-        positions of those tokens and ``content_owner`` the row (window x segments +
-        segment) each one is pooled into, worked out here so that the device never
-        has to tell the host how many there are (a boolean mask would: a sync per
-        batch); ``bounds`` (n, segments, 2) the flat positions of each segment's
-        opening and closing special tokens; ``cu_seqlens`` (n + 1,) int32; ``max_length`` (a 0-d tensor,
-        kept on the host); all on the CPU.
+        :func:`~skbert._batching.collate`'s ``attention_mask``, ``content_mask`` and
+        ``bounds`` (the padded layout the statistics are reduced in), and
+        ``packed_ids``, ``packed_positions``, ``packed_types`` (1, total) int64: the
+        tokens in one row, positions restarting at 0 for each window;
+        ``packed_index`` (total,) where each packed token sits in the padded layout
+        (row x longest + column); ``cu_seqlens`` (n + 1,) int32; ``max_length`` (a
+        0-d tensor, kept on the host); all on the CPU.
     """
-    ids, positions, types, content, bounds, lengths = [], [], [], [], [], []
-    offset = 0
-    for window in windows:
-        text = tokenized[window.text]
-        ids.append(text.ids[window.token_indices])
-        positions.append(np.arange(len(window.token_indices)))
-        types.append(np.zeros(len(window.token_indices), np.int64) if text.type_ids is None
-                     else text.type_ids[window.token_indices])
-        content.append(window_segments(text, window))
-        bounds.append(offset + segment_bounds(text.special[window.token_indices], text.type_ids is not None))
-        lengths.append(len(window.token_indices))
-        offset += len(window.token_indices)
-    input_ids = torch.from_numpy(np.concatenate(ids)).unsqueeze(0)
-    segment = np.concatenate(content)
-    content_index = np.flatnonzero(segment)
-    window_of_token = np.repeat(np.arange(len(windows)), lengths)
-    n_segments = len(bounds[0])
+    padded = collate(tokenized, windows, pad_token_id)
+    real = padded["attention_mask"].bool()
+    lengths = real.sum(dim=1)
+    types = padded.get("token_type_ids", torch.zeros_like(padded["input_ids"]))
+    positions = torch.arange(real.shape[1]).expand_as(real)
     return {
-        "content_index": torch.from_numpy(content_index),
-        "content_owner": torch.from_numpy(window_of_token[content_index] * n_segments + segment[content_index] - 1),
-        "input_ids": input_ids,
-        "position_ids": torch.from_numpy(np.concatenate(positions)).unsqueeze(0),
-        "token_type_ids": torch.from_numpy(np.concatenate(types)).unsqueeze(0),
-        "content_mask": torch.from_numpy(segment),
-        "bounds": torch.from_numpy(np.stack(bounds)),
-        "cu_seqlens": torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),
-        "max_length": torch.tensor(max(lengths)),
+        "attention_mask": padded["attention_mask"],
+        "content_mask": padded["content_mask"],
+        "bounds": padded["bounds"],
+        "packed_ids": padded["input_ids"][real].unsqueeze(0),
+        "packed_positions": positions[real].unsqueeze(0),
+        "packed_types": types[real].unsqueeze(0),
+        "packed_index": torch.from_numpy(np.flatnonzero(real.numpy())),
+        "cu_seqlens": torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(torch.int32),
+        "max_length": lengths.max(),
     }
 
 
-@contextmanager
-def packed_attention_on(model):
-    """Route the model's attention through :func:`packed_attention` for one forward.
-
-    Serialised by a lock; a padded forward that runs meanwhile in another thread
-    still gets SDPA (the function falls back to it without packed lengths).
-    """
-    with _SWITCH:
-        _register()
-        before = model.config._attn_implementation
-        model.config._attn_implementation = ATTENTION
-        try:
-            yield
-        finally:
-            model.config._attn_implementation = before
+def is_packed(batch: dict) -> bool:
+    """Whether a batch (from :func:`pack` or :func:`~skbert._batching.collate`) is packed."""
+    return "packed_ids" in batch
 
 
 def forward_packed(model, batch: dict[str, torch.Tensor], position_offset: int = 0, token_types: bool = True):
-    """Run the model on a packed batch (already on its device); returns its output.
+    """Run a routed model (:func:`route_attention`) on a packed batch already on its device; returns its output.
 
     ``position_offset``: where the model's position ids start (RoBERTa's after its
     padding index); ``token_types``: whether the model takes token type ids.
     """
     cu_seqlens, longest = batch["cu_seqlens"], int(batch["max_length"])
-    with packed_attention_on(model):
-        return model(
-            input_ids=batch["input_ids"],
-            position_ids=batch["position_ids"] + position_offset if position_offset else batch["position_ids"],
-            token_type_ids=batch["token_type_ids"] if token_types else None,
-            output_hidden_states=True,
-            return_dict=True,
-            cu_seq_lens_q=cu_seqlens,
-            cu_seq_lens_k=cu_seqlens,
-            max_length_q=longest,
-            max_length_k=longest,
-        )
+    positions = batch["packed_positions"]
+    return model(
+        input_ids=batch["packed_ids"],
+        position_ids=positions + position_offset if position_offset else positions,
+        token_type_ids=batch["packed_types"] if token_types else None,
+        output_hidden_states=True,
+        return_dict=True,
+        cu_seq_lens_q=cu_seqlens,
+        cu_seq_lens_k=cu_seqlens,
+        max_length_q=longest,
+        max_length_k=longest,
+    )
 
 
-def segment_statistics(hidden_states, content_index: torch.Tensor, content_owner: torch.Tensor, kinds,
-                       bounds: torch.Tensor) -> torch.Tensor:
-    """:func:`~skbert._statistics.window_statistics` for a packed batch, with no host-device sync.
+def unpack(hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A packed hidden state ``(1, total, d)`` laid out as its padded batch's ``(n, longest, d)`` (zeros as padding).
 
-    Parameters
-    ----------
-    hidden_states : sequence of Tensor of shape (1, total, d)
-    content_index, content_owner : Tensor of int64
-        From :func:`pack`: the counted content tokens and the (window, segment) row of each.
-    kinds : sequence of str
-    bounds : Tensor of shape (n_windows, segments, 2)
-        Each segment's opening and closing special token (flat positions).
-
-    Returns
-    -------
-    Tensor of shape (n_windows, segments, len(kinds), len(hidden_states), d), float32
+    Each packed token goes to its own place (no two share one), so the result is the
+    same run to run.
     """
-    n, n_segments = bounds.shape[0], bounds.shape[1]
-    owner = content_owner
-    firsts, lasts = bounds[:, :, 0].reshape(-1), bounds[:, :, 1].reshape(-1)
-    per_layer = []
-    for hidden in hidden_states:
-        tokens = hidden[0]
-        width = tokens.shape[-1]
-        rows = []
-        for kind in kinds:
-            if kind == "cls":
-                rows.append(tokens[firsts].float())
-            elif kind == "last":
-                rows.append(tokens[lasts].float())
-            elif kind == "mean":  # the sum, as window_statistics gives it
-                rows.append(torch.zeros(n * n_segments, width, device=tokens.device)
-                            .index_add_(0, owner, tokens.index_select(0, content_index).float()))
-            else:
-                fill = torch.full((n * n_segments, width), torch.finfo(tokens.dtype).min, device=tokens.device)
-                index = owner.unsqueeze(1).expand(-1, width)
-                rows.append(fill.scatter_reduce_(0, index, tokens.index_select(0, content_index).float(), "amax"))
-        per_layer.append(torch.stack(rows, dim=1).reshape(n, n_segments, len(kinds), width))
-    return torch.stack(per_layer, dim=3)
-
-
-def packed_pooler(model, last_hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """BERT's pooler on each packed window's first token (the model's own pooler sees only the row's first)."""
-    first = last_hidden[0, cu_seqlens[:-1].long()]
-    return model.pooler.activation(model.pooler.dense(first))
+    rows, longest = batch["attention_mask"].shape
+    padded = hidden.new_zeros(rows * longest, hidden.shape[-1])
+    padded.index_copy_(0, batch["packed_index"], hidden[0])
+    return padded.view(rows, longest, -1)

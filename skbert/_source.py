@@ -14,7 +14,8 @@ a request reads is a miss, and the deeper entry encoded then replaces it.
 
 Cached or freshly encoded, a text's statistics are handed out as the store keeps
 them (16-bit unless float32 was asked for), so a text gives the same vector whether
-or not it was in the cache.
+or not it was in the cache. A text whose statistics hold a NaN or an infinity (a
+16-bit overflow in the model) is handed out but never stored, with a warning.
 """
 
 from __future__ import annotations
@@ -27,10 +28,19 @@ import numpy as np
 from ._batching import n_segments
 from ._cache import Store
 from ._encoding import CHUNK_SIZE, EncodingReport, iter_statistics
-from ._entries import block_from_statistics, concatenate, gather, statistics_from_block, text_keys
+from ._entries import (
+    block_from_statistics,
+    concatenate,
+    gather,
+    non_finite_rows,
+    statistics_from_block,
+    take,
+    text_keys,
+)
 from ._models import LoadedModel, read_depth, stop_depth
 from ._options import EncodingOptions, numbers_fingerprint
 from ._statistics import KINDS, Statistics
+from ._warnings import warn_user
 
 #: Keys looked up (and cached texts handed out) at a time: as many as the encoder
 #: sorts by length together, so a stored block (an encoded batch) is read once by a
@@ -155,8 +165,20 @@ class StatisticsSource:
         ):
             positions = missing[batch.positions]
             block = block_from_statistics([keys[p] for p in positions], batch, self.stored_dtype)
-            self.store.put(block)
+            bad = non_finite_rows(block)
+            if bad is None:
+                self.store.put(block)
+            else:  # handed out as they are, never kept: the next call encodes them again
+                _warn_non_finite(int(bad.sum()), self.loaded)
+                if not bad.all():
+                    self.store.put(take(block, ~bad))
             yield statistics_from_block(positions, block)
+
+
+def _warn_non_finite(n: int, loaded: LoadedModel) -> None:
+    warn_user(f"the model gave {n} text(s) NaN or infinite values ({loaded.dtype} on {loaded.device}: float16 "
+              "overflows on some models); their rows hold them, and they are not cached. precision='float32' "
+              "(or 'bfloat16' where the hardware has it) avoids the overflow.")
 
 
 def encoded_depth(loaded: LoadedModel, request: Request) -> int:

@@ -5,7 +5,9 @@ On a CUDA device:
 - host to device: each batch's tensors are copied into pinned (page-locked) staging
   buffers that are reused from batch to batch (pinning memory for every batch is a
   ``cudaHostAlloc`` each time), two sets used in turn, each refilled only once the
-  copy that last read it has run (an event);
+  copy that last read it has run (an event); a buffer grows by doubling, never past
+  :data:`PINNED_BYTES_MAX`, and a tensor larger than that is copied through pageable
+  memory instead;
 - device to host: a batch's reduced output is copied on a side stream into a reused
   pinned buffer, without waiting, and the host asks for it (:meth:`PendingCopy.result`)
   only after the next batch's work has been queued (:func:`one_batch_behind`), so the
@@ -24,6 +26,22 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
+
+
+#: The largest pinned staging buffer kept (bytes): a larger tensor is copied through pageable memory, at once.
+#: Pinned memory is taken from the host's RAM and never swapped, so it is bounded whatever a batch holds.
+PINNED_BYTES_MAX = 512 * 2**20
+
+
+def _grown(numel: int, old: int, dtype: torch.dtype) -> int:
+    """Elements of a staging buffer replacing one of ``old`` for a tensor of ``numel``: twice the old one (fewer
+    reallocations as batches grow), never past :data:`PINNED_BYTES_MAX` unless the tensor itself needs it."""
+    ceiling = PINNED_BYTES_MAX // torch.empty((), dtype=dtype).element_size()
+    return max(numel, min(2 * old, ceiling))
+
+
+def _too_large(tensor: torch.Tensor) -> bool:
+    return tensor.numel() * tensor.element_size() > PINNED_BYTES_MAX
 
 
 class CudaOps:
@@ -114,9 +132,12 @@ class Transfers:
             if tensor.dim() == 0:
                 moved[name] = tensor
                 continue
+            if _too_large(tensor):
+                moved[name] = tensor.to(self.device)  # through pageable memory: no pinned buffer that large
+                continue
             buffer = staging.get(name)
             if buffer is None or buffer.dtype != tensor.dtype or buffer.numel() < tensor.numel():
-                size = max(tensor.numel(), 0 if buffer is None else 2 * buffer.numel())
+                size = _grown(tensor.numel(), 0 if buffer is None else buffer.numel(), tensor.dtype)
                 buffer = staging[name] = self._pinned(size, tensor.dtype)
             staged = buffer[: tensor.numel()].view(tensor.shape)
             staged.copy_(tensor)
@@ -126,13 +147,13 @@ class Transfers:
 
     def to_host(self, tensor: torch.Tensor) -> PendingCopy:
         """Start copying a device tensor to the host."""
-        if self.ops is None:
+        if self.ops is None or _too_large(tensor):  # the latter waits for the device: rare, and bounded memory
             return PendingCopy(None, None, None, tensor.detach().cpu().numpy())
         slot = next((s for s in self._slots if not s[1] and s[0].dtype == tensor.dtype
                      and s[0].numel() >= tensor.numel()), None)
         if slot is None:
             spare = next((s for s in self._slots if not s[1]), None)
-            size = max(tensor.numel(), 0 if spare is None else 2 * spare[0].numel())
+            size = _grown(tensor.numel(), 0 if spare is None else spare[0].numel(), tensor.dtype)
             if spare is not None:
                 self._slots.remove(spare)  # too small or another dtype: replaced by a larger one
             slot = [self._pinned(size, tensor.dtype), False]

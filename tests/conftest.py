@@ -72,6 +72,17 @@ def empty_cache():
     clear_stores()
 
 
+@pytest.fixture(autouse=True)
+def no_batch_ceiling():
+    """Models are shared by every test of the process: a budget one test lowered with a simulated
+    out-of-memory error must not shrink the next test's batches."""
+    from skbert import _models
+
+    for loaded in list(_models._REGISTRY.values()):
+        loaded.batch_ceiling.forget()
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """Path of a 3-layer, 32-wide random BERT with a pooler and a WordPiece tokenizer."""

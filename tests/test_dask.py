@@ -1,4 +1,5 @@
-"""The Dask entry point on a real LocalCluster with worker processes (tiny model, float32)."""
+"""The Dask entry point on a real LocalCluster with worker processes (tiny model, float32 on the CPU: the
+workers and the single-process reference alike, whatever accelerator the machine has)."""
 
 import os
 import signal
@@ -42,12 +43,13 @@ def test_importing_skbert_does_not_import_dask():
 
 def test_the_dask_result_equals_a_single_process_transform(client, tiny_bert):
     series = _series()
-    embedder = BertEmbedder(tiny_bert, pooling="mean_max", precision="float32").fit(["a"])
+    embedder = BertEmbedder(tiny_bert, pooling="mean_max", device="cpu", precision="float32").fit(["a"])
     lazy = embed(dd.from_pandas(series, npartitions=4), embedder)
     assert list(lazy.columns) == list(embedder.get_feature_names_out()) and lazy.npartitions == 4
     got = lazy.compute()
     assert got.index.tolist() == series.index.tolist()  # order and index kept, repeats and empties included
-    want = BertEmbedder(tiny_bert, pooling="mean_max", precision="float32", cache=None).fit_transform(TEXTS)
+    want = BertEmbedder(tiny_bert, pooling="mean_max", device="cpu", precision="float32",
+                        cache=None).fit_transform(TEXTS)
     assert_allclose(got.to_numpy(), want, rtol=1e-6, atol=1e-6)
     assert dd.from_pandas(series, npartitions=4).divisions == lazy.divisions
     frame = dd.from_pandas(series.to_frame().assign(n=1), npartitions=3)
@@ -56,10 +58,11 @@ def test_the_dask_result_equals_a_single_process_transform(client, tiny_bert):
 
 def test_two_columns_are_embedded_as_sentence_pairs(client, tiny_bert):
     frame = _series().to_frame().assign(answer=[t[::-1] for t in TEXTS], n=1)
-    embedder = BertEmbedder(tiny_bert, pairs=True, segments=("joint", "abs_diff"), precision="float32").fit([("a", "b")])
+    embedder = BertEmbedder(tiny_bert, pairs=True, segments=("joint", "abs_diff"), device="cpu",
+                            precision="float32").fit([("a", "b")])
     got = embed(dd.from_pandas(frame, npartitions=3), embedder, column=["text", "answer"]).compute()
     assert got.index.tolist() == frame.index.tolist()
-    want = BertEmbedder(tiny_bert, pairs=True, segments=("joint", "abs_diff"), precision="float32",
+    want = BertEmbedder(tiny_bert, pairs=True, segments=("joint", "abs_diff"), device="cpu", precision="float32",
                         cache=None).fit_transform(frame[["text", "answer"]])
     assert_allclose(got.to_numpy(), want, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="pass column=\\[A, B\\]"):
@@ -77,7 +80,7 @@ def test_threads_gives_torch_its_share_of_cores_on_the_workers(client, tiny_bert
 
     addresses = list(client.scheduler_info()["workers"])
     assert {client.submit(task_threads, workers=[a], pure=False).result() for a in addresses} == {1}
-    embedder = BertEmbedder(tiny_bert, precision="float32").fit(["a"])
+    embedder = BertEmbedder(tiny_bert, device="cpu", precision="float32").fit(["a"])
     got = embed(dd.from_pandas(_series(), npartitions=4), embedder, threads=2).compute()
     assert {client.submit(task_threads, workers=[a], pure=False).result() for a in addresses} == {2}
     assert_allclose(got.to_numpy(), embedder.transform(TEXTS), rtol=1e-5, atol=1e-6)
@@ -87,7 +90,7 @@ def test_threads_gives_torch_its_share_of_cores_on_the_workers(client, tiny_bert
 
 def test_each_worker_picks_its_own_gpu(client):
     """Simulated on the CPU: with 2 GPUs visible to every worker, device="auto" in worker 0's tasks is
-    cuda:0 and in worker 1's cuda:1 (with one GPU per worker, as CUDA_VISIBLE_DEVICES gives, both are cuda)."""
+    cuda:0 and in worker 1's cuda:1 (with one GPU per worker, as CUDA_VISIBLE_DEVICES gives, both are cuda:0)."""
 
     def resolve_as_if_on(n_gpus):
         from unittest import mock
@@ -95,19 +98,20 @@ def test_each_worker_picks_its_own_gpu(client):
         from skbert._device import resolve_device
 
         with mock.patch("torch.cuda.is_available", return_value=True), \
-                mock.patch("torch.cuda.device_count", return_value=n_gpus):
+                mock.patch("torch.cuda.device_count", return_value=n_gpus), \
+                mock.patch("torch.cuda.current_device", return_value=0):
             return str(resolve_device("auto"))
 
     workers = sorted(client.scheduler_info()["workers"].items(), key=lambda item: item[1]["name"])
-    for n_gpus, want in ((2, ["cuda:0", "cuda:1"]), (1, ["cuda", "cuda"]), (4, ["cuda:0", "cuda:1"])):
+    for n_gpus, want in ((2, ["cuda:0", "cuda:1"]), (1, ["cuda:0", "cuda:0"]), (4, ["cuda:0", "cuda:1"])):
         got = [client.submit(resolve_as_if_on, n_gpus, workers=[address], pure=False).result()
                for address, _ in workers]
         assert got == want
-    assert resolve_as_if_on(2) == "cuda"  # outside a worker: the current GPU, as before
+    assert resolve_as_if_on(2) == "cuda:0"  # outside a worker: the current GPU, by its number
 
 
 def test_each_worker_loads_the_model_once_and_reuses_it(client, tiny_bert):
-    embedder = BertEmbedder(tiny_bert, precision="float32").fit(["a"])
+    embedder = BertEmbedder(tiny_bert, device="cpu", precision="float32").fit(["a"])
     embed(dd.from_pandas(_series(), npartitions=6), embedder).compute()
     embed(dd.from_pandas(_series(), npartitions=6), embedder).compute()
 
@@ -124,7 +128,7 @@ def test_a_fitted_pipeline_predicts_partition_by_partition(client, tiny_bert):
     from sklearn.pipeline import make_pipeline
 
     labels = np.array([("river" in t) or ("water" in t) for t in TEXTS], dtype=int)
-    pipe = make_pipeline(BertEmbedder(tiny_bert, precision="float32"), LogisticRegression(max_iter=200))
+    pipe = make_pipeline(BertEmbedder(tiny_bert, device="cpu", precision="float32"), LogisticRegression(max_iter=200))
     pipe.fit(TEXTS, labels)
     got = predict(dd.from_pandas(_series(), npartitions=3), pipe).compute()
     assert got.index.tolist() == _series().index.tolist()
@@ -134,7 +138,7 @@ def test_a_fitted_pipeline_predicts_partition_by_partition(client, tiny_bert):
 def test_a_worker_killed_mid_computation_still_gives_the_complete_result(client, tiny_bert, tmp_path):
     """A worker process dies once, in the middle; Dask reruns what it held and the output is whole."""
     marker = tmp_path / "killed"
-    embedder = BertEmbedder(tiny_bert, precision="float32").fit(["a"])
+    embedder = BertEmbedder(tiny_bert, device="cpu", precision="float32").fit(["a"])
     lazy = embed(dd.from_pandas(_series(), npartitions=6), embedder)
 
     def die_once(part):
@@ -145,7 +149,7 @@ def test_a_worker_killed_mid_computation_still_gives_the_complete_result(client,
 
     got = lazy.map_partitions(die_once, meta=lazy._meta).compute()
     assert marker.exists()
-    want = BertEmbedder(tiny_bert, precision="float32", cache=None).fit_transform(TEXTS)
+    want = BertEmbedder(tiny_bert, device="cpu", precision="float32", cache=None).fit_transform(TEXTS)
     assert got.index.tolist() == _series().index.tolist()
     assert_allclose(got.to_numpy(), want, rtol=1e-6, atol=1e-6)
 
@@ -165,9 +169,9 @@ def test_bad_input_names_the_problem(tiny_bert):
 
 def test_na_null_and_none_are_texts_on_dask_too(client, tiny_bert):
     words = pd.Series(["NA", "null", "None", "nan", "a river", ""], name="text")
-    embedder = BertEmbedder(tiny_bert, precision="float32").fit(["a"])
+    embedder = BertEmbedder(tiny_bert, device="cpu", precision="float32").fit(["a"])
     got = embed(dd.from_pandas(words, npartitions=2), embedder).compute()
-    want = BertEmbedder(tiny_bert, precision="float32", cache=None).fit_transform(words.tolist())
+    want = BertEmbedder(tiny_bert, device="cpu", precision="float32", cache=None).fit_transform(words.tolist())
     assert_allclose(got.to_numpy(), want, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"row 1 \(index 1\) of X is missing \(.*\), not a string"):
         embed(dd.from_pandas(pd.Series(["a", None], dtype=object), npartitions=1), embedder).compute()

@@ -12,8 +12,9 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expe
     """Each machine simulated (the expectation is the rule, not a copy of the code)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: int(cuda))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr("skbert._device._mps_available", lambda: mps)
-    assert resolve_device("auto") == torch.device(expected)
+    assert resolve_device("auto") == torch.device(expected if expected != "cuda" else "cuda:0")
     assert resolve_device("auto", "int8") == torch.device("cpu")  # int8 runs on the CPU whatever there is
 
 
@@ -83,10 +84,13 @@ def test_int8_is_cpu_only_close_to_float32_and_cached_apart(tiny_bert):
     from skbert._models import load_model
 
     texts = ["the river bank", "money in the bank", "we sat at the water and the fish"]
-    full = BertEmbedder(tiny_bert, precision="float32").fit_transform(texts)
-    quantized = BertEmbedder(tiny_bert, precision="int8")
+    # float32 on the CPU, where int8 runs: entries it could be (wrongly) served, and the reference it is
+    # compared with (on a GPU machine "auto" would put this one on CUDA, under other keys)
+    full = BertEmbedder(tiny_bert, device="cpu", precision="float32").fit_transform(texts)
+    quantized = BertEmbedder(tiny_bert, precision="int8")  # device="auto": the CPU, whatever accelerator there is
     got, report = quantized.fit(texts).transform_with_report(texts)
-    assert quantized.precision_ == "int8" and report.n_encoded == 3  # not served float32 entries
+    assert (quantized.device_, quantized.precision_) == ("cpu", "int8")
+    assert report.n_encoded == 3  # not served float32 entries
     cos = (full * got).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(got, axis=1)
     assert cos.min() > 0.98 and not np.allclose(full, got)
     model = load_model(tiny_bert, None, torch.device("cpu"), torch.float32, quantize=True).model
@@ -151,6 +155,8 @@ def test_int8_means_the_cpu_with_device_auto_also_after_unpickling(fake_cuda, ti
 
 
 # ---- batches: a row cap, and a budget that stays lowered after running out of memory --------
+# On the CPU (device="cpu"): the spy counts the rows of padded batches, which a GPU's packed batches
+# (one row each) would hide.
 
 
 def _spy_on_forward(embedder, monkeypatch, fail_above=None):
@@ -172,7 +178,8 @@ def test_output_bytes_cap_the_rows_of_a_batch(tiny_bert, monkeypatch):
     from skbert import BertEmbedder, _encoding
 
     texts = [f"a river bank {i}" for i in range(50)]
-    embedder = BertEmbedder(tiny_bert, cache=None, layers="all", token_budget=10**6, precision="float32").fit(["a"])
+    embedder = BertEmbedder(tiny_bert, device="cpu", cache=None, layers="all", token_budget=10**6,
+                            precision="float32").fit(["a"])
     want = embedder.transform(texts)  # float32: torch eager, whose forward the spy sees
     row_bytes = 4 * 32 * (3 * 4)  # cls, last, mean for 4 hidden states, float32
     monkeypatch.setattr(_encoding, "OUTPUT_BYTES_PER_BATCH", 8 * row_bytes)
@@ -188,7 +195,7 @@ def test_after_an_out_of_memory_error_the_lowered_budget_sticks(tiny_bert, monke
     from skbert import BertEmbedder, _encoding
 
     texts = [f"the river bank number {i}" for i in range(64)]  # equal lengths
-    embedder = BertEmbedder(tiny_bert, cache=None, batch_size=16, precision="float32").fit(["a"])
+    embedder = BertEmbedder(tiny_bert, device="cpu", cache=None, batch_size=16, precision="float32").fit(["a"])
     want = embedder.transform(texts)
     rows = _spy_on_forward(embedder, monkeypatch, fail_above=4)
     before = _encoding.TOTALS.n_oom_splits
@@ -198,3 +205,94 @@ def test_after_an_out_of_memory_error_the_lowered_budget_sticks(tiny_bert, monke
     from numpy.testing import assert_allclose
 
     assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_is_one_device_by_its_number_whatever_becomes_current_later(fake_cuda, monkeypatch):
+    """"cuda" is the current device, by number: "cuda" and "cuda:1" are one device (one copy of the weights),
+    and a later torch.cuda.set_device does not move a device already resolved."""
+    current = [1]
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    assert resolve_device("cuda") == resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("auto") == torch.device("cuda", 1)
+    resolved = resolve_device("cuda")
+    current[0] = 0  # set_device(0)
+    assert resolved == torch.device("cuda", 1) and resolve_device("cuda") == torch.device("cuda", 0)
+
+
+def test_a_process_forked_after_cuda_ran_runs_auto_on_the_cpu_and_refuses_an_explicit_gpu(monkeypatch):
+    """torch marks such a child (``torch.cuda._is_in_bad_fork``): CUDA cannot start there. The real fork on a
+    GPU machine is tests/test_gpu.py's."""
+    import warnings
+
+    from skbert import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)
+    monkeypatch.setattr(_device, "_FORK_WARNED", False)
+    monkeypatch.setattr(_device, "_mps_available", lambda: False)
+
+    def no_cuda_call(*args, **kwargs):
+        raise AssertionError("CUDA touched in a forked child")
+
+    monkeypatch.setattr(torch.cuda, "current_device", no_cuda_call)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", no_cuda_call)
+    with pytest.warns(UserWarning, match="forked from one that had already used CUDA.*runs on the CPU"):
+        assert resolve_device("auto") == torch.device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        assert resolve_device("auto") == torch.device("cpu")
+    for explicit in ("cuda", "cuda:0", torch.device("cuda", 0)):
+        with pytest.raises(RuntimeError, match="forked.*'spawn' or 'forkserver'.*joblib's default backend"):
+            resolve_device(explicit)
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert resolve_device("auto") == torch.device("cuda", 0)  # the parent itself
+
+
+def test_a_budget_lowered_by_an_out_of_memory_error_holds_for_the_models_next_calls(tiny_bert, monkeypatch):
+    """The next call starts below the size that failed: no second error, the same vectors."""
+    from numpy.testing import assert_allclose
+
+    from skbert import BertEmbedder, _encoding, _models
+
+    monkeypatch.setattr(_models, "_REGISTRY", {})  # a model of this test's own: its ceiling is lowered below
+    texts = [f"the river bank number {i}" for i in range(64)]  # equal lengths
+    embedder = BertEmbedder(tiny_bert, device="cpu", cache=None, batch_size=16, precision="float32").fit(["a"])
+    want = embedder.transform(texts)
+    rows = _spy_on_forward(embedder, monkeypatch, fail_above=4)
+    embedder.transform(texts)  # 16 -> 8 -> 4
+    rows.clear()
+    before = _encoding.TOTALS.n_oom_splits
+    got = BertEmbedder(tiny_bert, device="cpu", cache=None, batch_size=16, precision="float32").fit(["a"]).transform(
+        texts)  # another estimator on the same loaded model: a later call
+    assert _encoding.TOTALS.n_oom_splits == before and max(rows) == 4 and sum(rows) == 64
+    assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_token_vectors_cap_the_padded_tokens_of_a_batch_by_the_bytes_they_hand_back(tiny_bert, monkeypatch):
+    """One vector per token and selected layer comes back: a batch holds at most OUTPUT_BYTES_PER_BATCH of them."""
+    from numpy.testing import assert_allclose
+
+    from skbert import BertEmbedder, _encoding
+
+    texts = [f"a river bank {i}" for i in range(40)]
+    embedder = BertEmbedder(tiny_bert, device="cpu", cache=None, layers="all", token_budget=10**6,
+                            precision="float32").fit(["a"])
+    want = embedder.transform_tokens(texts)
+    token_bytes = 4 * 4 * 32  # 4 hidden states of width 32, float32
+    monkeypatch.setattr(_encoding, "OUTPUT_BYTES_PER_BATCH", 30 * token_bytes)
+    model = embedder._load().model
+    real_forward, shapes = model.forward, []
+
+    def forward(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    got = embedder.transform_tokens(texts)
+    assert len(shapes) > 1 and max(rows * longest for rows, longest in shapes) <= 30
+    assert sum(rows for rows, _ in shapes) == len(texts)
+    for a, b in zip(got, want):
+        assert a.tokens == b.tokens
+        assert_allclose(a.vectors, b.vectors, rtol=1e-5, atol=1e-6)

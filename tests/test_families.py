@@ -15,7 +15,7 @@ from numpy.testing import assert_allclose
 
 from families import FAMILIES, MAX_POSITIONS, write_family
 from skbert import BertEmbedder
-from skbert._batching import plan_pair_window
+from skbert._batching import TextTokenizer, plan_pair_window
 from skbert._layout import special_layout
 
 TEXTS = ["The river bank was muddy.", "She paid the loan at the bank.", "", "a",
@@ -117,14 +117,16 @@ def test_pair_truncation_is_longest_first_in_every_layout(models, name):
     for n_a in range(0, 7):
         for n_b in range(0, 7):
             a, b = (word * n_a).strip(), (word * n_b).strip()
-            full = tokenizer(a, b, return_special_tokens_mask=True)
-            ids, special = np.array(full["input_ids"]), np.array(full["special_tokens_mask"], bool)
+            # batched calls, as ``tokenizer([a], [b])``: the one-pair call drops an empty B
+            full = tokenizer([a], [b], return_special_tokens_mask=True)
+            ids, special = np.array(full["input_ids"][0]), np.array(full["special_tokens_mask"][0], bool)
             for cut in (1, 2, 3, 5):
                 max_length = len(ids) - cut
                 if max_length < layout.pair_specials + 1:
                     continue
-                want = tokenizer(a, b, truncation="longest_first", max_length=max_length)["input_ids"]
-                keep, _ = plan_pair_window(special, max_length, layout.pair)
+                want = tokenizer([a], [b], truncation="longest_first", max_length=max_length)["input_ids"][0]
+                kept = TextTokenizer(tokenizer, layout)([(a, b)], max_length)[0].pair_kept
+                keep, _ = plan_pair_window(special, max_length, layout.pair, kept)
                 assert ids[keep].tolist() == want, (name, n_a, n_b, max_length)
 
 
@@ -341,3 +343,33 @@ def test_a_view_that_would_read_other_numbers_is_never_used(tmp_path, monkeypatc
         content = np.flatnonzero(sides == 0)
         content = content if content.size else np.arange(len(sides))
         assert_allclose(got[row], plain.pool(states[[1]], content, "mean").reshape(-1), atol=ATOL)
+
+
+POOLER_FAMILIES = [name for name in NAMES if name in ("bert", "albert", "roberta", "xlm-roberta")]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_pooler_is_the_models_own_packed_padded_and_cached(models, name):
+    """One pooler for every layout: the model's own ``pooler_output`` of a plain forward (ALBERT's is a
+    Linear with an activation of its own), through padded and packed batches, with and without the cache."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(models[name]).eval()
+    if getattr(model, "pooler", None) is None:
+        with pytest.raises(ValueError, match="needs pooler weights"):
+            BertEmbedder(models[name], pooling="pooler").fit(TEXTS[:1])
+        assert name not in POOLER_FAMILIES
+        return
+    assert name in POOLER_FAMILIES
+    tokenizer = AutoTokenizer.from_pretrained(models[name])
+    with torch.no_grad():
+        want = np.stack([model(**tokenizer(text, return_tensors="pt")).pooler_output[0].numpy() for text in TEXTS])
+    from skbert._cache import clear_stores
+
+    for attention in ("padded", "packed"):
+        for cache in (None, "memory"):
+            clear_stores()  # each cached call encodes (a cached call pools every layer's statistics)
+            embedder = BertEmbedder(models[name], pooling=("pooler", "cls"), attention=attention, cache=cache,
+                                    precision="float32", batch_size=4).fit(TEXTS[:1])
+            got = embedder.transform(TEXTS)[:, : want.shape[1]]
+            assert_allclose(got, want, atol=1e-5, err_msg=f"{attention}, cache={cache}")

@@ -5,9 +5,12 @@ exercises, and the test itself, are checked on every run, GPU or not.
 """
 
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import torch
 
 from skbert import BertEmbedder
 from skbert._packing import use_packed
@@ -44,6 +47,19 @@ def test_float32_matches_the_cpu_reference_closely(tiny_bert, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", ["float32", "auto"])
+def test_chunked_long_texts_match_the_cpu_reference(tiny_bert, device, precision):
+    """Long texts cut into overlapping windows, combined across windows: float32 closely, 16 bits by cosine."""
+    texts = TEXTS + ["the river bank was muddy and we sat on it " * 12, "money " * 150]
+    params = dict(pooling=("cls", "mean", "max", "last"), layers=(-1, 1), long_text="chunk", stride=8)
+    cpu = _reference(tiny_bert, texts, **params)
+    got = BertEmbedder(tiny_bert, device=device, precision=precision, cache=None, **params).fit_transform(texts)
+    if precision == "float32":
+        np.testing.assert_allclose(got, cpu, rtol=1e-3, atol=1e-4)
+    assert _cosine(got, cpu).min() > 0.999
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_a_fitted_pickle_holds_no_tensors_and_runs_again(tiny_bert, device):
     embedder = BertEmbedder(tiny_bert, device=device, precision="float32").fit(TEXTS)
     blob = pickle.dumps(embedder)
@@ -63,9 +79,69 @@ def test_packed_padded_and_the_cpu_reference_agree(tiny_bert, device):
                            **params).fit_transform(texts)
         np.testing.assert_allclose(got, cpu, rtol=1e-3, atol=1e-4)
     embedder = BertEmbedder(tiny_bert, device=device).fit(["a"])
-    assert embedder._options(embedder._load()).packed == use_packed("auto", embedder._load().device)
-    if device == "cuda":
-        assert embedder._options(embedder._load()).packed  # "auto" packs where the varlen kernel runs
+    loaded = embedder._load()
+    assert embedder._options(loaded).packed == use_packed("auto", loaded.device.type, loaded.packing_blocker)
+    if device == "cuda" and torch.cuda.get_device_capability(loaded.device) >= (8, 0):
+        assert embedder._options(loaded).packed  # "auto" packs where the varlen kernel runs: 16 bits, sm80+
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_16_bit_packed_and_padded_agree_with_the_cpu_reference(tiny_bert, device):
+    """The varlen kernel itself (16-bit only) against padded batches and the CPU float32 reference."""
+    texts = TEXTS + ["river bank " * 40, "a"]
+    params = dict(pooling=("cls", "mean", "max", "pooler"), layers=-1)
+    cpu = _reference(tiny_bert, texts, **params)
+    precision = "bfloat16" if device == "cuda" else "float32"  # the CPU runs the per-window reference
+    results = {}
+    for attention in ("packed", "padded"):
+        embedder = BertEmbedder(tiny_bert, device=device, attention=attention, precision=precision, cache=None,
+                                **params).fit(texts)
+        assert embedder._options(embedder._load()).packed == (attention == "packed")
+        results[attention] = embedder.transform(texts)
+        assert _cosine(results[attention], cpu).min() > 0.999
+        assert np.array_equal(embedder.transform(texts), results[attention])  # no atomics: the same run to run
+    assert _cosine(results["packed"], results["padded"]).min() > 0.999
+
+
+_FORKED_GPU_CHILD = """
+import multiprocessing, sys, warnings
+import numpy as np
+from skbert import BertEmbedder
+
+texts = ["The river bank was muddy.", "She paid the loan at the bank.", "money money money"] * 4
+auto = BertEmbedder(sys.argv[1], cache=None).fit(texts)
+explicit = BertEmbedder(sys.argv[1], cache=None, device="cuda").fit(texts)
+assert auto.device_.startswith("cuda"), auto.device_
+want = auto.transform(texts)  # CUDA is initialised in the parent
+
+def child(_):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = auto.transform(texts)
+    try:
+        explicit.transform(texts)
+        error = ""
+    except RuntimeError as exc:
+        error = str(exc)
+    return got, [str(w.message) for w in caught], error
+
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    got, messages, error = pool.apply_async(child, (0,)).get(timeout=120)
+cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+assert cosine.min() > 0.999, cosine
+assert sum("already used CUDA" in m for m in messages) == 1, messages
+assert "spawn" in error and "forkserver" in error and "loky" in error, error
+print("ok")
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or not sys.platform.startswith("linux"), reason="needs a CUDA GPU and fork")
+def test_a_child_forked_after_cuda_ran_embeds_on_the_cpu_and_an_explicit_gpu_is_refused_clearly(tiny_bert):
+    """The CPU-run reference of the decision is tests/test_device.py's faked fork."""
+    done = subprocess.run([sys.executable, "-c", _FORKED_GPU_CHILD, tiny_bert], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from numpy.testing import assert_allclose
 
 from skbert import BertEmbedder
@@ -20,8 +21,12 @@ LONG = "the river bank was muddy and we sat on it " * 12
 
 @pytest.fixture
 def openvino_on(monkeypatch):
-    """OpenVINO asked for, and "auto" as on a CPU without native bfloat16 (OpenVINO's float32, compared
-    with eager float32 below), whatever CPU runs the tests."""
+    """OpenVINO asked for, on a machine without a GPU (OpenVINO is the CPU's runtime: ``device="auto"``
+    means the CPU here, as it does where OpenVINO is used, whatever accelerator runs the tests), and
+    "auto" as on a CPU without native bfloat16 (OpenVINO's float32, compared with eager float32 below),
+    whatever CPU runs the tests."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("skbert._device._mps_available", lambda: False)
     monkeypatch.setenv("SKBERT_RUNTIME", "openvino")
     monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: False)
 

@@ -1,5 +1,8 @@
 """Packed, padding-free batches against padded ones, on the CPU reference attention."""
 
+import re
+
+import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose
@@ -39,33 +42,127 @@ def test_packed_cached_statistics_equal_padded_ones_and_share_entries(tiny_bert)
     assert_allclose(first, fresh, rtol=RTOL, atol=ATOL)
 
 
-def test_pack_restarts_positions_and_marks_each_windows_content(tiny_bert):
+def test_pack_restarts_positions_and_keeps_the_padded_layouts_masks(tiny_bert):
     from transformers import AutoTokenizer
+
+    from skbert._batching import collate
+    from skbert._packing import unpack
 
     tokenized = TextTokenizer(AutoTokenizer.from_pretrained(tiny_bert))(["the bank", "", "a b c"])
     windows = make_windows(tokenized, 64, "truncate", 0)
     batch = pack(tokenized, windows)
     assert batch["cu_seqlens"].tolist() == [0, 4, 6, 11] and int(batch["max_length"]) == 5
-    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 0, 1, 0, 1, 2, 3, 4]
-    assert batch["content_mask"].tolist() == [0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 0]
-    assert batch["input_ids"].shape == (1, 11) and not batch["token_type_ids"].any()
+    assert batch["packed_positions"][0].tolist() == [0, 1, 2, 3, 0, 1, 0, 1, 2, 3, 4]
+    assert batch["packed_ids"].shape == (1, 11) and not batch["packed_types"].any()
+    padded = collate(tokenized, windows, 0)
+    for name in ("attention_mask", "content_mask", "bounds"):  # reduced in the padded layout, by the same code
+        assert torch.equal(batch[name], padded[name])
+    # unpacking puts every packed token where the padded batch has it, and zeros in the padding
+    unpacked = unpack(batch["packed_ids"].unsqueeze(-1).float(), batch)[..., 0]
+    assert torch.equal(unpacked, (padded["input_ids"] * padded["attention_mask"]).float())
 
 
-def test_the_shared_model_runs_padded_as_before_after_a_packed_forward(tiny_bert):
-    padded = BertEmbedder(tiny_bert, attention="padded", cache=None).fit(TEXTS)
-    before = padded.transform(TEXTS)
-    BertEmbedder(tiny_bert, attention="packed", cache=None).fit(TEXTS).transform(TEXTS)
+def test_padded_and_packed_calls_in_threads_on_one_model_give_the_serial_results(tiny_bert):
+    """Nothing about the shared model changes per call: a padded forward beside a packed one keeps its mask."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"{k} " + t for k in range(4) for t in TEXTS]
+    padded = BertEmbedder(tiny_bert, attention="padded", cache=None, batch_size=4, precision="float32").fit(texts)
+    packed = BertEmbedder(tiny_bert, attention="packed", cache=None, batch_size=4, precision="float32").fit(texts)
     model = padded._load().model
-    assert model.config._attn_implementation != ATTENTION  # switched back after the forward
-    assert_allclose(padded.transform(TEXTS), before, rtol=0, atol=0)
+    assert packed._load().model is model
+    routed = model.config._attn_implementation
+    want_padded, want_packed = padded.transform(texts), packed.transform(texts)
+    with ThreadPoolExecutor(2) as pool:
+        got_padded = pool.submit(lambda: [padded.transform(texts) for _ in range(40)])
+        got_packed = pool.submit(lambda: [packed.transform(texts) for _ in range(40)])
+        got_padded, got_packed = got_padded.result(), got_packed.result()
+    assert all(np.array_equal(got, want_padded) for got in got_padded)
+    assert all(np.array_equal(got, want_packed) for got in got_packed)
+    assert model.config._attn_implementation == routed  # set once at loading, never per call
 
 
-def test_packing_is_chosen_where_the_varlen_kernel_runs(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not use_packed("auto", cpu) and use_packed("packed", cpu) and not use_packed("padded", cuda)
-    assert use_packed("auto", cuda)  # torch 2.13 ships the kernel
-    monkeypatch.setattr("skbert._packing.varlen_kernel", lambda: None)
-    assert not use_packed("auto", cuda)
+def test_a_padded_batch_through_the_routed_model_is_masked_as_by_sdpa(tiny_bert):
+    from transformers import AutoModel
+
+    loaded = BertEmbedder(tiny_bert, precision="float32").fit(["a"])._load()
+    assert loaded.model.config._attn_implementation == ATTENTION  # routed once, at loading
+    plain = AutoModel.from_pretrained(tiny_bert, attn_implementation="sdpa").eval()
+    ids = torch.tensor([[2, 7, 8, 9, 3], [2, 7, 3, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.inference_mode():
+        want = plain(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = loaded.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
+
+
+CUDA_OK = dict(device_type="cuda", dtype=torch.bfloat16, capability=(9, 0), head_dim=64, exact=True, kernel=True,
+               transformers_ok=True)
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({}, None),
+    ({"dtype": torch.float16, "capability": (8, 0)}, None),
+    ({"device_type": "cpu", "dtype": torch.float32, "capability": None}, None),  # the per-window reference
+    ({"dtype": torch.float32}, "float16 or bfloat16, not float32"),
+    ({"dtype": torch.float16, "capability": (7, 5)}, r"compute capability 8.0 or higher; this GPU has \(7, 5\)"),
+    ({"dtype": torch.float16, "capability": (7, 0)}, "compute capability 8.0"),
+    ({"head_dim": 20}, "multiples of 8 up to 256, not 20"),
+    ({"head_dim": 512}, "not 512"),
+    ({"kernel": False}, "no variable-length attention kernel"),
+    ({"exact": False}, "not exact for this model's family"),
+    ({"transformers_ok": False}, "needs transformers >= 5"),
+    ({"device_type": "mps", "capability": None}, "runs on CUDA"),
+])
+def test_packing_runs_only_where_the_kernel_runs_for_this_model(change, reason):
+    from skbert._packing import packing_blocker
+
+    blocker = packing_blocker(**{**CUDA_OK, **change})
+    if reason is None:
+        assert blocker is None
+    else:
+        assert re.search(reason, blocker)
+
+
+def test_auto_packs_on_cuda_only_and_packed_where_it_cannot_run_warns_and_runs_padded():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert use_packed("auto", "cuda", None) and not use_packed("auto", "cpu", None)
+        assert use_packed("packed", "cpu", None) and not use_packed("padded", "cuda", None)
+        assert not use_packed("auto", "cuda", "FlashAttention needs ...")  # auto: silently padded
+    with pytest.warns(UserWarning, match="attention='packed': FlashAttention needs it; batches run padded"):
+        assert not use_packed("packed", "cuda", "FlashAttention needs it")
+
+
+def test_the_packing_decision_is_made_once_from_the_loaded_devices_capability(tiny_bert, monkeypatch):
+    """A float32, float16-on-a-T4 and bfloat16-on-an-H100 model on a faked CUDA device."""
+    from transformers import AutoConfig
+
+    from skbert import _models
+
+    config = AutoConfig.from_pretrained(tiny_bert)
+    for capability, dtype, packs in (((9, 0), torch.float32, False), ((7, 5), torch.float16, False),
+                                     ((9, 0), torch.bfloat16, True), ((8, 0), torch.float16, True)):
+        monkeypatch.setattr("skbert._device.cuda_capability", lambda device, c=capability: c)
+        blocker = _models._packing_blocker(config, torch.device("cuda", 0), dtype)
+        assert (blocker is None) == packs
+        assert use_packed("auto", "cuda", blocker) == packs
+
+
+def test_packing_needs_transformers_5(tiny_bert, monkeypatch):
+    import transformers
+    from transformers import AutoConfig
+
+    from skbert import _models
+
+    monkeypatch.setattr(transformers, "__version__", "4.57.0")
+    blocker = _models._packing_blocker(AutoConfig.from_pretrained(tiny_bert), torch.device("cpu"), torch.float32)
+    assert blocker == "packed attention needs transformers >= 5"
+    assert not use_packed("auto", "cuda", blocker)
+    with pytest.warns(UserWarning, match="attention='packed': packed attention needs transformers >= 5"):
+        assert not use_packed("packed", "cpu", blocker)
 
 
 def test_packed_batches_run_no_padding(tiny_bert, monkeypatch):
@@ -83,12 +180,3 @@ def test_packed_batches_run_no_padding(tiny_bert, monkeypatch):
     real_tokens = sum(shape[1] for shape, _ in shapes)
     tokenized = TextTokenizer(embedder._load().tokenizer)(TEXTS)
     assert real_tokens == sum(min(len(t.ids), 64) for t in tokenized)  # every token once, no padding
-
-
-def test_packing_needs_transformers_5(tiny_bert, monkeypatch):
-    import transformers
-
-    monkeypatch.setattr(transformers, "__version__", "4.57.0")
-    assert not use_packed("auto", torch.device("cuda"))
-    with pytest.raises(ValueError, match="attention='packed' needs transformers >= 5"):
-        BertEmbedder(tiny_bert, attention="packed").fit(["a"]).transform(["a"])

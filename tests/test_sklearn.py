@@ -6,6 +6,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from numpy.testing import assert_allclose
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
@@ -140,9 +141,12 @@ def _dump(obj):
 
 def test_a_pickle_made_on_a_gpu_machine_loads_on_a_cpu_one(tiny_bert, texts, monkeypatch):
     """Simulate a GPU fit: the fitted state says cuda/bfloat16; here device='auto' means a CPU
-    without native bfloat16."""
+    without native bfloat16 (this machine made one: no CUDA, no MPS, whatever it has)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("skbert._device._mps_available", lambda: False)
     monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: False)
     embedder = BertEmbedder(tiny_bert).fit(texts)
+    assert (embedder.device_, embedder.precision_) == ("cpu", "float32")
     expected = embedder.transform(texts)
     embedder.device_, embedder.precision_ = "cuda:0", "bfloat16"
     restored = pickle.loads(pickle.dumps(embedder))

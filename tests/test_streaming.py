@@ -187,8 +187,9 @@ def test_pairs_stream_too(tiny_bert, tmp_path, capsys):
 def test_the_same_command_runs_on_dask_workers(tiny_bert, parquet_dir, tmp_path, capsys):
     pytest.importorskip("distributed")
     local, cluster = tmp_path / "local", tmp_path / "cluster"
+    # the CPU in this process and in the workers alike: the two datasets are compared bit for bit
     base = ["embed", parquet_dir, "--model", tiny_bert, "--id-column", "doc", "--chunk-rows", 8,
-            "--precision", "float32", "--quiet"]
+            "--device", "cpu", "--precision", "float32", "--quiet"]
     assert _run(capsys, *base, "-o", local)[0] == 0
     code, err = _run(capsys, *base, "--workers", 2, "-o", cluster)
     assert code == 0 and "96 rows in 13 parts" in err, err
@@ -225,13 +226,15 @@ def test_new_weights_in_the_same_folder_or_another_resolved_precision_redo_every
     from conftest import _write_tiny_bert
     from skbert import _models
 
+    # on the CPU, where "auto" follows the CPU's bfloat16 flag (a GPU's "auto" is bfloat16 whatever the CPU)
     monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: False)  # "auto" is float32 first
     model = tmp_path / "model"
     shutil.copytree(tiny_bert, model)
     texts = _texts(30, 5)
     pd.DataFrame({"doc": [f"d{i}" for i in range(30)], "text": texts}).to_parquet(tmp_path / "in.parquet")
     out = tmp_path / "out"
-    argv = ["embed", tmp_path / "in.parquet", "--model", model, "--chunk-rows", 10, "--quiet", "-o", out]
+    argv = ["embed", tmp_path / "in.parquet", "--model", model, "--device", "cpu", "--chunk-rows", 10, "--quiet",
+            "-o", out]
     assert _run(capsys, *argv)[0] == 0
     code, err = _run(capsys, *argv)
     assert code == 0 and "(3 already complete)" in err
@@ -239,7 +242,7 @@ def test_new_weights_in_the_same_folder_or_another_resolved_precision_redo_every
     monkeypatch.setattr(_models, "_REGISTRY", {})  # as a new process would load them
     code, err = _run(capsys, *argv)
     assert code == 0 and "(0 already complete)" in err, err
-    want = BertEmbedder(str(model), cache=None).fit(["a"]).transform(texts)
+    want = BertEmbedder(str(model), device="cpu", cache=None).fit(["a"]).transform(texts)
     assert_allclose(np.stack(_read(out)["embedding"].to_numpy()), want, rtol=1e-5, atol=1e-6)
     # "auto" resolving to bfloat16 on another CPU: the parts made in float32 are not kept
     monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: True)

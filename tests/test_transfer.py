@@ -2,7 +2,8 @@
 
 A GPU runs copies whenever it gets to them, so reading a result before its event, or
 refilling a buffer whose result was not read yet, gives wrong numbers only sometimes.
-``DeferredOps`` stands in for the device on a CPU and makes the worst case happen
+``DeferredOps`` stands in for the device on a CPU (its "device" tensors are CPU tensors, so
+the tests that run the encoder through it say ``device="cpu"``) and makes the worst case happen
 every time: a device-to-host copy runs only when some event is waited on, and then
 every copy queued so far runs (the device got ahead). Code that orders its copies
 right gives the same results through it as through plain copies.
@@ -84,6 +85,23 @@ def test_a_buffer_that_is_too_small_is_replaced_by_a_larger_one():
     assert len(transfers._slots) == 1  # one at a time in flight: one buffer, grown twice
 
 
+def test_pinned_buffers_never_grow_past_their_ceiling_and_larger_tensors_copy_unpinned(monkeypatch):
+    from skbert import _transfer
+
+    monkeypatch.setattr(_transfer, "PINNED_BYTES_MAX", 400)  # 100 float32 values
+    transfers = deferred_transfers(torch.device("cpu"))
+    for size in (40, 90, 100, 60):  # doubling 40 would give 80, then 160: capped at 100
+        assert_allclose(transfers.to_host(torch.arange(size, dtype=torch.float32)).result(), np.arange(size))
+        moved = transfers.to_device({"input_ids": torch.arange(size, dtype=torch.float32)})
+        assert torch.equal(moved["input_ids"], torch.arange(size, dtype=torch.float32))
+    allocated = transfers.pinned_allocations
+    big = torch.arange(101, dtype=torch.float32)  # over the ceiling: pageable memory, no pinned buffer
+    assert_allclose(transfers.to_host(big).result(), big.numpy())
+    assert torch.equal(transfers.to_device({"input_ids": big})["input_ids"], big)
+    assert transfers.pinned_allocations == allocated
+    assert max(transfers.ops.pinned_sizes) == 100
+
+
 def test_host_to_device_staging_reuses_two_sets_of_buffers():
     transfers = deferred_transfers(torch.device("cpu"))
     for step in range(5):
@@ -100,9 +118,10 @@ def test_host_to_device_staging_reuses_two_sets_of_buffers():
 def test_encoding_through_late_copies_gives_the_same_vectors(tiny_bert, monkeypatch, attention, pairs):
     """The whole encoder (statistics, long texts in windows, the pooler) through the deferred device."""
     texts = list(zip(TEXTS, reversed(TEXTS))) if pairs else TEXTS
+    # on the CPU: DeferredOps's "device" tensors are CPU tensors
     params = dict(attention=attention, pooling=("cls", "mean", "max") if pairs else ("cls", "mean", "max", "pooler"),
                   layers=-1 if not pairs else "all", long_text="truncate" if pairs else "chunk", max_length=16,
-                  batch_size=4, cache=None, precision="float32", pairs=pairs)
+                  batch_size=4, cache=None, precision="float32", pairs=pairs, device="cpu")
     want = BertEmbedder(tiny_bert, **params).fit(texts).transform(texts)
     monkeypatch.setattr(_encoding.Transfers, "for_device", staticmethod(deferred_transfers))
     got = BertEmbedder(tiny_bert, **params).fit(texts).transform(texts)
@@ -110,7 +129,8 @@ def test_encoding_through_late_copies_gives_the_same_vectors(tiny_bert, monkeypa
 
 
 def test_token_vectors_through_late_copies(tiny_bert, monkeypatch):
-    embedder = BertEmbedder(tiny_bert, layers=(1, 2), max_length=16, long_text="chunk", cache=None).fit(TEXTS)
+    embedder = BertEmbedder(tiny_bert, device="cpu", layers=(1, 2), max_length=16, long_text="chunk",
+                            cache=None).fit(TEXTS)  # DeferredOps stands in for a device on the CPU
     want = embedder.transform_tokens(TEXTS[:6])
     monkeypatch.setattr(_encoding.Transfers, "for_device", staticmethod(deferred_transfers))
     got = embedder.transform_tokens(TEXTS[:6])
