@@ -470,7 +470,39 @@ def segment_bounds(special: np.ndarray, pairs: bool) -> np.ndarray:
     return np.array([[0, len(special) - 1]])
 
 
-def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id: int) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class PaddedBatch:
+    """Some windows padded to their longest, on the right: what every runtime's statistics are reduced in.
+
+    Attributes
+    ----------
+    input_ids, attention_mask : Tensor of int64, shape (n, longest)
+    content_mask : Tensor of int64, shape (n, longest)
+        The segment (1, or 2 for a pair's B) of each non-special token the window
+        counts; 0 elsewhere.
+    bounds : Tensor of int64, shape (n, segments, 2)
+        Positions of each segment's opening and closing special tokens.
+    token_type_ids : Tensor of int64 or None
+        For sentence pairs.
+    has_padding : bool
+        Whether any row is shorter than the longest (known on the host: a batch
+        without padding runs with no attention mask at all).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    content_mask: torch.Tensor
+    bounds: torch.Tensor
+    token_type_ids: torch.Tensor | None = None
+    has_padding: bool = True
+
+    @property
+    def n_tokens(self) -> int:
+        """Real (non-padding) tokens."""
+        return int(self.attention_mask.sum())
+
+
+def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id: int) -> PaddedBatch:
     """Pad some windows to their longest, on the right.
 
     Parameters
@@ -483,12 +515,8 @@ def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id:
 
     Returns
     -------
-    dict
-        ``input_ids``, ``attention_mask`` and ``content_mask`` (the segment, 1 or
-        2, of each non-special token the window counts; 0 elsewhere), each a
-        ``(len(windows), longest)`` int64 tensor on the CPU; ``bounds``, the
-        positions of each segment's opening and closing special tokens,
-        ``(len(windows), segments, 2)``; for sentence pairs also ``token_type_ids``.
+    PaddedBatch
+        On the CPU.
     """
     width = max(len(w.token_indices) for w in windows)
     n = len(windows)
@@ -498,21 +526,17 @@ def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id:
     content_mask = np.zeros((n, width), dtype=np.int64)
     type_ids = np.zeros((n, width), dtype=np.int64)
     bounds = np.zeros((n, 2 if pairs else 1, 2), dtype=np.int64)
+    lengths = np.empty(n, dtype=np.int64)
     for row, window in enumerate(windows):
         text = tokenized[window.text]
-        length = len(window.token_indices)
+        length = lengths[row] = len(window.token_indices)
         input_ids[row, :length] = text.ids[window.token_indices]
         attention_mask[row, :length] = 1
         content_mask[row, :length] = window_segments(text, window)
         bounds[row] = segment_bounds(text.special[window.token_indices], pairs)
         if pairs:
             type_ids[row, :length] = text.type_ids[window.token_indices]
-    batch = {
-        "input_ids": torch.from_numpy(input_ids),
-        "attention_mask": torch.from_numpy(attention_mask),
-        "content_mask": torch.from_numpy(content_mask),
-        "bounds": torch.from_numpy(bounds),
-    }
-    if pairs:
-        batch["token_type_ids"] = torch.from_numpy(type_ids)
-    return batch
+    return PaddedBatch(
+        torch.from_numpy(input_ids), torch.from_numpy(attention_mask), torch.from_numpy(content_mask),
+        torch.from_numpy(bounds), torch.from_numpy(type_ids) if pairs else None, bool((lengths < width).any()),
+    )

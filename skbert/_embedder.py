@@ -21,14 +21,14 @@ from sklearn.utils.validation import check_is_fitted
 from ._cache import check_cache_location, store_for
 from ._device import resolve_device, resolve_dtype
 from ._encoding import TOTALS, EncodingReport
-from ._models import LoadedModel, load_model, model_fingerprint
-from ._openvino import runtime_for, wanted
+from ._models import LoadedModel, load_model
 from ._options import EncodingOptions, encoding_options
+from ._runtimes import choose_runtime, wanted_runtime
 from ._pooling import expand_pooling
 from ._report import call_report, progress_bar
 from ._settings import PARAMETER_CONSTRAINTS, fitted_settings, unused_parameters
-from ._source import Request, StatisticsSource
-from ._statistics import feature_names, kinds_needed, pool_features
+from ._source import StatisticsSource
+from ._spec import PoolingSpec
 from ._token_level import check_words, token_feature_names, token_records, word_vectors
 from ._tokens import TokenEmbeddings
 from ._validation import validate_pairs, validate_texts
@@ -233,10 +233,10 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         for name, value in fitted_settings(params, modes, loaded).items():
             setattr(self, name, value)
         start = time.perf_counter()
-        self.runtime_ = runtime_for(loaded, self.precision, self.attention)  # converts and compiles here, once per process
+        self.runtime_ = choose_runtime(loaded, self.precision, self.attention).name  # converts and compiles, once
         self.runtime_setup_s_ = time.perf_counter() - start
         if self.cache is not None:
-            model_fingerprint(loaded)  # the cache's keys need it: computed once per process, with the loading
+            loaded.fingerprint()  # the cache's keys need it: computed once per process, with the loading
         return self
 
     def fit_transform(self, X, y=None):
@@ -290,22 +290,19 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         texts = self._read(X)
         encoding = EncodingReport()
-        request = Request(kinds_needed(self.pooling_modes_), self.layer_indices_, "pooler" in self.pooling_modes_)
+        spec = self._pooling()
         loaded = self._load()
         source = StatisticsSource(loaded, self._store(), self._options(loaded))
-        n_unique, inverse, batches = source.statistics(texts, request, encoding)
-        output = np.empty((n_unique, len(self.get_feature_names_out())), dtype=np.float32)
+        n_unique, inverse, batches = source.statistics(texts, spec.request, encoding)
+        output = np.empty((n_unique, spec.width), dtype=np.float32)
         n_tokens = np.zeros(n_unique, dtype=np.int64)
         with progress_bar(n_unique, self.show_progress) as bar:
             for batch in batches:
-                output[batch.positions] = pool_features(batch, self.pooling_modes_, self.layer_indices_,
-                                                        self.layer_aggregation, self.include_special_tokens,
-                                                        self.segments_, self.special_layout_.shared_boundary)
+                output[batch.positions] = spec.pool(batch)
                 n_tokens[batch.positions] = batch.n_tokens
                 bar.update(len(batch.positions))
         report = self._call_report(encoding, len(texts), n_unique, int((n_tokens[inverse] > self.max_length_).sum()))
-        if self.normalize:
-            output /= np.maximum(np.linalg.norm(output, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+        output = spec.finish(output)
         return (output if n_unique == len(texts) else output[inverse]), report
 
     def transform_tokens(self, X) -> TokenEmbeddings:
@@ -417,9 +414,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
             averaged layers, ``"a_mean_layer12_0"`` for side A of a pair.
         """
         check_is_fitted(self)
-        names = feature_names(self.pooling_modes_, self.layer_indices_, self.layer_aggregation, self.hidden_size_,
-                              self.segments_)
-        return np.asarray(names, dtype=object)
+        return np.asarray(self._pooling().feature_names(), dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -445,7 +440,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                 self.precision_ = str(resolve_dtype(self.precision, device)).removeprefix("torch.")
         if "runtime_" in state:
             on = self.device_.split(":")[0]  # "cpu", "cuda:1" -> its type
-            self.runtime_ = "openvino" if wanted(self.precision, self.attention, on) else "torch"
+            self.runtime_ = wanted_runtime(self.precision, self.attention, on)
 
     # -- what every method reaches the work through --------------------------------------
 
@@ -462,10 +457,19 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     def _options(self, loaded: LoadedModel) -> EncodingOptions:
         """The fitted encoding options on the loaded model's device."""
         return encoding_options(
-            max_length=self.max_length_, long_text=self.long_text, stride=self.stride_, precision=self.precision,
-            batch_size=self.batch_size, token_budget=self.token_budget, attention=self.attention,
-            device=loaded.device, packing_blocker=loaded.packing_blocker,
-            runtime=runtime_for(loaded, self.precision, self.attention),
+            loaded, max_length=self.max_length_, long_text=self.long_text, stride=self.stride_,
+            precision=self.precision, batch_size=self.batch_size, token_budget=self.token_budget,
+            attention=self.attention,
+        )
+
+    def _pooling(self) -> PoolingSpec:
+        """How the fitted estimator pools (:class:`~skbert._spec.PoolingSpec`), read off its fitted attributes
+        and parameters once per call, as a vectorizer builds its analyzer."""
+        return PoolingSpec(
+            modes=self.pooling_modes_, layer_indices=self.layer_indices_, aggregation=self.layer_aggregation,
+            include_special_tokens=self.include_special_tokens, segments=self.segments_,
+            shared_boundary=self.special_layout_.shared_boundary, hidden_size=self.hidden_size_,
+            normalize=self.normalize,
         )
 
     def _store(self):

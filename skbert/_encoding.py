@@ -24,19 +24,16 @@ import torch
 
 from ._batching import (
     BatchLimits,
-    TextTokenizer,
     TokenizedText,
     Window,
-    collate,
     length_sorted_batches,
     make_windows,
     n_segments,
     window_segments,
 )
 from ._device import one_thread_after_fork
-from ._models import LoadedModel, apply_pooler, model_to_depth, read_depth
+from ._models import LoadedModel
 from ._options import EncodingOptions
-from ._packing import forward_packed, is_packed, pack, unpack
 from ._statistics import KINDS, Statistics, finish_texts, window_statistics
 from ._transfer import PendingCopy, Transfers, one_batch_behind
 
@@ -106,116 +103,49 @@ def _count(report: EncodingReport, **increments: int) -> None:
     TOTALS.add(**increments)
 
 
-_TOKENIZERS: dict[int, tuple[object, TextTokenizer]] = {}
-_TOKENIZERS_LOCK = threading.Lock()
-
-
-def text_tokenizer(loaded: LoadedModel) -> TextTokenizer:
-    """The bulk tokenizer for a loaded model, made once per process."""
-    with _TOKENIZERS_LOCK:
-        entry = _TOKENIZERS.get(id(loaded.tokenizer))
-        if entry is None or entry[0] is not loaded.tokenizer:
-            entry = (loaded.tokenizer, TextTokenizer(loaded.tokenizer, loaded.layout))
-            _TOKENIZERS[id(loaded.tokenizer)] = entry
-        return entry[1]
-
-
 def _is_oom(error: BaseException) -> bool:
     oom = getattr(torch.cuda, "OutOfMemoryError", ())
     return (oom and isinstance(error, oom)) or "out of memory" in str(error).lower()
 
 
-def _forward(loaded: LoadedModel, batch: dict[str, torch.Tensor], transfers: Transfers, depth: int | None = None,
-             runtime: str = "torch"):
-    """Run the model on a padded or packed batch on its device; returns the output and the moved masks.
-
-    A padded batch without padding runs with no attention mask at all, which lets
-    the attention kernels take their fast, unmasked path. ``depth``: the highest
-    hidden state the caller reads; the layers above it are not run where the family
-    allows (:func:`~skbert._models.model_to_depth`). ``runtime="openvino"`` runs a
-    padded batch through OpenVINO (:mod:`skbert._openvino`), torch where it cannot.
-    """
-    on_device = transfers.to_device(batch)
-    packed = is_packed(batch)
-    if runtime == "openvino" and not packed:
-        from ._openvino import run
-
-        output = run(loaded, on_device, depth)
-        if output is not None:
-            return output, on_device
-    model = loaded.model if depth is None else model_to_depth(loaded, depth)
-    if packed:
-        return forward_packed(model, on_device, loaded.position_offset, loaded.has_token_types), on_device
-    unpadded = bool(batch["attention_mask"].all())
-    output = model(
-        input_ids=on_device["input_ids"],
-        attention_mask=None if unpadded else on_device["attention_mask"],
-        # sentence pairs, where the model has token types; None: all type 0
-        token_type_ids=on_device.get("token_type_ids") if loaded.has_token_types else None,
-        output_hidden_states=True,
-        return_dict=True,
-    )
-    return output, on_device
-
-
-class PaddedStates:
-    """A forward's hidden states in its batch's padded layout ``(n, longest, d)``: a padded batch's as they are,
-    a packed batch's unpacked (:func:`~skbert._packing.unpack`) when first read, so that one reduction serves both."""
-
-    def __init__(self, output, batch: dict[str, torch.Tensor]):
-        self._states, self._batch, self._unpacked = output.hidden_states, batch, {}
-        self._packed = is_packed(batch)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if not self._packed:
-            return self._states[index]
-        index %= len(self._states)
-        if index not in self._unpacked:
-            self._unpacked[index] = unpack(self._states[index], self._batch)
-        return self._unpacked[index]
-
-
 def run_batches(
     loaded: LoadedModel,
+    runtime,
     tokenized: list[TokenizedText],
     windows: list[Window],
     reduce: Callable,
     report: EncodingReport,
     limits: BatchLimits | None = None,
-    packed: bool = False,
     transfers: Transfers | None = None,
     depth: int | None = None,
-    runtime: str = "torch",
 ) -> Iterator[tuple[list[Window], PendingCopy]]:
-    """Run ``reduce(output, masks)`` on one batch of windows, splitting it on out-of-memory errors.
+    """Run ``reduce(hidden_states, batch)`` on one batch of windows, splitting it on out-of-memory errors.
 
     Parameters
     ----------
     loaded : LoadedModel
+    runtime : TorchPadded, TorchPacked or OpenVINO
+        What makes the batch and runs the model (:mod:`skbert._runtimes`).
     tokenized : list of TokenizedText
     windows : list of Window
         One batch, longest first.
     reduce : callable
-        ``reduce(model_output, masks_on_device) -> Tensor``, run under inference mode;
-        its result is copied to the host.
+        ``reduce(hidden_states, batch_on_device) -> Tensor``, run under inference mode,
+        with the hidden states in the batch's padded layout whatever the runtime; its
+        result is copied to the host.
     report : EncodingReport
         Updated with the rows and tokens run and any split.
     limits : BatchLimits, optional
         Lowered to half a batch that ran out of memory; every part still waiting
         (halves of a failed batch included) is cut to the limits as they stand when
-        it runs, so nothing runs again at a size that already failed. Without it, a
-        failed batch is halved.
-    packed : bool, default=False
-        Run the windows packed into one row (:mod:`skbert._packing`); ``reduce``
-        then gets the packed batch, whose hidden states :class:`PaddedStates` lays
-        out as a padded batch's.
+        it runs, so nothing runs again at a size that already failed, and the model's
+        later calls start below it (:class:`~skbert._batching.BatchCeiling`). Without
+        it, a failed batch is halved.
     transfers : Transfers, optional
         The call's copies between host and device (made for the model's device if
         not given).
     depth : int, optional
         The highest hidden state ``reduce`` reads (None: all of them run).
-    runtime : {"torch", "openvino"}, default="torch"
-        What runs the model.
 
     Yields
     ------
@@ -224,7 +154,6 @@ def run_batches(
         copy of ``reduce``'s result to the host, maybe still running.
     """
     transfers = Transfers.for_device(loaded.device) if transfers is None else transfers
-    pad_id = 0 if loaded.tokenizer.pad_token_id is None else loaded.tokenizer.pad_token_id
     pending = [windows]
     while pending:
         part = pending.pop(0)
@@ -232,10 +161,11 @@ def run_batches(
         if rows < len(part):
             pending[:0] = [part[i : i + rows] for i in range(0, len(part), rows)]
             continue
-        batch = pack(tokenized, part, pad_id) if packed else collate(tokenized, part, pad_id)
+        batch = runtime.batch(tokenized, part)
         try:
             with torch.inference_mode():
-                result = transfers.to_host(reduce(*_forward(loaded, batch, transfers, depth, runtime)))
+                on_device = transfers.to_device(batch)
+                result = transfers.to_host(reduce(runtime.hidden_states(on_device, depth), on_device))
         except (RuntimeError, MemoryError) as error:
             if len(part) == 1 or not _is_oom(error):
                 raise
@@ -250,7 +180,7 @@ def run_batches(
             half = len(part) // 2
             pending[:0] = [part[:half], part[half:]]
             continue
-        _count(report, n_tokens=int(batch["attention_mask"].sum()))
+        _count(report, n_tokens=batch.n_tokens)
         yield part, result
 
 
@@ -260,7 +190,7 @@ def _chunks(loaded, texts, max_length, long_text, stride, report, check_layout=T
 
     With ``check_layout`` every text must have BERT's special-token layout (statistics rely on it).
     """
-    tokenizer = text_tokenizer(loaded)
+    tokenizer = loaded.text_tokenizer()
     layout = loaded.layout
     pair_layout = layout.pair or (1, 1, 1)  # no pair template: single texts only (pairs are refused at fit)
 
@@ -320,10 +250,8 @@ def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *,
         been queued: see :mod:`skbert._transfer`).
     """
     one_thread_after_fork()
-    if options.runtime == "openvino":  # made before the first batch, so its cost is reported apart
-        from ._openvino import prepare
-
-        report.runtime_setup_s += prepare(loaded, depth)
+    runtime = options.runtime
+    report.runtime_setup_s += runtime.prepare(depth)  # made before the first batch, so its cost is reported apart
     caps = [c for c in (options.batch_size, row_bytes and max(1, OUTPUT_BYTES_PER_BATCH // row_bytes)) if c]
     budget = options.token_budget
     if token_bytes:  # an output per token (token vectors): the budget also caps what a batch hands back
@@ -338,8 +266,8 @@ def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *,
             lengths = np.fromiter((len(w.token_indices) for w in windows), dtype=np.int64, count=len(windows))
             for batch in length_sorted_batches(lengths, limits):
                 batch_windows = [windows[i] for i in batch]
-                for done, copy in run_batches(loaded, tokenized, batch_windows, reduce, report, limits,
-                                              options.packed, transfers, depth, options.runtime):
+                for done, copy in run_batches(loaded, runtime, tokenized, batch_windows, reduce, report, limits,
+                                              transfers, depth):
                     yield (start, tokenized, n_windows, done), copy
 
     for (start, tokenized, n_windows, done), result in one_batch_behind(started()):
@@ -375,14 +303,14 @@ def iter_statistics(
 
     Only the hidden states in ``layers`` and the ``kinds`` asked for are computed
     and leave the device, and the encoder stops at the highest of those layers
-    (:func:`~skbert._models.model_to_depth`; all of them run for the pooler).
+    (:meth:`~skbert._models.LoadedModel.view`; all of them run for the pooler).
 
     Parameters
     ----------
     loaded : LoadedModel
     texts : list of str, or list of (str, str)
         Single texts, or sentence pairs (A, B) encoded in the tokenizer's pair
-        layout (truncated as Hugging Face's ``longest_first``).
+        layout (truncated as the tokenizer's own ``longest_first`` truncates them).
     layers : tuple of int
         Hidden states to keep (0 is the embedding layer).
     kinds : tuple of str, default=KINDS
@@ -391,9 +319,9 @@ def iter_statistics(
     with_pooler : bool, default=False
         Also return the model's pooler output (it must have one).
     options : EncodingOptions
-        The window, the long-text strategy and batching; with ``options.packed``
-        each batch's windows run packed into one row with no padding
-        (:mod:`skbert._packing`). ``options.stored`` is the cache's business, not this.
+        The window, the long-text strategy, batching and the runtime
+        (:mod:`skbert._runtimes`: padded or packed batches, torch or OpenVINO).
+        ``options.stored`` is the cache's business, not this.
     report : EncodingReport, optional
         Filled in with counts.
 
@@ -405,14 +333,13 @@ def iter_statistics(
     report = EncodingReport() if report is None else report
     layers, kinds = tuple(layers), tuple(kinds)
 
-    def reduce(output, batch):
-        states = PaddedStates(output, batch)
-        values = window_statistics([states[i] for i in layers], batch["attention_mask"], batch["content_mask"],
-                                   kinds, batch["bounds"])
+    def reduce(states, batch):  # the same for every runtime: the states are in the batch's padded layout
+        values = window_statistics([states[i] for i in layers], batch.attention_mask, batch.content_mask, kinds,
+                                   batch.bounds)
         if not with_pooler:
             return values.flatten(1)
         # one device-to-host copy for the whole batch
-        return torch.cat([values.flatten(1), apply_pooler(loaded.model, states[-1][:, 0]).float()], dim=1)
+        return torch.cat([values.flatten(1), loaded.pooler_output(states[-1][:, 0]).float()], dim=1)
 
     def finished(positions, texts_of, values, content, text_of_window, pooler):
         finals, n_content = finish_texts(values, content, text_of_window, len(positions), kinds)
@@ -423,7 +350,7 @@ def iter_statistics(
     width = loaded.hidden_size
     segments = n_segments(texts)
     row_bytes = 4 * width * (segments * len(kinds) * len(layers) + with_pooler)
-    depth = read_depth(loaded, layers, with_pooler)  # the layers above are not run
+    depth = loaded.reads(layers, with_pooler)  # the layers above are not run
     shape = (segments, len(kinds), len(layers), width)
     n_values = int(np.prod(shape))
     for start, tokenized, n_windows, done, flat in _encoded_windows(loaded, texts, reduce, report, options,
@@ -494,13 +421,13 @@ def iter_token_vectors(
     report = EncodingReport() if report is None else report
     selected = list(layer_indices)
 
-    def reduce(output, masks):
-        return torch.stack([output.hidden_states[i] for i in selected], dim=1).float()
+    def reduce(states, batch):
+        return torch.stack([states[i] for i in selected], dim=1).float()
 
     partial: dict[int, list] = {}  # each text's windows, until all are done
-    # token vectors need no particular layout, and always run padded
+    # token vectors need no particular layout
     token_bytes = 4 * len(selected) * loaded.hidden_size  # float32 vectors of every selected layer
-    for start, tokenized, n_windows, done, states in _encoded_windows(loaded, texts, reduce, report, options.padded(),
+    for start, tokenized, n_windows, done, states in _encoded_windows(loaded, texts, reduce, report, options,
                                                                       token_bytes=token_bytes, check_layout=False,
                                                                       depth=max(selected)):
         for row, window in enumerate(done):

@@ -10,7 +10,8 @@ A model name is resolved in this order:
 
 Loaded models live in a process-level registry keyed by
 (source, revision, device, dtype), so clones of an estimator, and every grid point
-of a search, share one copy of the weights.
+of a search, share one copy of the weights; each :class:`LoadedModel` keeps what is
+derived from it (tokenizer, fingerprint, cut views, compiled networks).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import importlib.util
 import json
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ._batching import BatchCeiling
+from ._batching import BatchCeiling, TextTokenizer
+from ._depth import cut_model, stop_layer
 from ._device import one_thread_after_fork
 from ._layout import special_layout
 from ._packing import packing_blocker, route_attention, transformers_passes_lengths, varlen_kernel
@@ -154,6 +157,9 @@ class LoadedModel:
         can (:func:`~skbert._packing.packing_blocker`; decided once, at loading).
     batch_ceiling : BatchCeiling
         The token budget its device ran out of memory above, for every later call.
+    derived : Derived
+        What is derived from it on first use: the bulk tokenizer, the fingerprint,
+        cut views, OpenVINO's networks.
     """
 
     model: torch.nn.Module
@@ -172,6 +178,87 @@ class LoadedModel:
     has_token_types: bool = True
     packing_blocker: str | None = None
     batch_ceiling: BatchCeiling = field(default_factory=BatchCeiling, compare=False, repr=False)
+    derived: Derived = field(default_factory=lambda: Derived(), compare=False, repr=False)
+
+    def reads(self, layers, pooler: bool) -> int:
+        """The highest hidden state a call reads: the last for the pooler (it pools the last layer's output),
+        else the highest of ``layers``."""
+        return self.n_layers if pooler else max(layers)
+
+    def stops_at(self, depth: int) -> int:
+        """The layer the encoder stops at for a call reading hidden states up to ``depth``
+        (:func:`~skbert._depth.stop_layer`): ``depth`` (at least 1) where the family can be cut, else the last."""
+        return stop_layer(self.model.config.model_type, self.n_layers, depth)
+
+    def view(self, depth: int) -> torch.nn.Module:
+        """The model cut after the layer :meth:`stops_at` gives for ``depth`` (the whole model at the last),
+        made once per depth (:func:`~skbert._depth.cut_model`) and kept."""
+        depth = self.stops_at(depth)
+        if depth == self.n_layers:
+            return self.model
+        with self.derived.lock:
+            view = self.derived.views.get(depth)
+            if view is None:  # the whole model where it cannot be cut: not looked for again
+                view = self.derived.views[depth] = cut_model(self.model, self.n_layers, depth)
+        return view
+
+    def fingerprint(self) -> bytes:
+        """A digest of the weights and tokenizer, computed once (32 bytes).
+
+        Two copies of the same model anywhere on disk, or from the hub, get the same
+        fingerprint; any change to a weight or to the tokenizer changes it.
+        """
+        with self.derived.lock:
+            if self.derived.fingerprint is None:
+                self.derived.fingerprint = _weights_digest(self.model, self.tokenizer, self.quantized)
+            return self.derived.fingerprint
+
+    def text_tokenizer(self) -> TextTokenizer:
+        """The bulk tokenizer (:class:`~skbert._batching.TextTokenizer`), made once."""
+        with self.derived.lock:
+            if self.derived.text_tokenizer is None:
+                self.derived.text_tokenizer = TextTokenizer(self.tokenizer, self.layout)
+            return self.derived.text_tokenizer
+
+    def pooler_output(self, first: torch.Tensor) -> torch.Tensor:
+        """The model's pooler on each window's first token: ``first`` is ``(n, d)``, the last hidden state at
+        [CLS]. The one pooler for every batch layout and runtime: BERT's (and RoBERTa's) is a module that pools
+        position 0 of what it is given; ALBERT's is a Linear with a separate ``pooler_activation``."""
+        pooler = self.model.pooler
+        first = first.to(next(pooler.parameters()).dtype)
+        if isinstance(pooler, torch.nn.Linear):  # ALBERT
+            return self.model.pooler_activation(pooler(first))
+        return pooler(first.unsqueeze(1))
+
+
+class Derived:
+    """What is derived from one loaded model, made on first use and kept with it (so nothing is keyed by
+    ``id()`` in a process-wide table, and it goes when the model goes).
+
+    Attributes
+    ----------
+    lock : threading.RLock
+    text_tokenizer : TextTokenizer or None
+    fingerprint : bytes or None
+    views : dict
+        Depth -> the model cut there (:meth:`LoadedModel.view`).
+    networks : OrderedDict
+        Stopping layer -> OpenVINO's compiled network (:mod:`skbert._openvino`), least
+        recently used first.
+    failed : set
+        Stopping layers OpenVINO could not convert.
+    broken : bool
+        OpenVINO failed while running this model: every later batch runs in torch.
+    """
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.text_tokenizer = None
+        self.fingerprint = None
+        self.views: dict[int, torch.nn.Module] = {}
+        self.networks: OrderedDict = OrderedDict()
+        self.failed: set = set()
+        self.broken = False
 
 
 _REGISTRY: dict[tuple, LoadedModel] = {}
@@ -207,120 +294,6 @@ OFFSET_POSITION_FAMILIES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl"
 #: the padded numbers: checked for each in the tests. Others (DeBERTa's disentangled attention, ModernBERT's
 #: local windows) run padded whatever ``attention`` says.
 PACKED_FAMILIES = frozenset({"bert", "distilbert", "albert", "electra", "roberta", "xlm-roberta", "camembert"})
-
-
-#: Families whose model may be cut after the highest layer a call reads (hidden state k is layer k's
-#: output as it is): not ALBERT (one shared layer) nor ModernBERT (a final norm after the last layer).
-PARTIAL_DEPTH_FAMILIES = frozenset({"bert", "distilbert", "electra", "deberta-v2", "roberta", "xlm-roberta",
-                                    "camembert"})
-_DEPTHS: dict[tuple[int, int], tuple[LoadedModel, torch.nn.Module]] = {}
-
-
-def _layer_list(model: torch.nn.Module, n_layers: int) -> str | None:
-    """The dotted name of the model's list of encoder layers (the one ModuleList of that length)."""
-    found = [name for name, module in model.named_modules()
-             if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers]
-    return found[0] if len(found) == 1 else None
-
-
-def read_depth(loaded: LoadedModel, layers, pooler: bool) -> int:
-    """The highest hidden state a call reads: the last for the pooler (it pools the last layer's
-    output), else the highest of ``layers``."""
-    return loaded.n_layers if pooler else max(layers)
-
-
-def stop_depth(loaded: LoadedModel, depth: int) -> int:
-    """The layer the encoder stops at for a call reading hidden states up to ``depth``:
-    ``depth`` itself (at least 1) where the family can be cut (:func:`model_to_depth`),
-    the last layer otherwise."""
-    if depth >= loaded.n_layers or loaded.model.config.model_type not in PARTIAL_DEPTH_FAMILIES:
-        return loaded.n_layers
-    return max(1, depth)
-
-
-def model_to_depth(loaded: LoadedModel, depth: int) -> torch.nn.Module:
-    """The model cut after encoder layer ``depth``: hidden states ``0..depth`` at ``depth / n_layers`` of the cost.
-
-    A view that shares every weight with the loaded model (the modules on the way to
-    the layer list are shallow copies, the list a shorter one), made once per depth
-    and process; the loaded model itself is never changed, so calls at other depths
-    and other threads are unaffected. Families not in :data:`PARTIAL_DEPTH_FAMILIES`,
-    and ``depth >= n_layers``, get the whole model.
-    """
-    depth = stop_depth(loaded, depth)  # the embedding layer alone: one layer runs (transformers records none without)
-    if depth == loaded.n_layers:
-        return loaded.model
-    key = (id(loaded), depth)
-    with _REGISTRY_LOCK:
-        known = _DEPTHS.get(key)
-        if known is not None and known[0] is loaded:
-            return known[1]
-        name = _layer_list(loaded.model, loaded.n_layers)
-        view = loaded.model if name is None else _checked_view(loaded, name, depth)
-        _DEPTHS[key] = (loaded, view)  # the whole model where it cannot be cut: not looked for again
-    return view
-
-
-def _checked_view(loaded: LoadedModel, name: str, depth: int) -> torch.nn.Module:
-    """The view cut at ``depth`` if, on a probe input, it reads the whole model's first hidden states and
-    leaves the whole model's unchanged; else the whole model."""
-    before = _probe(loaded.model)  # the model's own first forward, before any view exists
-    view = _view(loaded.model, name, depth)
-    shallow, after = _probe(view), _probe(loaded.model)
-    if (len(after) == len(before) == loaded.n_layers + 1 and len(shallow) == depth + 1
-            and all(_same(a, b) for a, b in zip(before, after)) and all(_same(a, b) for a, b in zip(before, shallow))):
-        return view
-    return loaded.model  # the view would change what the model reads: never cut this one
-
-
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-3)
-
-
-def _probe(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
-    """The hidden states of a two-token input (ids 0 and 1)."""
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        output = model(input_ids=torch.tensor([[0, 1]], device=device), output_hidden_states=True, return_dict=True)
-    return tuple(output.hidden_states)
-
-
-def _view(model: torch.nn.Module, name: str, depth: int) -> torch.nn.Module:
-    """A shallow copy of ``model`` whose layer list ``name`` holds its first ``depth`` layers.
-
-    transformers (5.x) records hidden states through forward hooks it installs on the
-    layer modules at a model's first forward, and marks the model as hooked; a view
-    copied after that forward shares both the hooked layers and the mark, so it
-    records through the same hooks. One copied before would install a second set on
-    the shared layers, and the whole model would record each of those layers twice:
-    the caller runs the model once first (:func:`_probe`).
-    """
-    import copy
-
-    view = copy.copy(model)
-    view._modules = dict(view._modules)
-    parent, path = view, name.split(".")
-    for part in path[:-1]:
-        child = copy.copy(parent._modules[part])
-        child._modules = dict(child._modules)
-        parent._modules[part] = child
-        parent = child
-    parent._modules[path[-1]] = torch.nn.ModuleList(list(parent._modules[path[-1]])[:depth])
-    return view
-
-
-def apply_pooler(model: torch.nn.Module, first: torch.Tensor) -> torch.Tensor:
-    """The model's pooler on each window's first token: ``first`` is ``(n, d)``, the last hidden state at [CLS].
-
-    The one pooler for every batch layout and runtime. BERT's pooler (and RoBERTa's,
-    ELECTRA's where present) is a module that pools position 0 of what it is given;
-    ALBERT's is a Linear with a separate ``pooler_activation``.
-    """
-    pooler = model.pooler
-    first = first.to(next(pooler.parameters()).dtype)
-    if isinstance(pooler, torch.nn.Linear):  # ALBERT
-        return model.pooler_activation(pooler(first))
-    return pooler(first.unsqueeze(1))
 
 
 def _position_offset(config) -> int:
@@ -482,9 +455,6 @@ def load_model(
     return loaded
 
 
-_FINGERPRINTS: dict[int, tuple[LoadedModel, bytes]] = {}
-
-
 def _digest_value(digest, value) -> None:
     """Feed a state-dict value (a tensor, a quantised tensor, a tuple of them, or other) to a hash."""
     if isinstance(value, (tuple, list)):
@@ -503,41 +473,21 @@ def _digest_value(digest, value) -> None:
         digest.update(repr(value).encode())
 
 
-def model_fingerprint(loaded: LoadedModel) -> bytes:
-    """A digest of a loaded model's weights and tokenizer, computed once per process.
-
-    Two copies of the same model anywhere on disk, or from the hub, get the same
-    fingerprint; any change to a weight or to the tokenizer changes it.
-
-    Parameters
-    ----------
-    loaded : LoadedModel
-
-    Returns
-    -------
-    bytes
-        32 bytes.
-    """
-    with _REGISTRY_LOCK:
-        known = _FINGERPRINTS.get(id(loaded))
-        if known is not None and known[0] is loaded:
-            return known[1]
+def _weights_digest(model: torch.nn.Module, tokenizer, quantized: bool) -> bytes:
+    """A digest of a model's class, configuration, weights and tokenizer (see :meth:`LoadedModel.fingerprint`)."""
     digest = hashlib.blake2b(digest_size=32)
-    digest.update(type(loaded.model).__name__.encode() + (b"int8" if loaded.quantized else b""))
-    config = {k: v for k, v in loaded.model.config.to_dict().items() if not k.startswith("_")}
+    digest.update(type(model).__name__.encode() + (b"int8" if quantized else b""))
+    config = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_")}
     config.pop("transformers_version", None)
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, value in loaded.model.state_dict().items():
+    for name, value in model.state_dict().items():
         digest.update(name.encode())
         _digest_value(digest, value)
-    backend = getattr(loaded.tokenizer, "backend_tokenizer", None)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:  # its truncation and padding settings change per call: leave them out
         tokenizer_state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
     else:
-        tokenizer_state = sorted(loaded.tokenizer.get_vocab().items())
+        tokenizer_state = sorted(tokenizer.get_vocab().items())
     tokenizer_state = json.dumps(tokenizer_state, sort_keys=True)
-    digest.update(type(loaded.tokenizer).__name__.encode() + tokenizer_state.encode())
-    fingerprint = digest.digest()
-    with _REGISTRY_LOCK:
-        _FINGERPRINTS[id(loaded)] = (loaded, fingerprint)
-    return fingerprint
+    digest.update(type(tokenizer).__name__.encode() + tokenizer_state.encode())
+    return digest.digest()

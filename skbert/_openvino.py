@@ -10,11 +10,13 @@ precision, packed attention and models it cannot convert run in torch eager, the
 reference; the runtime is part of every cache key (:mod:`skbert._options`), so entries
 of one are never served to the other.
 
-The converted model is kept per process and per (model, depth, token types): the whole
-model's always, the :data:`MAX_CUT_NETWORKS` most recently used cut ones, nothing on
-disk (conversion and compilation take a few seconds at ``fit``). A conversion that fails,
-or a runtime that cannot load, warns once and the call runs in torch; a network that fails
-while running warns once, and that batch and every later one of the model run in torch.
+The converted networks are kept with the loaded model (:class:`~skbert._models.Derived`),
+one per layer it stops at: the whole model's always, the :data:`MAX_CUT_NETWORKS` most
+recently used cut ones, nothing on disk (conversion and compilation take a few seconds
+at ``fit``). A conversion that fails, or a runtime that cannot load, warns once and the
+call runs in torch; a network that fails while running warns once, and that batch and
+every later one of the model run in torch. Which runtime a call uses is chosen in one
+place, :func:`~skbert._runtimes.choose_runtime`.
 """
 
 from __future__ import annotations
@@ -22,23 +24,17 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
-import threading
 import time
 import warnings
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from ._warnings import warn_user
 
-_COMPILED: dict[tuple, tuple] = {}  # key -> (owner, compiled model), least recently used first
 #: Cut networks (a model stopped at a shallower depth) kept per model: each holds its own copy of the
 #: weights of its layers, so a search over every depth would otherwise keep one per depth.
 MAX_CUT_NETWORKS = 2
-_FAILED: dict[tuple, object] = {}  # key -> owner
-_BROKEN: list = []  # loaded models OpenVINO failed to run: every depth of them runs in torch
-_LOCK = threading.Lock()
 
 
 def available() -> bool:
@@ -67,84 +63,57 @@ class _Wrapped(torch.nn.Module):
         return tuple(output.hidden_states)
 
 
-def compiled(model: torch.nn.Module, key: tuple, token_types: bool, bf16: bool, owner=None):
-    """The model converted and compiled for this CPU (once per process and key), or None if it cannot be.
+def convert(model: torch.nn.Module, token_types: bool, bf16: bool):
+    """The model converted and compiled for this CPU.
 
     Parameters
     ----------
     model : torch.nn.Module
         On the CPU (the view cut at the call's depth, or the whole model); converted
         from a float32 copy, which is let go once compiled.
-    key : tuple
-        What identifies it in this process.
     token_types : bool
         Whether it takes token type ids.
     bf16 : bool
         Compute in bfloat16 (where the CPU has it natively), else float32.
-    owner : object, optional
-        What the key's ids refer to (the loaded model): kept with the result, and a
-        result whose owner is not this object (an id reused after the first was let
-        go) is never served.
+
+    Raises
+    ------
+    Exception
+        Whatever OpenVINO raises for a model it cannot convert or a CPU it cannot use.
     """
-    with _LOCK:
-        known = _COMPILED.get(key)
-        if known is not None and known[0] is owner:
-            _COMPILED[key] = _COMPILED.pop(key)  # now the most recently used
-            return known[1]
-        if key in _FAILED and _FAILED[key] is owner:
-            return None
-        try:
-            import openvino
+    import openvino
 
-            # a padded example: tracing must take the masked path (an all-ones mask may be dropped as "no padding")
-            mask = torch.ones(2, 8, dtype=torch.int64)
-            mask[1, 5:] = 0
-            example = {"input_ids": torch.ones(2, 8, dtype=torch.int64), "attention_mask": mask}
-            inputs = [("input_ids", [-1, -1], openvino.Type.i64), ("attention_mask", [-1, -1], openvino.Type.i64)]
-            if token_types:
-                example["token_type_ids"] = torch.zeros(2, 8, dtype=torch.int64)
-                inputs.append(("token_type_ids", [-1, -1], openvino.Type.i64))
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # tracing notices
-                float_copy = copy.deepcopy(model).float().eval()
-                converted = openvino.convert_model(_Wrapped(float_copy, token_types).eval(),
-                                                   example_input=example,
-                                                   input=[openvino.PartialShape(shape) for _, shape, _ in inputs])
-                del float_copy
-            for port, (name, _, _) in zip(converted.inputs, inputs):
-                port.get_tensor().set_names({name})
-            config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY",
-                      "INFERENCE_NUM_THREADS": str(torch.get_num_threads())}
-            result = openvino.Core().compile_model(converted, "CPU", config)
-        except Exception as error:  # not installed after all, a model it cannot convert, a CPU it cannot use
-            _FAILED[key] = owner
-            warn_user(f"skbert could not run this model through OpenVINO ({type(error).__name__}: "
-                      f"{str(error)[:200]}); it runs in torch instead. Results are not affected.")
-            return None
-        _COMPILED[key] = (owner, result)
-        _forget_old_cuts(owner)
-        return result
-
-
-def _forget_old_cuts(owner) -> None:
-    """Drop the least recently used cut networks of ``owner`` beyond :data:`MAX_CUT_NETWORKS` (under the lock);
-    the whole model's network always stays."""
-    n_layers = getattr(owner, "n_layers", None)
-    cuts = [key for key, (known, _) in _COMPILED.items() if known is owner and key[1] != n_layers]
-    for key in cuts[: max(0, len(cuts) - MAX_CUT_NETWORKS)]:
-        del _COMPILED[key]
-
-
-def forward(network, batch: dict[str, torch.Tensor], token_types: bool):
-    """Run a compiled model on a padded batch; the output has ``hidden_states`` like a transformers model's."""
-    feed = {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()}
+    # a padded example: tracing must take the masked path (an all-ones mask may be dropped as "no padding")
+    mask = torch.ones(2, 8, dtype=torch.int64)
+    mask[1, 5:] = 0
+    example = {"input_ids": torch.ones(2, 8, dtype=torch.int64), "attention_mask": mask}
+    inputs = [("input_ids", [-1, -1], openvino.Type.i64), ("attention_mask", [-1, -1], openvino.Type.i64)]
     if token_types:
-        token_type_ids = batch.get("token_type_ids")
-        feed["token_type_ids"] = (np.zeros_like(feed["input_ids"]) if token_type_ids is None
-                                  else token_type_ids.numpy())
+        example["token_type_ids"] = torch.zeros(2, 8, dtype=torch.int64)
+        inputs.append(("token_type_ids", [-1, -1], openvino.Type.i64))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracing notices
+        float_copy = copy.deepcopy(model).float().eval()
+        converted = openvino.convert_model(_Wrapped(float_copy, token_types).eval(), example_input=example,
+                                           input=[openvino.PartialShape(shape) for _, shape, _ in inputs])
+        del float_copy
+    for port, (name, _, _) in zip(converted.inputs, inputs):
+        port.get_tensor().set_names({name})
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_NUM_THREADS": str(torch.get_num_threads())}
+    return openvino.Core().compile_model(converted, "CPU", config)
+
+
+def forward(network, batch, token_types: bool):
+    """Run a compiled model on a padded batch (:class:`~skbert._batching.PaddedBatch`); returns its hidden
+    states, a sequence of tensors like a transformers model's."""
+    feed = {"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy()}
+    if token_types:
+        feed["token_type_ids"] = (np.zeros_like(feed["input_ids"]) if batch.token_type_ids is None
+                                  else batch.token_type_ids.numpy())
     request = network.create_infer_request()
     request.infer(feed, share_inputs=False, share_outputs=True)
-    return SimpleNamespace(hidden_states=_Outputs(request, len(network.outputs)))
+    return _Outputs(request, len(network.outputs))
 
 
 def _copied(request, index: int) -> torch.Tensor:
@@ -176,18 +145,33 @@ class _Outputs:
         return (self[i] for i in range(self._n))
 
 
-def _network(loaded, depth: int | None):
-    """The compiled model for a loaded model at a depth (None: all layers), or None where it cannot be."""
+def network(loaded, depth: int | None):
+    """The compiled model of a loaded model at a depth (None: all layers), made once and kept with the model,
+    or None where it cannot be (a failed conversion warns once; a model that failed while running is never
+    run here again)."""
     from ._device import cpu_has_native_bf16
-    from ._models import model_to_depth, stop_depth
 
-    with _LOCK:
-        if any(broken is loaded for broken in _BROKEN):
+    state = loaded.derived
+    stop = loaded.n_layers if depth is None else loaded.stops_at(depth)
+    with state.lock:
+        if state.broken or stop in state.failed:
             return None
-    model = loaded.model if depth is None else model_to_depth(loaded, depth)
-    full = model is loaded.model
-    key = (id(loaded), loaded.n_layers if full else stop_depth(loaded, depth), loaded.has_token_types)
-    return compiled(model, key, loaded.has_token_types, bf16=cpu_has_native_bf16(), owner=loaded)
+        known = state.networks.get(stop)
+        if known is not None:
+            state.networks.move_to_end(stop)  # now the most recently used
+            return known
+        try:
+            compiled = convert(loaded.view(stop), loaded.has_token_types, bf16=cpu_has_native_bf16())
+        except Exception as error:  # not installed after all, a model it cannot convert, a CPU it cannot use
+            state.failed.add(stop)
+            warn_user(f"skbert could not run this model through OpenVINO ({type(error).__name__}: "
+                      f"{str(error)[:200]}); it runs in torch instead. Results are not affected.")
+            return None
+        state.networks[stop] = compiled
+        cuts = [key for key in state.networks if key != loaded.n_layers]
+        for key in cuts[: max(0, len(cuts) - MAX_CUT_NETWORKS)]:  # the whole model's network always stays
+            del state.networks[key]
+        return compiled
 
 
 def wanted(precision: str, attention: str, device_type: str) -> bool:
@@ -196,41 +180,32 @@ def wanted(precision: str, attention: str, device_type: str) -> bool:
     return precision == "auto" and attention != "packed" and device_type == "cpu" and preferred()
 
 
-def runtime_for(loaded, precision: str, attention: str = "auto") -> str:
-    """``"openvino"`` where OpenVINO is :func:`wanted` and the model converts; else ``"torch"``. The
-    conversion happens here, once per process, so a model that cannot be converted is known before any
-    entry is keyed by the runtime."""
-    if loaded.quantized or not wanted(precision, attention, loaded.device.type):
-        return "torch"
-    return "torch" if _network(loaded, None) is None else "openvino"
-
-
 def prepare(loaded, depth: int | None) -> float:
-    """Convert and compile the network a call at ``depth`` runs, if this process has not yet; the
-    seconds it took (about 0 when it was made before, or cannot be)."""
+    """Convert and compile the network a call at ``depth`` runs, if not made yet; the seconds it took (about 0
+    when it was made before, or cannot be)."""
     start = time.perf_counter()
-    _network(loaded, depth)
+    network(loaded, depth)
     return time.perf_counter() - start
 
 
-def run(loaded, batch: dict[str, torch.Tensor], depth: int | None):
-    """A padded batch through OpenVINO, cut at ``depth`` where the family allows; None if it cannot run."""
-    network = _network(loaded, depth)
-    if network is None:
+def run(loaded, batch, depth: int | None):
+    """A padded batch through OpenVINO, cut at ``depth`` where the family allows: its hidden states, or None
+    if it cannot run (the caller runs torch)."""
+    compiled = network(loaded, depth)
+    if compiled is None:
         return None
     try:
-        return forward(network, batch, loaded.has_token_types)
+        return forward(compiled, batch, loaded.has_token_types)
     except Exception as error:  # e.g. an input shape it cannot run: never a crash mid-run
         _give_up(loaded, error)
         return None
 
 
 def _give_up(loaded, error: Exception) -> None:
-    """Forget every network of ``loaded`` and remember the failure: this batch and every later one
-    (:func:`runtime_for` then says torch) run in torch eager; warns once."""
-    with _LOCK:
-        for key in [key for key, (owner, _) in _COMPILED.items() if owner is loaded]:
-            del _COMPILED[key]
-        _BROKEN.append(loaded)
+    """Forget every network of ``loaded`` and remember the failure: this batch and every later one run in
+    torch eager; warns once."""
+    with loaded.derived.lock:
+        loaded.derived.networks.clear()
+        loaded.derived.broken = True
     warn_user(f"OpenVINO failed while running this model ({type(error).__name__}: {str(error)[:200]}); skbert "
               "runs it in torch eager from this batch on. Results are not affected.")

@@ -22,22 +22,25 @@ within float tolerance, and entries are shared across it.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 
 import torch
 
 from ._device import default_token_budget
 from ._entries import FORMAT_VERSION
-from ._models import LoadedModel, model_fingerprint
-from ._packing import use_packed
+from ._models import LoadedModel
+from ._runtimes import TorchPadded, choose_runtime
 
-def _keyed(when=True):
-    return field(metadata={"keyed": when})
+
+def _keyed(when=True, value=None):
+    """A field's metadata: whether it enters the key (a bool, or a function of the options), and, where the
+    field holds an object, the value of it that does."""
+    return field(metadata={"keyed": when, "value": value})
 
 
 @dataclass(frozen=True)
 class EncodingOptions:
-    """How texts are encoded: the window, long texts, batching and how entries are stored.
+    """How texts are encoded: the window, long texts, batching, the runtime and how entries are stored.
 
     Attributes
     ----------
@@ -55,11 +58,9 @@ class EncodingOptions:
         Windows per forward pass at most. Not keyed.
     token_budget : int
         Padded tokens per forward pass at most. Not keyed.
-    packed : bool
-        Batches packed into one row without padding. Not keyed.
-    runtime : {"torch", "openvino"}
-        What runs the model: torch eager (the reference), or OpenVINO's compiled
-        CPU kernels (:mod:`skbert._openvino`). Keyed: its numbers are its own.
+    runtime : TorchPadded, TorchPacked or OpenVINO
+        What runs the model (:mod:`skbert._runtimes`). Its name is keyed ("torch" or
+        "openvino": OpenVINO's numbers are its own); packed or padded is not.
     """
 
     max_length: int = _keyed()
@@ -68,21 +69,16 @@ class EncodingOptions:
     stored: str = _keyed()
     batch_size: int | None = _keyed(False)
     token_budget: int = _keyed(False)
-    packed: bool = _keyed(False)
-    runtime: str = _keyed()
+    runtime: TorchPadded = _keyed(value=lambda runtime: runtime.name)
 
     def keyed(self) -> dict:
-        """The fields that change the numbers, by name (those whose ``keyed`` holds for these options)."""
+        """The values that change the numbers, by field name (those whose ``keyed`` holds for these options)."""
         chosen = {}
         for item in fields(self):
-            when = item.metadata["keyed"]
+            when, value = item.metadata["keyed"], item.metadata["value"]
             if when(self) if callable(when) else when:
-                chosen[item.name] = getattr(self, item.name)
+                chosen[item.name] = getattr(self, item.name) if value is None else value(getattr(self, item.name))
         return chosen
-
-    def padded(self) -> EncodingOptions:
-        """The same options with padded batches (token vectors are never packed)."""
-        return replace(self, packed=False)
 
 
 def stored_dtype(precision: str) -> str:
@@ -90,37 +86,30 @@ def stored_dtype(precision: str) -> str:
     return "float32" if precision == "float32" else "float16"
 
 
-def encoding_options(*, max_length: int, long_text: str, stride: int, precision: str, batch_size, token_budget,
-                     attention: str, device: torch.device, packing_blocker: str | None = None,
-                     runtime: str = "torch") -> EncodingOptions:
-    """The options of a fitted estimator on the device its model was loaded on.
+def encoding_options(loaded: LoadedModel, *, max_length: int, long_text: str, stride: int, precision: str,
+                     batch_size, token_budget, attention: str) -> EncodingOptions:
+    """The options of a fitted estimator on the machine its model was loaded on.
 
     Parameters
     ----------
+    loaded : LoadedModel
+        The model, on its device and in its dtype.
     max_length, stride : int
         The fitted ``max_length_`` and ``stride_``.
     long_text, precision, attention : str
         The estimator's parameters.
     batch_size, token_budget : int or None
         The estimator's parameters (None: no row limit; the device's default budget).
-    device : torch.device
-        Where the model runs.
-    packing_blocker : str or None, default=None
-        Why the loaded model cannot run packed batches here
-        (:attr:`~skbert._models.LoadedModel.packing_blocker`; None: it can).
-    runtime : {"torch", "openvino"}, default="torch"
-        What runs the model (:func:`~skbert._openvino.runtime_for`); OpenVINO runs
-        padded batches only.
 
     Returns
     -------
     EncodingOptions
+        With the runtime :func:`~skbert._runtimes.choose_runtime` gives.
     """
-    packed = runtime == "torch" and use_packed(attention, device.type, packing_blocker)
     return EncodingOptions(
         max_length=int(max_length), long_text=long_text, stride=int(stride), stored=stored_dtype(precision),
-        batch_size=batch_size, token_budget=int(token_budget or default_token_budget(device)),
-        packed=packed, runtime=runtime,
+        batch_size=batch_size, token_budget=int(token_budget or default_token_budget(loaded.device)),
+        runtime=choose_runtime(loaded, precision, attention),
     )
 
 
@@ -157,6 +146,6 @@ def numbers_fingerprint(loaded: LoadedModel, options: EncodingOptions) -> bytes:
         "dtype": compute_dtype(loaded),
         **options.keyed(),
     }
-    digest = hashlib.blake2b(model_fingerprint(loaded), digest_size=32)
+    digest = hashlib.blake2b(loaded.fingerprint(), digest_size=32)
     digest.update(repr(sorted(described.items())).encode())
     return digest.digest()

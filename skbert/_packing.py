@@ -30,6 +30,7 @@ statistics and the pooler through the same code, with no atomic additions.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -203,71 +204,105 @@ def route_attention(model: torch.nn.Module) -> bool:
     return True
 
 
-def pack(tokenized: list[TokenizedText], windows: list[Window], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Concatenate some windows into one packed row, with their padded layout's masks.
+@dataclass(frozen=True)
+class PackedBatch:
+    """Some windows packed into one row, with their padded layout's masks (what the statistics are reduced in).
+
+    Attributes
+    ----------
+    attention_mask, content_mask, bounds : Tensor
+        As :class:`~skbert._batching.PaddedBatch`'s, for the same windows.
+    ids, positions, token_types : Tensor of int64, shape (1, total)
+        The windows' tokens in one row, positions restarting at 0 for each window.
+    index : Tensor of int64, shape (total,)
+        Where each packed token sits in the padded layout (row x longest + column).
+    cu_seqlens : Tensor of int32, shape (n + 1,)
+        Where each window starts and ends in the row.
+    max_length : Tensor
+        The longest window (0-d: kept on the host).
+    """
+
+    attention_mask: torch.Tensor
+    content_mask: torch.Tensor
+    bounds: torch.Tensor
+    ids: torch.Tensor
+    positions: torch.Tensor
+    token_types: torch.Tensor
+    index: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_length: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        """Real tokens (a packed batch has no padding)."""
+        return int(self.ids.shape[1])
+
+
+def pack(tokenized: list[TokenizedText], windows: list[Window], pad_token_id: int = 0) -> PackedBatch:
+    """Concatenate some windows into one packed row (built on :func:`~skbert._batching.collate`'s padded layout).
 
     Returns
     -------
-    dict
-        :func:`~skbert._batching.collate`'s ``attention_mask``, ``content_mask`` and
-        ``bounds`` (the padded layout the statistics are reduced in), and
-        ``packed_ids``, ``packed_positions``, ``packed_types`` (1, total) int64: the
-        tokens in one row, positions restarting at 0 for each window;
-        ``packed_index`` (total,) where each packed token sits in the padded layout
-        (row x longest + column); ``cu_seqlens`` (n + 1,) int32; ``max_length`` (a
-        0-d tensor, kept on the host); all on the CPU.
+    PackedBatch
+        On the CPU.
     """
     padded = collate(tokenized, windows, pad_token_id)
-    real = padded["attention_mask"].bool()
+    real = padded.attention_mask.bool()
     lengths = real.sum(dim=1)
-    types = padded.get("token_type_ids", torch.zeros_like(padded["input_ids"]))
+    types = padded.token_type_ids if padded.token_type_ids is not None else torch.zeros_like(padded.input_ids)
     positions = torch.arange(real.shape[1]).expand_as(real)
-    return {
-        "attention_mask": padded["attention_mask"],
-        "content_mask": padded["content_mask"],
-        "bounds": padded["bounds"],
-        "packed_ids": padded["input_ids"][real].unsqueeze(0),
-        "packed_positions": positions[real].unsqueeze(0),
-        "packed_types": types[real].unsqueeze(0),
-        "packed_index": torch.from_numpy(np.flatnonzero(real.numpy())),
-        "cu_seqlens": torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(torch.int32),
-        "max_length": lengths.max(),
-    }
+    return PackedBatch(
+        attention_mask=padded.attention_mask, content_mask=padded.content_mask, bounds=padded.bounds,
+        ids=padded.input_ids[real].unsqueeze(0), positions=positions[real].unsqueeze(0),
+        token_types=types[real].unsqueeze(0), index=torch.from_numpy(np.flatnonzero(real.numpy())),
+        cu_seqlens=torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(torch.int32),
+        max_length=lengths.max(),
+    )
 
 
-def is_packed(batch: dict) -> bool:
-    """Whether a batch (from :func:`pack` or :func:`~skbert._batching.collate`) is packed."""
-    return "packed_ids" in batch
-
-
-def forward_packed(model, batch: dict[str, torch.Tensor], position_offset: int = 0, token_types: bool = True):
+def forward_packed(model, batch: PackedBatch, position_offset: int = 0, token_types: bool = True):
     """Run a routed model (:func:`route_attention`) on a packed batch already on its device; returns its output.
 
     ``position_offset``: where the model's position ids start (RoBERTa's after its
     padding index); ``token_types``: whether the model takes token type ids.
     """
-    cu_seqlens, longest = batch["cu_seqlens"], int(batch["max_length"])
-    positions = batch["packed_positions"]
+    longest = int(batch.max_length)
     return model(
-        input_ids=batch["packed_ids"],
-        position_ids=positions + position_offset if position_offset else positions,
-        token_type_ids=batch["packed_types"] if token_types else None,
+        input_ids=batch.ids,
+        position_ids=batch.positions + position_offset if position_offset else batch.positions,
+        token_type_ids=batch.token_types if token_types else None,
         output_hidden_states=True,
         return_dict=True,
-        cu_seq_lens_q=cu_seqlens,
-        cu_seq_lens_k=cu_seqlens,
+        cu_seq_lens_q=batch.cu_seqlens,
+        cu_seq_lens_k=batch.cu_seqlens,
         max_length_q=longest,
         max_length_k=longest,
     )
 
 
-def unpack(hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def unpack(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     """A packed hidden state ``(1, total, d)`` laid out as its padded batch's ``(n, longest, d)`` (zeros as padding).
 
     Each packed token goes to its own place (no two share one), so the result is the
     same run to run.
     """
-    rows, longest = batch["attention_mask"].shape
+    rows, longest = batch.attention_mask.shape
     padded = hidden.new_zeros(rows * longest, hidden.shape[-1])
-    padded.index_copy_(0, batch["packed_index"], hidden[0])
+    padded.index_copy_(0, batch.index, hidden[0])
     return padded.view(rows, longest, -1)
+
+
+class UnpackedStates:
+    """A packed forward's hidden states in the padded layout, each unpacked (:func:`unpack`) when first read."""
+
+    def __init__(self, states, batch: PackedBatch):
+        self._states, self._batch, self._unpacked = states, batch, {}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        index %= len(self._states)
+        if index not in self._unpacked:
+            self._unpacked[index] = unpack(self._states[index], self._batch)
+        return self._unpacked[index]

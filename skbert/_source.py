@@ -8,8 +8,8 @@ every kind and every hidden state up to the deepest the entry holds, as the stor
 blocks hold them (no copy, no selection; pooling picks what it needs); with no store,
 only those kinds and hidden states, computed in the first place.
 
-A miss is encoded to the highest layer the request reads (:func:`encoded_depth`), and
-every hidden state up to it is stored; an entry that holds fewer hidden states than
+A miss is encoded to the highest layer the request reads, where the encoder can stop
+there (:meth:`~skbert._models.LoadedModel.stops_at`), and every hidden state up to it is stored; an entry that holds fewer hidden states than
 a request reads is a miss, and the deeper entry encoded then replaces it.
 
 Cached or freshly encoded, a text's statistics are handed out as the store keeps
@@ -21,7 +21,6 @@ or not it was in the cache. A text whose statistics hold a NaN or an infinity (a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,9 +36,9 @@ from ._entries import (
     take,
     text_keys,
 )
-from ._models import LoadedModel, read_depth, stop_depth
+from ._models import LoadedModel
 from ._options import EncodingOptions, numbers_fingerprint
-from ._statistics import KINDS, Statistics
+from ._statistics import KINDS, Request, Statistics
 from ._warnings import warn_user
 
 #: Keys looked up (and cached texts handed out) at a time: as many as the encoder
@@ -48,25 +47,6 @@ from ._warnings import warn_user
 LOOKUP_BATCH = CHUNK_SIZE
 LOOKUP_BYTES = 128 * 2**20
 JOIN_BELOW = 32  # cached blocks with fewer rows are joined before pooling
-
-
-@dataclass
-class Request:
-    """What the caller will pool.
-
-    Attributes
-    ----------
-    kinds : tuple of str
-        Of :data:`~skbert._statistics.KINDS`, in that order.
-    layers : tuple of int
-        Hidden states.
-    pooler : bool
-        Whether the pooler output is needed.
-    """
-
-    kinds: tuple
-    layers: tuple
-    pooler: bool = False
 
 
 def deduplicate(texts: list[str]) -> tuple[list[str], np.ndarray]:
@@ -142,11 +122,12 @@ class StatisticsSource:
     def _cached(self, texts, request: Request, report: EncodingReport) -> Iterator[Statistics]:
         keys = text_keys(self.fingerprint, texts)
         segments = n_segments(texts)
-        depth = encoded_depth(self.loaded, request)
+        reads = self.loaded.reads(request.layers, request.pooler)
+        depth = self.loaded.stops_at(reads)  # a miss is encoded this deep, and every hidden state up to it stored
         width = self.loaded.hidden_size
         row_bytes = self.stored_dtype.itemsize * segments * len(KINDS) * (self.loaded.n_layers + 1) * width
         step = max(1, min(LOOKUP_BATCH, LOOKUP_BYTES // row_bytes))
-        needed = read_depth(self.loaded, request.layers, request.pooler) + 1  # hidden states an entry must hold
+        needed = reads + 1  # hidden states an entry must hold
         missing = []
         for start in range(0, len(keys), step):
             found = self.store.get_many(keys[start : start + step], hidden=needed)
@@ -179,13 +160,6 @@ def _warn_non_finite(n: int, loaded: LoadedModel) -> None:
     warn_user(f"the model gave {n} text(s) NaN or infinite values ({loaded.dtype} on {loaded.device}: float16 "
               "overflows on some models); their rows hold them, and they are not cached. precision='float32' "
               "(or 'bfloat16' where the hardware has it) avoids the overflow.")
-
-
-def encoded_depth(loaded: LoadedModel, request: Request) -> int:
-    """The deepest layer a cache miss is encoded to: the highest the request reads where the
-    encoder can stop there (:func:`~skbert._models.model_to_depth`), else the last; every
-    hidden state up to it is stored."""
-    return stop_depth(loaded, read_depth(loaded, request.layers, request.pooler))
 
 
 def _handed_out(positions: np.ndarray, located: list) -> Iterator[Statistics]:

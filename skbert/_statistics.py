@@ -1,6 +1,7 @@
 """What one encoding pass keeps of each text: a few per-layer vectors that every pooling mode is computed from.
 
-Per text and per hidden state, four vectors (:data:`KINDS`):
+Per text and per hidden state, four vectors (:data:`KINDS`, each defined once in
+:data:`KIND_RULES`: its reduction on the device and its combination across windows):
 
 - ``cls``: the first token ([CLS]);
 - ``last``: the last token ([SEP]);
@@ -25,22 +26,64 @@ over the whole pair (every special token counted once), over one side, or
 comparing the sides (``|a - b|``, ``a * b``) all come from those. A single text is
 one segment.
 
-No function here knows about scikit-learn or the cache.
+Pooling modes are computed from these in :mod:`skbert._spec`. No function here knows
+about scikit-learn or the cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ._layers import aggregate_layers, describe_layers
-from ._pooling import SEGMENT_CHOICES, pool_max, pool_sum
+from ._pooling import pool_max, pool_sum
 
+@dataclass(frozen=True)
+class Kind:
+    """One kind of statistic, defined once: how a window's is computed on the device, how a long text's
+    windows combine, and how the combination is finished into the text's.
+
+    Attributes
+    ----------
+    name : str
+    reduce : callable
+        ``(hidden (n, t, d), rows, first (n,), last (n,), content (n, t) bool) -> (n, d)`` float32.
+    combine : callable
+        ``(per_window (n_windows, ...), starts, ends) -> (n_texts, ...)``: the windows of text
+        ``k`` are ``starts[k]:ends[k]``, in window order.
+    finish : callable
+        ``(combined (n_texts, segments, L, d), n_content (n_texts, segments))``: in place.
+    """
+
+    name: str
+    reduce: Callable
+    combine: Callable
+    finish: Callable = lambda combined, n_content: None
+
+
+def _divide(combined: np.ndarray, n_content: np.ndarray) -> None:
+    combined /= np.maximum(n_content, 1)[:, :, None, None]
+
+
+def _none_is_minus_infinity(combined: np.ndarray, n_content: np.ndarray) -> None:
+    combined[n_content == 0] = -np.inf
+
+
+#: Every kind, by name. ``mean`` is kept as a sum until the windows are combined.
+KIND_RULES = {
+    "cls": Kind("cls", lambda hidden, rows, first, last, content: hidden[rows, first].float(),
+                lambda part, starts, ends: part[starts]),
+    "last": Kind("last", lambda hidden, rows, first, last, content: hidden[rows, last].float(),
+                 lambda part, starts, ends: part[ends - 1]),
+    "mean": Kind("mean", lambda hidden, rows, first, last, content: pool_sum(hidden, content),
+                 lambda part, starts, ends: np.add.reduceat(part, starts, axis=0), _divide),
+    "max": Kind("max", lambda hidden, rows, first, last, content: pool_max(hidden, content),
+                lambda part, starts, ends: np.maximum.reduceat(part, starts, axis=0), _none_is_minus_infinity),
+}
 #: The per-layer vectors kept for each text, in this order.
-KINDS = ("cls", "last", "mean", "max")
+KINDS = tuple(KIND_RULES)
 
 
 @dataclass
@@ -96,23 +139,25 @@ def as_float32(values: np.ndarray) -> np.ndarray:
     return torch.from_numpy(values).float().numpy()
 
 
-def kinds_needed(modes: Sequence[str]) -> tuple[str, ...]:
-    """Which of :data:`KINDS` some pooling modes are computed from.
+@dataclass(frozen=True)
+class Request:
+    """What a caller will pool, as it asks the statistics source for it.
 
-    ``cls`` and ``last`` are always included: they are cheap, and mean and max fall
-    back on them for a text with no token of its own (an empty string).
-
-    Parameters
+    Attributes
     ----------
-    modes : sequence of str
-        Base pooling modes (``"mean_max"`` expanded).
-
-    Returns
-    -------
-    tuple of str
-        In :data:`KINDS` order.
+    kinds : tuple of str
+        Of :data:`KINDS`, in that order (``cls`` and ``last`` always among them: they
+        are cheap, and mean and max fall back on them for a text with no token of its
+        own).
+    layers : tuple of int
+        Hidden states.
+    pooler : bool
+        Whether the pooler output is needed.
     """
-    return tuple(kind for kind in KINDS if kind in ("cls", "last") or kind in modes)
+
+    kinds: tuple
+    layers: tuple
+    pooler: bool = False
 
 
 def window_statistics(
@@ -155,13 +200,8 @@ def window_statistics(
     for segment in range(bounds.shape[1]):
         content = (content_mask == segment + 1) & real
         first, last = bounds[:, segment, 0], bounds[:, segment, 1]
-        reducers = {
-            "cls": lambda hidden: hidden[rows, first].float(),
-            "last": lambda hidden: hidden[rows, last].float(),
-            "mean": lambda hidden: pool_sum(hidden, content),
-            "max": lambda hidden: pool_max(hidden, content),
-        }
-        per_layer = [torch.stack([reducers[kind](hidden) for kind in kinds], dim=1) for hidden in hidden_states]
+        per_layer = [torch.stack([KIND_RULES[kind].reduce(hidden, rows, first, last, content) for kind in kinds], dim=1)
+                     for hidden in hidden_states]
         segments.append(torch.stack(per_layer, dim=2))
     return torch.stack(segments, dim=1)
 
@@ -205,152 +245,7 @@ def finish_texts(
     else:
         values = np.empty((n_texts, *window_values.shape[1:]), dtype=np.float32)
         for position, kind in enumerate(kinds):
-            part = window_values[:, :, position]
-            if kind == "cls":
-                values[:, :, position] = part[starts]
-            elif kind == "last":
-                values[:, :, position] = part[ends - 1]
-            elif kind == "mean":
-                values[:, :, position] = np.add.reduceat(part, starts, axis=0)
-            else:
-                values[:, :, position] = np.maximum.reduceat(part, starts, axis=0)
-    if "mean" in kinds:
-        values[:, :, kinds.index("mean")] /= np.maximum(n_content, 1)[:, :, None, None]
-    if "max" in kinds:
-        maxima = values[:, :, kinds.index("max")]  # a view
-        maxima[n_content == 0] = -np.inf
+            values[:, :, position] = KIND_RULES[kind].combine(window_values[:, :, position], starts, ends)
+    for position, kind in enumerate(kinds):
+        KIND_RULES[kind].finish(values[:, :, position], n_content)  # a view: finished in place
     return values, n_content
-
-
-def pool_statistics(
-    statistics: Statistics, mode: str, layer_indices: Sequence[int], include_special_tokens: bool,
-    segment: int | None = None, shared_boundary: bool = True,
-):
-    """Compute one pooling mode for some layers from :class:`Statistics`.
-
-    Parameters
-    ----------
-    statistics : Statistics
-    mode : {"cls", "mean", "max", "last", "pooler"}
-    layer_indices : sequence of int
-        Hidden states to pool (``statistics.layers`` must hold them).
-    include_special_tokens : bool
-        Whether mean and max count the special tokens ([CLS] and every [SEP] for
-        the whole input; a segment's two bracketing tokens for one segment). Where
-        there is no other token (an empty text or side) they are used anyway, so
-        nothing pools to nothing.
-    segment : int or None, default=None
-        None: the whole input (both sides of a pair). 0 or 1: one side of a pair,
-        ``"mean"`` and ``"max"`` only.
-    shared_boundary : bool, default=True
-        Whether one special token both closes A and opens B (BERT's ``[CLS] A
-        [SEP] B [SEP]``: three special tokens in all) or each side has its own
-        (RoBERTa's ``<s> A </s></s> B </s>``: four). One side always counts its own
-        opening and closing tokens.
-
-    Returns
-    -------
-    ndarray of shape (n, len(layer_indices), d), float32
-    """
-    if mode == "pooler":
-        if statistics.pooler is None:
-            raise ValueError("pooling='pooler' needs the model's pooler output, which is not available.")
-        return as_float32(statistics.pooler[:, None, :])
-    last_segment = statistics.n_segments - 1
-    if mode in ("cls", "last") and segment is None:
-        return statistics.get(mode, layer_indices, 0 if mode == "cls" else last_segment)
-    if mode not in ("mean", "max"):
-        raise ValueError(f"pooling mode {mode!r} " + ("is not per segment" if mode in ("cls", "last") else "is unknown"))
-    segments = range(statistics.n_segments) if segment is None else [segment]
-    # the special tokens around the pooled tokens, each once: every segment's opening and closing token,
-    # where B's opening token is A's closing one in BERT's layout
-    specials = []
-    for s in segments:
-        if s == segments[0] or not shared_boundary:
-            specials.append(statistics.get("cls", layer_indices, s))
-        specials.append(statistics.get("last", layer_indices, s))
-    counts = statistics.n_content[:, list(segments)].astype(np.float32)
-    n_content = counts.sum(axis=1)[:, None, None]
-    parts = [statistics.get(mode, layer_indices, s) for s in segments]
-    if mode == "mean":
-        total = sum(part * count[:, None, None] for part, count in zip(parts, counts.T))
-        content = parts[0] if len(parts) == 1 else total / np.maximum(n_content, 1)
-        everything = (total + sum(specials)) / (n_content + len(specials))
-    else:
-        content = np.maximum.reduce(parts)
-        everything = np.maximum.reduce([content, *specials])
-    if include_special_tokens:
-        return everything
-    return np.where(n_content > 0, content, everything)
-
-
-def pool_segments(
-    statistics: Statistics, segment: str, mode: str, layer_indices: Sequence[int], aggregation: str,
-    include_special_tokens: bool, shared_boundary: bool = True,
-) -> np.ndarray:
-    """One pooling mode over the whole input, one side, or both sides compared, layers combined.
-
-    ``"abs_diff"`` and ``"product"`` compare the sides' vectors after the layers are
-    combined: ``|a - b|`` and ``a * b``, element-wise.
-
-    Returns
-    -------
-    ndarray of shape (n, width), float32
-    """
-    def side(index):
-        pooled = pool_statistics(statistics, mode, layer_indices, include_special_tokens, index, shared_boundary)
-        return aggregate_layers(pooled, aggregation)
-
-    if segment == "joint":
-        return side(None)
-    if statistics.n_segments != 2:
-        raise ValueError(f"segment {segment!r} needs sentence pairs.")
-    if segment in ("a", "b"):
-        return side("ab".index(segment))
-    a, b = side(0), side(1)
-    if segment == "abs_diff":
-        return np.abs(a - b)
-    if segment == "product":
-        return a * b
-    raise ValueError(f"segment {segment!r} is not one of {SEGMENT_CHOICES}.")
-
-
-def pool_features(
-    statistics: Statistics, modes: Sequence[str], layer_indices: Sequence[int], aggregation: str,
-    include_special_tokens: bool, segments: Sequence[str] = ("joint",), shared_boundary: bool = True,
-) -> np.ndarray:
-    """Every segment choice and pooling mode for the selected layers, layers combined, blocks concatenated.
-
-    ``shared_boundary`` as in :func:`pool_statistics` (the tokenizer's pair layout).
-
-    Returns
-    -------
-    ndarray of shape (n, n_features), float32
-        Blocks in the order :func:`feature_names` names them: by segment choice,
-        then by pooling mode.
-    """
-    blocks = [
-        pool_segments(statistics, segment, mode, layer_indices, aggregation, include_special_tokens, shared_boundary)
-        for segment in segments
-        for mode in modes
-    ]
-    return np.concatenate(blocks, axis=1)
-
-
-def feature_names(
-    modes: Sequence[str], layer_indices: Sequence[int], aggregation: str, width: int,
-    segments: Sequence[str] = ("joint",),
-) -> list[str]:
-    """Column names for :func:`pool_features`: segment (unless joint), pooling mode, layer(s), dimension.
-
-    E.g. ``"mean_layer12_0"``, ``"max_layers9+10+11+12_mean_0"`` for averaged
-    layers, or ``"abs_diff_mean_layer6_0"`` for a pair's sides compared.
-    """
-    layer_labels = describe_layers(tuple(layer_indices), aggregation)
-    labels = [
-        f"{'' if segment == 'joint' else segment + '_'}{mode}_{label}"
-        for segment in segments
-        for mode in modes
-        for label in layer_labels
-    ]
-    return [f"{label}_{j}" for label in labels for j in range(width)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._encoding import EncodingReport, iter_token_vectors, text_tokenizer
+from ._encoding import EncodingReport, iter_token_vectors
 from ._layers import aggregate_layers, describe_layers
 from ._models import LoadedModel
 from ._options import EncodingOptions
@@ -32,7 +32,6 @@ def token_records(loaded: LoadedModel, texts: list, layer_indices: tuple[int, ..
     layer_indices : tuple of int
     layer_aggregation : {"concat", "mean", "sum"}
     options : EncodingOptions
-        Run padded whatever ``options.packed`` says (the packed path reduces to statistics).
     report : EncodingReport
         Filled in with the call's counts.
     progress : tqdm-like
@@ -43,14 +42,14 @@ def token_records(loaded: LoadedModel, texts: list, layer_indices: tuple[int, ..
     ValueError
         If the tokenizer gives no character offsets (a slow tokenizer).
     """
-    if not text_tokenizer(loaded).has_offsets:
+    if not loaded.text_tokenizer().has_offsets:
         raise ValueError(
             f"token-level output needs a fast tokenizer with offsets; the model at {loaded.source.location!r} "
             "has none."
         )
     records: list = [None] * len(texts)
     for position, tokenized, kept, vectors in iter_token_vectors(
-        loaded, texts, layer_indices, options=options.padded(), report=report
+        loaded, texts, layer_indices, options=options, report=report
     ):
         records[position] = TokenEmbedding(
             tokens=loaded.tokenizer.convert_ids_to_tokens(tokenized.ids[kept].tolist()),

@@ -23,6 +23,7 @@ read only after its event, and a buffer is refilled only after its result was re
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import fields, replace
 
 import numpy as np
 import torch
@@ -120,8 +121,14 @@ class Transfers:
         self.pinned_allocations += 1
         return self.ops.pinned(numel, dtype)
 
-    def to_device(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A batch's tensors on the device (0-d tensors, such as a length, stay on the host)."""
+    def to_device(self, batch):
+        """A batch (a dataclass of tensors, such as :class:`~skbert._batching.PaddedBatch`) with its tensors on the
+        device; 0-d tensors (a length) and other fields stay on the host."""
+        tensors = {item.name: getattr(batch, item.name) for item in fields(batch)
+                   if isinstance(getattr(batch, item.name), torch.Tensor) and getattr(batch, item.name).dim() > 0}
+        return replace(batch, **self._moved(tensors))
+
+    def _moved(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.ops is None:
             return {name: tensor.to(self.device) for name, tensor in tensors.items()}
         turn, self._turn = self._turn, 1 - self._turn
@@ -129,9 +136,6 @@ class Transfers:
             self._staged_events[turn].synchronize()  # the copies that last read these buffers have run
         staging, moved = self._staging[turn], {}
         for name, tensor in tensors.items():
-            if tensor.dim() == 0:
-                moved[name] = tensor
-                continue
             if _too_large(tensor):
                 moved[name] = tensor.to(self.device)  # through pageable memory: no pinned buffer that large
                 continue

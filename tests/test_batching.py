@@ -94,13 +94,13 @@ def test_tokenizer_and_collate_pad_on_the_right(tiny_bert):
     assert tokenized[0].offsets.tolist() == [[0, 0], [0, 3], [4, 9], [10, 14], [0, 0]]
     windows = make_windows(tokenized, 10, "truncate", 0)
     batch = collate(tokenized, [windows[2], windows[0], windows[1]], tokenizer.pad_token_id)
-    assert batch["input_ids"].shape == (3, 10)
-    assert batch["attention_mask"].sum(1).tolist() == [10, 5, 2]
-    assert batch["input_ids"][1, 5:].tolist() == [tokenizer.pad_token_id] * 5
-    assert batch["content_mask"][1].tolist() == [0, 1, 1, 1, 0] + [0] * 5
-    assert batch["content_mask"][2].tolist() == [0, 0] + [0] * 8  # an empty text has no content token
-    assert batch["input_ids"][0, -1].item() == tokenizer.sep_token_id  # truncation keeps [SEP]
-    assert batch["content_mask"][0].tolist() == [0] + [1] * 8 + [0]
+    assert batch.input_ids.shape == (3, 10)
+    assert batch.attention_mask.sum(1).tolist() == [10, 5, 2]
+    assert batch.input_ids[1, 5:].tolist() == [tokenizer.pad_token_id] * 5
+    assert batch.content_mask[1].tolist() == [0, 1, 1, 1, 0] + [0] * 5
+    assert batch.content_mask[2].tolist() == [0, 0] + [0] * 8  # an empty text has no content token
+    assert batch.input_ids[0, -1].item() == tokenizer.sep_token_id  # truncation keeps [SEP]
+    assert batch.content_mask[0].tolist() == [0] + [1] * 8 + [0]
 
 
 def test_the_shared_tokenizer_is_not_changed(tiny_bert):

@@ -402,9 +402,9 @@ def test_a_corrupt_entry_is_detected_and_recomputed(tiny_bert, tmp_path, damage)
 def test_an_interrupted_transform_resumes_from_the_cache(tiny_bert, tmp_path, monkeypatch):
     embedder = BertEmbedder(tiny_bert, cache=tmp_path, batch_size=3).fit(MANY)
     calls = {"n": 0}
-    from skbert import _embedder
+    from skbert._spec import PoolingSpec
 
-    real_pool = _embedder.pool_features
+    real_pool = PoolingSpec.pool
 
     def interrupted(*args):
         calls["n"] += 1
@@ -413,7 +413,7 @@ def test_an_interrupted_transform_resumes_from_the_cache(tiny_bert, tmp_path, mo
         return real_pool(*args)
 
     with monkeypatch.context() as patched:  # undoes only this patch (not conftest's, which fix precision)
-        patched.setattr(_embedder, "pool_features", interrupted)
+        patched.setattr(PoolingSpec, "pool", interrupted)
         with pytest.raises(KeyboardInterrupt):
             embedder.transform(MANY)
     stored = len(_rows(tmp_path))
@@ -623,11 +623,9 @@ def test_four_threads_sharing_a_cached_estimator_get_the_serial_result_and_consi
 def _layer_calls(embedder):
     """Hooks counting the calls of each encoder layer of an embedder's loaded model; returns (calls, hooks).
     The cut models are made first (making one runs the whole model on a probe input)."""
-    from skbert._models import model_to_depth
-
     loaded = embedder._load()
     for depth in range(1, loaded.n_layers):
-        model_to_depth(loaded, depth)
+        loaded.view(depth)
     layers = loaded.model.encoder.layer
     calls = [0] * len(layers)
 

@@ -262,7 +262,7 @@ def test_a_call_runs_only_up_to_the_highest_layer_it_needs(tmp_path, name):
     """layers=1 of 3 with cache=None gives the numbers of a full pass (the cache's, which computes every
     layer), token vectors too; and runs encoder layer 1 alone where the family is allowed to stop early
     (PARTIAL_DEPTH_FAMILIES)."""
-    from skbert._models import PARTIAL_DEPTH_FAMILIES
+    from skbert._depth import PARTIAL_DEPTH_FAMILIES
 
     family = FAMILIES[NAMES.index(name)]
     path = write_family(tmp_path / name, family, layers=3)
@@ -321,7 +321,7 @@ def test_a_shallow_call_first_leaves_later_full_passes_right(tmp_path, name):
 def test_a_view_that_would_read_other_numbers_is_never_used(tmp_path, monkeypatch):
     """The check made when a cut model is first built: a view whose hidden states differ from the whole
     model's (here one built from the last layers instead of the first) is dropped for the whole model."""
-    import skbert._models as models
+    import skbert._depth as depth_module
 
     def wrong(model, name, depth):
         view = copy.copy(model)
@@ -332,11 +332,11 @@ def test_a_view_that_would_read_other_numbers_is_never_used(tmp_path, monkeypatc
         view._modules["encoder"] = encoder
         return view
 
-    monkeypatch.setattr(models, "_view", wrong)
+    monkeypatch.setattr(depth_module, "_view", wrong)
     path = write_family(tmp_path / "bert", FAMILIES[NAMES.index("bert")], layers=3)
     embedder, got = _fit(path, TEXTS, pooling="mean", layers=1)
     loaded = embedder._load()
-    assert models.model_to_depth(loaded, 1) is loaded.model
+    assert loaded.view(1) is loaded.model
     plain = Plain(path)
     for row, text in enumerate(TEXTS):
         states, sides, _ = plain.encode(text)

@@ -80,9 +80,10 @@ def test_packed_padded_and_the_cpu_reference_agree(tiny_bert, device):
         np.testing.assert_allclose(got, cpu, rtol=1e-3, atol=1e-4)
     embedder = BertEmbedder(tiny_bert, device=device).fit(["a"])
     loaded = embedder._load()
-    assert embedder._options(loaded).packed == use_packed("auto", loaded.device.type, loaded.packing_blocker)
+    packed = embedder._options(loaded).runtime.packed
+    assert packed == use_packed("auto", loaded.device.type, loaded.packing_blocker)
     if device == "cuda" and torch.cuda.get_device_capability(loaded.device) >= (8, 0):
-        assert embedder._options(loaded).packed  # "auto" packs where the varlen kernel runs: 16 bits, sm80+
+        assert packed  # "auto" packs where the varlen kernel runs: 16 bits, sm80+
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -96,7 +97,7 @@ def test_16_bit_packed_and_padded_agree_with_the_cpu_reference(tiny_bert, device
     for attention in ("packed", "padded"):
         embedder = BertEmbedder(tiny_bert, device=device, attention=attention, precision=precision, cache=None,
                                 **params).fit(texts)
-        assert embedder._options(embedder._load()).packed == (attention == "packed")
+        assert embedder._options(embedder._load()).runtime.packed == (attention == "packed")
         results[attention] = embedder.transform(texts)
         assert _cosine(results[attention], cpu).min() > 0.999
         assert np.array_equal(embedder.transform(texts), results[attention])  # no atomics: the same run to run

@@ -31,6 +31,13 @@ def openvino_on(monkeypatch):
     monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: False)
 
 
+def fresh_models(monkeypatch):
+    """Models loaded anew for this test, with no network converted or failed yet (a model keeps its own)."""
+    from skbert import _models
+
+    monkeypatch.setattr(_models, "_REGISTRY", {})
+
+
 def _cosine(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
@@ -81,8 +88,7 @@ def test_a_model_openvino_cannot_convert_warns_and_gives_the_torch_result(tiny_b
         raise RuntimeError("unsupported operation aten::something")
 
     monkeypatch.setattr(openvino, "convert_model", refuse)
-    monkeypatch.setattr(_openvino, "_COMPILED", {})
-    monkeypatch.setattr(_openvino, "_FAILED", {})
+    fresh_models(monkeypatch)
     with pytest.warns(UserWarning, match="could not run this model through OpenVINO.*unsupported operation.*torch"):
         embedder = BertEmbedder(tiny_bert_no_pooler, cache=None).fit(TEXTS)
     assert embedder.runtime_ == "torch"
@@ -129,7 +135,7 @@ def test_minilm_bfloat16_through_openvino_stays_within_cosine_0_9999_of_float32(
     from support import DATA, MINILM_ID
 
     monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(_openvino, "_COMPILED", {})
+    fresh_models(monkeypatch)
     texts = pd.read_csv(DATA)["text"].str.slice(0, 600).tolist()[:64]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bfloat16 emulated on an AVX2-only CPU: slow, still correct
@@ -155,8 +161,8 @@ def test_the_streaming_command_runs_through_openvino(tiny_bert, openvino_on, tmp
 
 
 def test_the_cost_of_converting_is_reported(tiny_bert, openvino_on, monkeypatch):
-    """fit reports the whole model's conversion (once per process), a call at a new depth its cut model's."""
-    monkeypatch.setattr(_openvino, "_COMPILED", {})
+    """fit reports the whole model's conversion (once per loaded model), a call at a new depth its cut model's."""
+    fresh_models(monkeypatch)
     first = BertEmbedder(tiny_bert, cache=None, layers=1).fit(["a"])
     again = BertEmbedder(tiny_bert, cache=None, layers=1).fit(["a"])
     assert first.runtime_ == "openvino" and first.runtime_setup_s_ > 0.05 > again.runtime_setup_s_
@@ -170,9 +176,7 @@ def test_the_cost_of_converting_is_reported(tiny_bert, openvino_on, monkeypatch)
 
 def test_a_failure_while_running_finishes_the_call_in_torch(tiny_bert, openvino_on, monkeypatch):
     """OpenVINO failing on the second batch: one warning, every row right, and later calls in torch."""
-    monkeypatch.setattr(_openvino, "_COMPILED", {})
-    monkeypatch.setattr(_openvino, "_FAILED", {})
-    monkeypatch.setattr(_openvino, "_BROKEN", [])
+    fresh_models(monkeypatch)
     embedder = BertEmbedder(tiny_bert, cache=None, batch_size=2).fit(TEXTS)
     assert embedder.runtime_ == "openvino"
     real, calls = _openvino.forward, []
@@ -197,20 +201,22 @@ def test_a_failure_while_running_finishes_the_call_in_torch(tiny_bert, openvino_
 def test_only_a_few_cut_networks_are_kept(tiny_bert, openvino_on, monkeypatch):
     """Each depth's network holds its own weights: beyond MAX_CUT_NETWORKS the least recently used cut one
     goes (and is converted again if asked for), the whole model's stays, and every result is right."""
-    monkeypatch.setattr(_openvino, "_COMPILED", {})
+    fresh_models(monkeypatch)
     monkeypatch.setattr(_openvino, "MAX_CUT_NETWORKS", 1)
     texts = TEXTS[:4]
     for layers, kept in ((1, [1, 3]), (2, [2, 3]), (1, [1, 3]), (-1, [1, 3])):
-        got = BertEmbedder(tiny_bert, cache=None, layers=layers).fit(texts).transform(texts)
+        embedder = BertEmbedder(tiny_bert, cache=None, layers=layers).fit(texts)
+        got = embedder.transform(texts)
         want = BertEmbedder(tiny_bert, cache=None, layers=layers, precision="float32").fit(texts).transform(texts)
         assert_allclose(got, want, rtol=1e-4, atol=2e-5)
-        assert sorted(key[1] for key in _openvino._COMPILED) == kept
+        assert sorted(embedder._load().derived.networks) == kept
 
 
 def test_calls_that_stop_at_the_same_layer_share_one_network(tiny_bert, openvino_on, monkeypatch):
     """layers=0 runs the first layer as layers=1 does (transformers records no hidden state without one):
     one cut network serves both."""
-    monkeypatch.setattr(_openvino, "_COMPILED", {})
+    fresh_models(monkeypatch)
     for layers in (0, 1):
-        BertEmbedder(tiny_bert, cache=None, layers=layers).fit(TEXTS).transform(TEXTS)
-    assert sorted(key[1] for key in _openvino._COMPILED) == [1, 3]
+        embedder = BertEmbedder(tiny_bert, cache=None, layers=layers).fit(TEXTS)
+        embedder.transform(TEXTS)
+    assert sorted(embedder._load().derived.networks) == [1, 3]

@@ -4,18 +4,22 @@ import dataclasses
 import warnings
 
 import pytest
-import torch
 
 from skbert import BertEmbedder
 from skbert._options import EncodingOptions, encoding_options, numbers_fingerprint
+from skbert._runtimes import OpenVINO, TorchPacked, TorchPadded
 from support import TEXTS
 
-BASE = dict(max_length=32, long_text="truncate", stride=7, stored="float16", batch_size=None, token_budget=2048,
-            packed=False, runtime="torch")
+BASE = dict(max_length=32, long_text="truncate", stride=7, stored="float16", batch_size=None, token_budget=2048)
 
 
-def test_options_are_frozen_and_say_which_fields_are_keyed():
-    options = EncodingOptions(**BASE)
+@pytest.fixture
+def loaded(tiny_bert):
+    return BertEmbedder(tiny_bert, precision="float32").fit(["a"])._load()
+
+
+def test_options_are_frozen_and_say_which_fields_are_keyed(loaded):
+    options = EncodingOptions(**BASE, runtime=TorchPadded(loaded))
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.max_length = 8
     assert options.keyed() == {"max_length": 32, "long_text": "truncate", "stored": "float16",
@@ -23,27 +27,27 @@ def test_options_are_frozen_and_say_which_fields_are_keyed():
     chunked = dataclasses.replace(options, long_text="chunk")
     assert chunked.keyed() == {"max_length": 32, "long_text": "chunk", "stride": 7, "stored": "float16",
                                "runtime": "torch"}
-    assert options.padded() == options and dataclasses.replace(options, packed=True).padded() == options
+    assert dataclasses.replace(options, runtime=TorchPacked(loaded)).keyed() == options.keyed()  # the layout: not
+    assert dataclasses.replace(options, runtime=OpenVINO(loaded)).keyed()["runtime"] == "openvino"
 
 
-def test_encoding_options_resolve_the_device_defaults():
-    cpu = torch.device("cpu")
-    options = encoding_options(max_length=64, long_text="chunk", stride=4, precision="float32", batch_size=3,
-                               token_budget=None, attention="auto", device=cpu)
-    assert options == EncodingOptions(64, "chunk", 4, "float32", 3, 2048, False, "torch")
-    assert encoding_options(max_length=64, long_text="chunk", stride=4, precision="auto", batch_size=None,
-                            token_budget=99, attention="padded", device=cpu).stored == "float16"
+def test_encoding_options_resolve_the_device_defaults(loaded):
+    options = encoding_options(loaded, max_length=64, long_text="chunk", stride=4, precision="float32", batch_size=3,
+                               token_budget=None, attention="auto")
+    assert type(options.runtime) is TorchPadded and options.runtime.loaded is loaded  # a CPU: padded
+    assert dataclasses.replace(options, runtime=None) == EncodingOptions(64, "chunk", 4, "float32", 3, 2048, None)
+    packed = encoding_options(loaded, max_length=64, long_text="chunk", stride=4, precision="auto", batch_size=None,
+                              token_budget=99, attention="packed")
+    assert packed.stored == "float16" and packed.token_budget == 99 and type(packed.runtime) is TorchPacked
 
 
-def test_the_fingerprint_changes_with_what_changes_numbers_and_nothing_else(tiny_bert):
-    embedder = BertEmbedder(tiny_bert).fit(["a"])
-    loaded = embedder._load()
-    base = EncodingOptions(**BASE)
+def test_the_fingerprint_changes_with_what_changes_numbers_and_nothing_else(loaded):
+    base = EncodingOptions(**BASE, runtime=TorchPadded(loaded))
     same = numbers_fingerprint(loaded, base)
-    for change in ({"batch_size": 2}, {"token_budget": 64}, {"packed": True}, {"stride": 3}):
+    for change in ({"batch_size": 2}, {"token_budget": 64}, {"runtime": TorchPacked(loaded)}, {"stride": 3}):
         assert numbers_fingerprint(loaded, dataclasses.replace(base, **change)) == same, change
     for change in ({"max_length": 16}, {"long_text": "head_tail"}, {"stored": "float32"}, {"long_text": "chunk"},
-                   {"runtime": "openvino"}):
+                   {"runtime": OpenVINO(loaded)}):
         assert numbers_fingerprint(loaded, dataclasses.replace(base, **change)) != same, change
     chunk = dataclasses.replace(base, long_text="chunk")
     assert numbers_fingerprint(loaded, chunk) != numbers_fingerprint(loaded, dataclasses.replace(chunk, stride=3))

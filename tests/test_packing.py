@@ -51,15 +51,15 @@ def test_pack_restarts_positions_and_keeps_the_padded_layouts_masks(tiny_bert):
     tokenized = TextTokenizer(AutoTokenizer.from_pretrained(tiny_bert))(["the bank", "", "a b c"])
     windows = make_windows(tokenized, 64, "truncate", 0)
     batch = pack(tokenized, windows)
-    assert batch["cu_seqlens"].tolist() == [0, 4, 6, 11] and int(batch["max_length"]) == 5
-    assert batch["packed_positions"][0].tolist() == [0, 1, 2, 3, 0, 1, 0, 1, 2, 3, 4]
-    assert batch["packed_ids"].shape == (1, 11) and not batch["packed_types"].any()
+    assert batch.cu_seqlens.tolist() == [0, 4, 6, 11] and int(batch.max_length) == 5
+    assert batch.positions[0].tolist() == [0, 1, 2, 3, 0, 1, 0, 1, 2, 3, 4]
+    assert batch.ids.shape == (1, 11) and not batch.token_types.any() and batch.n_tokens == 11
     padded = collate(tokenized, windows, 0)
     for name in ("attention_mask", "content_mask", "bounds"):  # reduced in the padded layout, by the same code
-        assert torch.equal(batch[name], padded[name])
+        assert torch.equal(getattr(batch, name), getattr(padded, name))
     # unpacking puts every packed token where the padded batch has it, and zeros in the padding
-    unpacked = unpack(batch["packed_ids"].unsqueeze(-1).float(), batch)[..., 0]
-    assert torch.equal(unpacked, (padded["input_ids"] * padded["attention_mask"]).float())
+    unpacked = unpack(batch.ids.unsqueeze(-1).float(), batch)[..., 0]
+    assert torch.equal(unpacked, (padded.input_ids * padded.attention_mask).float())
 
 
 def test_padded_and_packed_calls_in_threads_on_one_model_give_the_serial_results(tiny_bert):
@@ -180,3 +180,15 @@ def test_packed_batches_run_no_padding(tiny_bert, monkeypatch):
     real_tokens = sum(shape[1] for shape, _ in shapes)
     tokenized = TextTokenizer(embedder._load().tokenizer)(TEXTS)
     assert real_tokens == sum(min(len(t.ids), 64) for t in tokenized)  # every token once, no padding
+
+
+@pytest.mark.parametrize("long_text", ["truncate", "chunk"])
+def test_token_vectors_run_packed_as_they_run_padded(tiny_bert, long_text):
+    """Every runtime hands back its hidden states in the padded layout: token vectors need no special case."""
+    params = dict(layers=(1, -1), long_text=long_text, precision="float32", cache=None, batch_size=3)
+    padded = BertEmbedder(tiny_bert, attention="padded", **params).fit(TEXTS)
+    packed = BertEmbedder(tiny_bert, attention="packed", **params).fit(TEXTS)
+    assert packed._options(packed._load()).runtime.packed
+    for got, want in zip(packed.transform_tokens(TEXTS), padded.transform_tokens(TEXTS)):
+        assert got.tokens == want.tokens
+        assert_allclose(got.vectors, want.vectors, rtol=RTOL, atol=ATOL)

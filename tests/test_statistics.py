@@ -6,7 +6,8 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from skbert._statistics import KINDS, Statistics, finish_texts, kinds_needed, pool_statistics, window_statistics
+from skbert._spec import kinds_needed, pool_statistics
+from skbert._statistics import KINDS, Statistics, finish_texts, window_statistics
 
 LENGTHS = [7, 4, 2, 5]  # 2: an empty text, only [CLS] and [SEP]
 

@@ -9,6 +9,8 @@ every copy queued so far runs (the device got ahead). Code that orders its copie
 right gives the same results through it as through plain copies.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
@@ -54,6 +56,14 @@ class _Event:
         self.ops.queued.clear()
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """A batch as the runtimes make them: a dataclass of tensors."""
+
+    ids: torch.Tensor
+    max_length: torch.Tensor
+
+
 def deferred_transfers(device):
     return Transfers(device, DeferredOps())
 
@@ -92,12 +102,12 @@ def test_pinned_buffers_never_grow_past_their_ceiling_and_larger_tensors_copy_un
     transfers = deferred_transfers(torch.device("cpu"))
     for size in (40, 90, 100, 60):  # doubling 40 would give 80, then 160: capped at 100
         assert_allclose(transfers.to_host(torch.arange(size, dtype=torch.float32)).result(), np.arange(size))
-        moved = transfers.to_device({"input_ids": torch.arange(size, dtype=torch.float32)})
-        assert torch.equal(moved["input_ids"], torch.arange(size, dtype=torch.float32))
+        moved = transfers.to_device(_Batch(torch.arange(size, dtype=torch.float32), torch.tensor(size)))
+        assert torch.equal(moved.ids, torch.arange(size, dtype=torch.float32))
     allocated = transfers.pinned_allocations
     big = torch.arange(101, dtype=torch.float32)  # over the ceiling: pageable memory, no pinned buffer
     assert_allclose(transfers.to_host(big).result(), big.numpy())
-    assert torch.equal(transfers.to_device({"input_ids": big})["input_ids"], big)
+    assert torch.equal(transfers.to_device(_Batch(big, torch.tensor(101))).ids, big)
     assert transfers.pinned_allocations == allocated
     assert max(transfers.ops.pinned_sizes) == 100
 
@@ -105,10 +115,10 @@ def test_pinned_buffers_never_grow_past_their_ceiling_and_larger_tensors_copy_un
 def test_host_to_device_staging_reuses_two_sets_of_buffers():
     transfers = deferred_transfers(torch.device("cpu"))
     for step in range(5):
-        batch = {"input_ids": torch.arange(10 + step).unsqueeze(0), "max_length": torch.tensor(7)}
+        batch = _Batch(torch.arange(10 + step).unsqueeze(0), torch.tensor(7))
         moved = transfers.to_device(batch)
-        assert torch.equal(moved["input_ids"], batch["input_ids"])
-        assert moved["max_length"] is batch["max_length"]  # a 0-d length stays on the host
+        assert torch.equal(moved.ids, batch.ids) and moved.ids is not batch.ids
+        assert moved.max_length is batch.max_length  # a 0-d length stays on the host
     assert transfers.pinned_allocations <= 6  # two sets, each grown at most a few times, not one per batch
 
 

@@ -1,0 +1,135 @@
+"""What runs the model: three runtimes behind one interface, chosen in one place.
+
+A runtime makes a batch of windows (:meth:`TorchPadded.batch`), and runs the model on
+it, once it is on the device, up to a depth (:meth:`TorchPadded.hidden_states`),
+handing back the hidden states in the batch's *padded* layout ``(n, longest, d)``.
+Everything after that, the per-layer statistics and the pooler, is the same code for
+every runtime (:mod:`skbert._encoding`), as text-embeddings-inference gives every
+backend one batch and one ``embed``:
+
+- :class:`TorchPadded`: torch eager on padded batches (the reference);
+- :class:`TorchPacked`: torch eager on packed batches, no padding
+  (:mod:`skbert._packing`; FlashAttention's variable-length kernel on CUDA);
+- :class:`OpenVINO`: OpenVINO's compiled CPU kernels on padded batches
+  (:mod:`skbert._openvino`), falling back to :class:`TorchPadded` for good when a
+  network fails while running.
+
+:func:`choose_runtime` decides for ``fit`` and every call alike, and
+:func:`wanted_runtime`, its first half, needs no model (an unpickled estimator names the
+runtime of the machine it was unpickled on without loading anything). What a runtime
+is called (:attr:`~TorchPadded.name`, "torch" or "openvino") is part of the numbers'
+fingerprint; packed or padded is not (they agree within float tolerance and share cache
+entries).
+"""
+
+from __future__ import annotations
+
+from ._batching import PaddedBatch, TokenizedText, Window, collate
+from ._packing import PackedBatch, UnpackedStates, forward_packed, pack, use_packed
+
+
+class TorchPadded:
+    """torch eager on padded batches: the reference runtime.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+    """
+
+    name = "torch"
+    packed = False
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+        pad = loaded.tokenizer.pad_token_id
+        self.pad_token_id = 0 if pad is None else pad
+
+    def prepare(self, depth: int | None) -> float:
+        """Make what a call at ``depth`` runs, if it is not made yet; the seconds it took (0 for torch)."""
+        return 0.0
+
+    def batch(self, tokenized: list[TokenizedText], windows: list[Window]) -> PaddedBatch | PackedBatch:
+        """The windows as this runtime's batch (on the CPU)."""
+        return collate(tokenized, windows, self.pad_token_id)
+
+    def hidden_states(self, batch: PaddedBatch, depth: int | None):
+        """The hidden states ``0..`` (at least ``depth``; all of them for None) of a batch on the model's device,
+        each ``(n, longest, d)``. A batch without padding runs with no attention mask at all, which lets the
+        attention kernels take their fast, unmasked path."""
+        model = self.loaded.model if depth is None else self.loaded.view(depth)
+        output = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask if batch.has_padding else None,
+            # sentence pairs, where the model has token types; None: all type 0
+            token_type_ids=batch.token_type_ids if self.loaded.has_token_types else None,
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        return output.hidden_states
+
+
+class TorchPacked(TorchPadded):
+    """torch eager on packed batches: each batch one row without padding, attention kept within each window."""
+
+    packed = True
+
+    def batch(self, tokenized: list[TokenizedText], windows: list[Window]) -> PackedBatch:
+        return pack(tokenized, windows, self.pad_token_id)
+
+    def hidden_states(self, batch: PackedBatch, depth: int | None):
+        model = self.loaded.model if depth is None else self.loaded.view(depth)
+        output = forward_packed(model, batch, self.loaded.position_offset, self.loaded.has_token_types)
+        return UnpackedStates(output.hidden_states, batch)
+
+
+class OpenVINO(TorchPadded):
+    """OpenVINO's compiled CPU kernels on padded batches; torch eager where a network cannot run."""
+
+    name = "openvino"
+
+    def prepare(self, depth: int | None) -> float:
+        from ._openvino import prepare
+
+        return prepare(self.loaded, depth)
+
+    def hidden_states(self, batch: PaddedBatch, depth: int | None):
+        from ._openvino import run
+
+        states = run(self.loaded, batch, depth)
+        return super().hidden_states(batch, depth) if states is None else states
+
+
+def wanted_runtime(precision: str, attention: str, device_type: str) -> str:
+    """Which runtime these settings ask for, with no model at hand: ``"openvino"`` for ``precision="auto"`` on a
+    CPU where OpenVINO is installed and preferred (not ``attention="packed"``, a torch path), else ``"torch"``."""
+    from ._openvino import wanted
+
+    return "openvino" if wanted(precision, attention, device_type) else "torch"
+
+
+def choose_runtime(loaded, precision: str, attention: str) -> TorchPadded:
+    """The runtime a loaded model runs with these settings: for ``fit`` and every call alike.
+
+    OpenVINO where it is wanted (:func:`wanted_runtime`), the model is not quantised,
+    and its network converts (converted here, once per model; a failure warns once) or
+    has not failed while running; else torch, packed where the kernel runs for this
+    model (:func:`~skbert._packing.use_packed`), padded otherwise.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+    precision, attention : str
+        The estimator's parameters.
+
+    Returns
+    -------
+    TorchPadded, TorchPacked or OpenVINO
+    """
+    if not loaded.quantized and wanted_runtime(precision, attention, loaded.device.type) == "openvino":
+        from ._openvino import network
+
+        if network(loaded, None) is not None:
+            return OpenVINO(loaded)
+    if use_packed(attention, loaded.device.type, loaded.packing_blocker):
+        return TorchPacked(loaded)
+    return TorchPadded(loaded)
