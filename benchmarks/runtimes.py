@@ -50,7 +50,7 @@ def main():
     compiled = torch.compile(eager, dynamic=False, mode=None if args.mode == "default" else args.mode)
     mask = torch.ones(2, 8, dtype=torch.int64)
     mask[1, 5:] = 0
-    converted = openvino.convert_model(_Wrapped(model, False, False).eval(),
+    converted = openvino.convert_model(_Wrapped(model, False).eval(),
                                        example_input={"input_ids": torch.ones(2, 8, dtype=torch.int64),
                                                       "attention_mask": mask},
                                        input=[openvino.PartialShape([-1, -1])] * 2)

@@ -11,6 +11,12 @@ and writes the embeddings as Parquet (ids and one column per feature) or as a
 ``.npy`` array with the ids beside it. A disk cache next to the output makes a
 re-run after an interruption resume where it stopped. A user's mistake gives a
 one-line message and exit status 2, never a traceback.
+
+Both read the text and id columns through :mod:`skbert._columns`, as :mod:`skbert.dask`
+does, and say how many rows were truncated from the calls' reports. The embedder's
+options are :class:`BertEmbedder`'s parameters, each taking what the estimator's
+constraints accept and defaulting to its default (:data:`ESTIMATOR_OPTIONS`); the
+command uses the estimator as a user does, through its public methods.
 """
 
 from __future__ import annotations
@@ -18,34 +24,126 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from numbers import Integral
 from pathlib import Path
 
-from ._device import PRECISIONS
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ._columns import MADE_IDS, ON_NULL, ColumnError, TextColumns
+from ._embedder import BertEmbedder
+from ._pooling import SEGMENT_CHOICES
+from ._report import caller_reports_truncation
 from ._streaming import LAYOUTS, embedding_table
-from ._tables import ON_NULL, TableError, apply_null_policy, read_table
+from ._tables import TableError, read_table
 
 WRITERS = (".parquet", ".npy")
+
+#: The estimator's parameters the command takes, each with a line of help. What an option accepts
+#: and its default are the estimator's own, read off ``BertEmbedder._parameter_constraints`` and
+#: ``BertEmbedder()``: a boolean is a flag, a set of strings a choice, an integer range an int, and a
+#: parameter that also takes a tuple (pooling, layers, segments) a comma list. ``{choices}`` in a
+#: line is filled with the strings the parameter accepts.
+ESTIMATOR_OPTIONS = {
+    "model_name": "a model folder, a model id served by an offline package, or a hub id (default: %(default)s)",
+    "pooling": "{choices}, or a comma list of them (default: %(default)s)",
+    "layers": "an int (0: the embedding layer, -1: the last), a comma list of ints, or {choices} "
+              "(default: %(default)s)",
+    "layer_aggregation": "how the vectors of several layers combine (default: %(default)s)",
+    "include_special_tokens": "mean and max pooling count the special tokens",
+    "normalize": "L2-normalise each row",
+    "segments": "with --pair-column: {choices}, or a comma list of them (default: %(default)s)",
+    "max_length": "most tokens per window, special tokens included (default: what the model holds)",
+    "long_text": "a longer text: keep its first tokens (counted in the summary), its head and tail, or all of "
+                 "it in overlapping windows (default: %(default)s)",
+    "stride": "tokens consecutive windows share under --long-text chunk (default: a quarter of a window)",
+    "batch_size": "most texts per forward pass (default: as the token budget allows)",
+    "token_budget": "most padded tokens per forward pass (default: 2048 on a CPU, 65536 on a GPU)",
+    "attention": "packed: batches without padding; padded; auto: packed where the kernel for it runs "
+                 "(default: %(default)s)",
+    "device": "auto (CUDA, else MPS, else the CPU), cpu, cuda, cuda:N or mps (default: %(default)s)",
+    "precision": "auto: bfloat16 where the hardware multiplies it natively, else float32 (default: %(default)s)",
+    "revision": "the hub revision of --model: a branch, tag or commit (default: the newest)",
+}
+#: Options not named after their parameter, and the command's own defaults.
+FLAGS = {"model_name": "--model"}
+COMMAND_DEFAULTS = {"model_name": "sentence-transformers/all-MiniLM-L6-v2"}
+#: The choices of a parameter whose constraint is a plain string (checked at ``fit``).
+OTHER_CHOICES = {"segments": SEGMENT_CHOICES}
+#: The estimator's parameters the command sets itself, and from what.
+SET_BY_THE_COMMAND = {
+    "pairs": "--pair-column",
+    "show_progress": "--quiet",
+    "cache": "--cache and --no-cache",
+    "cache_memory_bytes": "the output: 2 GiB for a file, 256 MiB per process for a dataset",
+    "cache_disk_bytes": "the estimator's default: half the free disk space",
+}
 
 
 class UserError(Exception):
     """A mistake in the command's input, reported without a traceback."""
 
 
-def _parse_layers(text: str):
-    if "," in text:
+def accepted_strings(name: str) -> tuple[str, ...]:
+    """The strings the estimator accepts for a parameter, sorted (empty where any string goes)."""
+    for constraint in BertEmbedder._parameter_constraints[name]:
+        if isinstance(constraint, StrOptions):
+            return tuple(sorted(constraint.options))
+    return tuple(OTHER_CHOICES.get(name, ()))
+
+
+def _option_kind(name: str) -> str:
+    """How the command takes a parameter, from its constraints: "flag", "choice", "int" or "text"."""
+    constraints = BertEmbedder._parameter_constraints[name]
+    if constraints == ["boolean"]:
+        return "flag"
+    if len(constraints) == 1 and isinstance(constraints[0], StrOptions):
+        return "choice"
+    if all(c is None or (isinstance(c, Interval) and c.type is Integral) for c in constraints):
+        return "int"
+    return "text"
+
+
+def _add_estimator_option(group, name: str, default) -> None:
+    flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+    help_text = ESTIMATOR_OPTIONS[name].format(choices=", ".join(accepted_strings(name)))
+    kind = _option_kind(name)
+    if kind == "flag":
+        action = "store_true" if default is False else argparse.BooleanOptionalAction
+        group.add_argument(flag, dest=name, action=action, default=default, help=help_text)
+    elif kind == "choice":
+        group.add_argument(flag, dest=name, choices=accepted_strings(name), default=default, help=help_text)
+    else:
+        group.add_argument(flag, dest=name, type=int if kind == "int" else str, default=default, help=help_text)
+
+
+def read_value(name: str, value):
+    """A parameter's value as the estimator takes it: a comma list becomes a tuple (of ints where the
+    parameter takes integers), an integer's digits an int; anything else as written."""
+    constraints = BertEmbedder._parameter_constraints[name]
+    if not isinstance(value, str) or _option_kind(name) != "text" or tuple not in constraints:
+        return value
+    integral = Integral in constraints
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if len(parts) == 1 or not parts:
+        part = parts[0] if parts else value
         try:
-            return tuple(int(part) for part in text.split(",") if part.strip())
+            return int(part) if integral else part
         except ValueError:
-            raise UserError(f"--layers {text!r}: a comma-separated list must hold integers") from None
-    try:
-        return int(text)
-    except ValueError:
-        return text
+            return part
+    if integral:
+        try:
+            return tuple(int(part) for part in parts)
+        except ValueError:
+            flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+            raise UserError(f"{flag} {value!r}: a comma-separated list must hold integers") from None
+    return tuple(parts)
 
 
-def _parse_pooling(text: str):
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    return parts[0] if len(parts) == 1 else tuple(parts)
+def estimator_params(args) -> dict:
+    """The estimator's parameters the command's options set (``pairs`` from ``--pair-column``)."""
+    params = {name: read_value(name, getattr(args, name)) for name in ESTIMATOR_OPTIONS}
+    params["pairs"] = args.pair_column is not None
+    return params
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,8 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--column", default="text", help="the text column (default: text)")
     embed.add_argument("--pair-column", help="a second text column: embed (column, pair column) as sentence pairs, "
                        "as the model's tokenizer lays a pair out")
-    embed.add_argument("--segments", default="joint", help="with --pair-column: joint, a, b, abs_diff, product, "
-                       "or a comma list (default: joint)")
     embed.add_argument("--chunk-rows", type=int, default=10_000,
                        help="dataset output: rows read, embedded and written per part (default: 10000)")
     embed.add_argument("--layout", choices=LAYOUTS,
@@ -74,42 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
                        "directory must be reachable from its workers)")
     embed.add_argument("--id-column", action="append", help="a column of row ids to keep; repeat for several "
                        "(default: the row number, and for a dataset the file too)")
-    embed.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2",
-                       help="model folder or id (default: sentence-transformers/all-MiniLM-L6-v2)")
-    embed.add_argument("--pooling", default="mean", help="cls, mean, max, mean_max, last, pooler, or a comma list")
-    embed.add_argument("--layers", default="-1", help="an int, a comma list of ints, or last, second_to_last, "
-                       "last_four, all")
-    embed.add_argument("--layer-aggregation", default="concat", choices=["concat", "mean", "sum"])
-    embed.add_argument("--include-special-tokens", action="store_true")
-    embed.add_argument("--normalize", action="store_true", help="L2-normalise each row")
-    embed.add_argument("--max-length", type=int)
-    embed.add_argument("--long-text", default="truncate", choices=["truncate", "head_tail", "chunk"])
-    embed.add_argument("--batch-size", type=int, help="most texts per forward pass (default: as the token budget allows)")
-    embed.add_argument("--device", default="auto")
-    embed.add_argument("--precision", default="auto", choices=PRECISIONS,
-                       help="auto: bfloat16 where the hardware multiplies it natively, else float32 (default: auto)")
     embed.add_argument("--cache", help="disk cache folder (file output: default .skbert-cache beside it; a dataset "
                        "resumes from its parts and caches only with --cache)")
     embed.add_argument("--no-cache", action="store_true", help="do not cache (a re-run starts over)")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    estimator = embed.add_argument_group("the embedder", "BertEmbedder's parameters (its docstring says more)")
+    defaults = {**BertEmbedder().get_params(), **COMMAND_DEFAULTS}
+    for name in ESTIMATOR_OPTIONS:
+        _add_estimator_option(estimator, name, defaults[name])
     return parser
 
 
-def select_texts(frame, column: str, id_columns: list | None, pair_column: str | None, on_null: str, where: str):
-    """The texts (or, with a pair column, the (A, B) pairs), the id columns, and how many rows had no text,
-    under the null policy every output shares (:func:`~skbert._tables.apply_null_policy`)."""
-    named = [("column", column), ("pair column", pair_column)] + [("id column", c) for c in id_columns or []]
-    for kind, name in named:
-        if name is not None and name not in frame.columns:
-            raise UserError(f"{kind} {name!r} is not in the input; its columns are {list(frame.columns)}")
-    if not id_columns:
-        index_name = frame.index.name or "row"
-        frame = frame.rename_axis(index_name).reset_index()
-        id_columns = [index_name]
-    columns = [column, pair_column] if pair_column else [column]
-    frame, n_null = apply_null_policy(frame, columns, id_columns, on_null, where)
-    sides = [frame[name].tolist() for name in columns]
-    return (list(zip(*sides)) if pair_column else sides[0]), frame[id_columns], n_null
+def _text_columns(args) -> TextColumns:
+    """The columns the options name: ``--column`` (and ``--pair-column``), and ``--id-column``."""
+    return TextColumns.named([args.column, args.pair_column] if args.pair_column else args.column,
+                             ids=args.id_column)
+
+
+def _notes(n_null: int, on_null: str, n_truncated: int) -> str:
+    """What a run's summary adds: rows without text, and rows truncated (from the reports' counts)."""
+    notes = []
+    if n_null:
+        notes.append(f"{n_null} row(s) without text {'skipped' if on_null == 'skip' else 'embedded as empty'}")
+    if n_truncated:
+        notes.append(f"{n_truncated} truncated to --max-length")
+    return "".join(f"; {note}" for note in notes)
 
 
 def write_output(path: Path, X, names, ids, layout: str) -> list[Path]:
@@ -132,38 +217,8 @@ def write_output(path: Path, X, names, ids, layout: str) -> list[Path]:
 
 
 def _embedder(args, cache, cache_memory_bytes=2 * 1024**3):
-    from . import BertEmbedder
-
-    return BertEmbedder(
-        args.model, pooling=_parse_pooling(args.pooling), layers=_parse_layers(args.layers),
-        layer_aggregation=args.layer_aggregation, include_special_tokens=args.include_special_tokens,
-        normalize=args.normalize, pairs=args.pair_column is not None, segments=_parse_pooling(args.segments),
-        max_length=args.max_length, long_text=args.long_text, batch_size=args.batch_size,
-        device=args.device, precision=args.precision, show_progress=False, cache=cache,
-        cache_memory_bytes=cache_memory_bytes,
-    )
-
-
-def settings_digest(embedder, options) -> str:
-    """What a dataset part is made with: everything that changes its numbers or columns.
-
-    The encoder's side is :func:`~skbert._options.numbers_fingerprint`, the digest the
-    cache keys use (the weights themselves, the device type and precision as resolved
-    on this machine, the window...), so new weights in the same folder, or "auto"
-    resolving to another precision, redo every part; then what pooling makes of it.
-    """
-    import hashlib
-    import json
-
-    from ._options import numbers_fingerprint
-
-    loaded = embedder._load()
-    pooled = {name: getattr(embedder, name) for name in (
-        "pooling_modes_", "layer_indices_", "segments_", "layer_aggregation", "include_special_tokens", "normalize",
-        "pairs")}
-    described = json.dumps([numbers_fingerprint(loaded, embedder._options(loaded)).hex(), pooled,
-                            options.text_columns, options.id_columns, options.layout], default=str, sort_keys=True)
-    return hashlib.blake2b(described.encode(), digest_size=16).hexdigest()
+    return BertEmbedder(**estimator_params(args), show_progress=False, cache=cache,
+                        cache_memory_bytes=cache_memory_bytes)
 
 
 def embed_file(args, output: Path) -> int:
@@ -175,23 +230,27 @@ def embed_file(args, output: Path) -> int:
     if args.workers or args.scheduler:
         raise UserError("--workers and --scheduler write a dataset: give -o a directory")
     frame = read_table(Path(args.input))
-    texts, ids, n_null = select_texts(frame, args.column, args.id_column, args.pair_column, args.on_null,
-                                      repr(args.input))
+    columns = _text_columns(args)
+    columns.check_in(frame.columns, "in the input")
+    frame, columns = columns.with_index_ids(frame)  # no --id-column: the table's index, or the row number
+    frame, n_null = columns.apply_null_policy(frame, args.on_null, repr(args.input))
+    texts, ids = columns.texts_of(frame), frame[list(columns.ids)]
     if not texts:
         raise UserError(f"input file {args.input!r} has no rows" + (" with text" if n_null else ""))
     cache = None if args.no_cache else Path(args.cache or output.parent / ".skbert-cache")
     embedder = _embedder(args, cache).set_params(show_progress=not args.quiet)
     try:
-        X, report = embedder.fit(texts[:1]).transform_with_report(texts)
+        with caller_reports_truncation():  # counted in the report, said in the summary
+            X, report = embedder.fit(texts[:1]).transform_with_report(texts)
     except KeyboardInterrupt:
         hint = " re-run the same command to resume from the cache" if cache else ""
         print(f"skbert: interrupted;{hint}", file=sys.stderr)
         return 130
     written = write_output(output, X, embedder.get_feature_names_out(), ids, args.layout or "columns")
-    nulls = f"; {n_null} row(s) without text {'skipped' if args.on_null == 'skip' else 'embedded as empty'}"
     print(
         f"skbert: {len(texts)} texts -> {X.shape[1]} features; encoded {report.n_encoded}, "
-        f"from cache {report.n_cache_hits}{nulls if n_null else ''}; wrote {', '.join(map(str, written))}",
+        f"from cache {report.n_cache_hits}{_notes(n_null, args.on_null, report.n_truncated)}; "
+        f"wrote {', '.join(map(str, written))}",
         file=sys.stderr,
     )
     return 0
@@ -225,21 +284,18 @@ def embed_dataset(args, output: Path) -> int:
 
     if args.chunk_rows < 1:
         raise UserError(f"--chunk-rows {args.chunk_rows}: at least 1")
-    text_columns = [args.column] + ([args.pair_column] if args.pair_column else [])
+    columns = _text_columns(args)
     # Dask starts workers with OMP_NUM_THREADS=1: local workers get their share of the cores for torch
     threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None
-    options = Options(text_columns, args.id_column or ["file", "row"], args.layout or "list", threads)
+    options = Options(list(columns.texts), list(columns.ids or MADE_IDS), args.layout or "list", threads)
     cache = Path(args.cache) if args.cache and not args.no_cache else None  # the parts are what resumes
     embedder = _embedder(args, cache, cache_memory_bytes=256 * 2**20)
-    embedder.fit([("a", "b")] if args.pair_column else ["a"])
+    embedder.fit([("a", "b")] if columns.pairs else ["a"])
     client = _client(args)
     try:
         with tqdm(unit="row", desc="skbert", disable=args.quiet, delay=1.0) as bar:
             summary = stream_embed(embedder, args.input, output, options, chunk_rows=args.chunk_rows,
-                                   on_null=args.on_null, settings=settings_digest(embedder, options), client=client,
-                                   progress=bar.update)
-    except TableError as error:
-        raise UserError(str(error)) from None
+                                   on_null=args.on_null, client=client, progress=bar.update)
     except KeyboardInterrupt:
         print("skbert: interrupted; re-run the same command to resume (finished parts are kept)", file=sys.stderr)
         return 130
@@ -249,12 +305,10 @@ def embed_dataset(args, output: Path) -> int:
             client.close()
             if cluster is not None:
                 cluster.close()
-    nulls = f"; {summary.null_rows} row(s) without text {'skipped' if args.on_null == 'skip' else 'embedded as empty'}"
     print(
         f"skbert: {summary.rows} rows in {summary.parts} parts ({summary.parts_skipped} already complete) -> "
         f"{len(embedder.get_feature_names_out())} features; encoded {summary.encoded}, from cache "
-        f"{summary.cache_hits}{nulls if summary.null_rows else ''}"
-        f"{f'; {summary.truncated} truncated to --max-length' if summary.truncated else ''}"
+        f"{summary.cache_hits}{_notes(summary.null_rows, args.on_null, summary.truncated)}"
         f"{f'; removed {summary.removed} stale part(s)' if summary.removed else ''}; wrote {output}",
         file=sys.stderr,
     )
@@ -277,7 +331,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return embed(args)
-    except (UserError, TableError) as error:
+    except (UserError, TableError, ColumnError) as error:
         print(f"skbert: error: {error}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, OSError) as error:  # bad parameters or a model that cannot be found

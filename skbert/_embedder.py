@@ -11,6 +11,8 @@ It keeps no state beyond its parameters and the fitted attributes ending in ``_`
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import numpy as np
@@ -22,7 +24,7 @@ from ._cache import check_cache_location, store_for
 from ._device import resolve_device, resolve_dtype
 from ._encoding import TOTALS, EncodingReport
 from ._models import LoadedModel, load_model
-from ._options import EncodingOptions, encoding_options
+from ._options import EncodingOptions, encoding_options, numbers_fingerprint
 from ._runtimes import choose_runtime, wanted_runtime
 from ._pooling import expand_pooling
 from ._report import call_report, progress_bar
@@ -398,6 +400,42 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         info = {} if store is None else dict(store.info().__dict__)
         info["n_encoded"] = TOTALS.n_encoded
         return info
+
+    def numbers_digest(self) -> str:
+        """A digest of everything that decides this fitted estimator's numbers.
+
+        Two estimators with the same digest turn a text into the same vector on this
+        machine: it covers the weights and tokenizer (their digest, not their path),
+        the device type and precision as resolved here, the window, the long-text
+        strategy and stride, the runtime and the library versions (what the cache's
+        keys are made under), then what pooling makes of the encoder's output:
+        ``pooling``, ``layers``, ``layer_aggregation``, ``include_special_tokens``,
+        ``segments``, ``pairs`` and ``normalize``. Batching (``batch_size``,
+        ``token_budget``, ``attention``), the cache and the progress bar do not
+        enter it. ``skbert embed`` records it with every part of a dataset, so a
+        re-run keeps a part only if it would come out the same.
+
+        Returns
+        -------
+        str
+            32 hexadecimal digits.
+
+        Examples
+        --------
+        >>> from skbert import BertEmbedder
+        >>> a = BertEmbedder("sentence-transformers/all-MiniLM-L6-v2").fit(["a"])
+        >>> b = BertEmbedder("sentence-transformers/all-MiniLM-L6-v2", batch_size=8).fit(["a"])
+        >>> a.numbers_digest() == b.numbers_digest()
+        True
+        >>> a.numbers_digest() == b.set_params(normalize=True).numbers_digest()
+        False
+        """
+        check_is_fitted(self)
+        loaded = self._load()
+        pooled = {**self._pooling().keyed(), "pairs": self.pairs}
+        described = json.dumps([numbers_fingerprint(loaded, self._options(loaded)).hex(), pooled], sort_keys=True,
+                               default=str)
+        return hashlib.blake2b(described.encode(), digest_size=16).hexdigest()
 
     def get_feature_names_out(self, input_features=None):
         """Name the output columns by pooling mode, layer(s) and dimension.

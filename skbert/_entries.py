@@ -166,13 +166,6 @@ def text_keys(fingerprint: bytes, texts) -> list[bytes]:
     return keys
 
 
-def take(block: Block, rows: np.ndarray) -> Block:
-    """Some rows of a block (a boolean mask or positions), as a new block."""
-    positions = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
-    return Block([block.keys[i] for i in positions], block.values[positions], block.n_content[positions],
-                 block.n_tokens[positions], None if block.pooler is None else block.pooler[positions])
-
-
 def non_finite_rows(block: Block) -> np.ndarray | None:
     """Rows holding a NaN or an infinity where a number belongs (the model overflowed, as float16 can on
     cards without bfloat16), or None where there is none (the common case, told at the speed of one pass).

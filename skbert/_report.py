@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 
@@ -57,9 +59,31 @@ def progress_bar(total: int, show: bool):
     return tqdm(total=total, unit="text", desc="skbert", disable=not show, delay=PROGRESS_DELAY_S)
 
 
+#: Whether the code around a call reports its truncation itself (:func:`caller_reports_truncation`).
+_CALLER_REPORTS_TRUNCATION: ContextVar[bool] = ContextVar("skbert_caller_reports_truncation", default=False)
+
+
+@contextmanager
+def caller_reports_truncation():
+    """Within this block, a call counts its truncated rows in its :class:`TransformReport` and does not warn.
+
+    For a caller that reports truncation itself, from the report's counts: the
+    command line sums ``n_truncated`` over a run's parts and says it once. A context
+    variable, not a warnings filter: it holds in this thread only (threads, and Dask
+    worker threads, transforming at the same time keep their warnings), and no
+    message is matched by its text.
+    """
+    token = _CALLER_REPORTS_TRUNCATION.set(True)
+    try:
+        yield
+    finally:
+        _CALLER_REPORTS_TRUNCATION.reset(token)
+
+
 def call_report(encoding, n_rows: int, n_unique: int, n_long: int, *, long_text: str, pairs: bool,
                 max_length: int) -> TransformReport:
-    """The counts of one call; warns (at the user's line) when rows were truncated.
+    """The counts of one call; warns (at the user's line) when rows were truncated, unless the caller
+    reports that itself (:func:`caller_reports_truncation`).
 
     Parameters
     ----------
@@ -74,7 +98,7 @@ def call_report(encoding, n_rows: int, n_unique: int, n_long: int, *, long_text:
     from ._warnings import warn_user
 
     n_truncated = 0 if long_text == "chunk" else n_long
-    if long_text == "truncate" and n_long:
+    if long_text == "truncate" and n_long and not _CALLER_REPORTS_TRUNCATION.get():
         what, remedy = ("pairs", " from the longer side") if pairs else (
             "texts", "; long_text='chunk' covers them whole")
         warn_user(

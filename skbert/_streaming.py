@@ -27,14 +27,15 @@ import hashlib
 import json
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ._columns import MADE_IDS, TextColumns
 from ._device import use_torch_threads
-from ._tables import READERS, TableError, apply_null_policy, file_columns, iter_chunks
+from ._report import caller_reports_truncation
+from ._tables import READERS, TableError, file_columns, iter_chunks
 
 #: How the embedding is laid out in the output: a list column, a column per feature, or both.
 LAYOUTS = ("list", "columns", "both")
@@ -182,6 +183,35 @@ class Options:
     layout: str = "list"
     threads: int | None = None
 
+    @property
+    def columns(self) -> TextColumns:
+        """The text and id columns, as the one reader of text columns takes them."""
+        return TextColumns(tuple(self.text_columns), tuple(self.id_columns))
+
+
+def part_settings(embedder, options: Options) -> str:
+    """What a part is made with: everything that changes its numbers or its columns.
+
+    The estimator's :meth:`~skbert.BertEmbedder.numbers_digest` (the weights themselves,
+    the device type and precision as resolved on this machine, the window, pooling...),
+    so new weights in the same folder, or "auto" resolving to another precision, redo
+    every part; then which columns a part holds and how.
+
+    Parameters
+    ----------
+    embedder : BertEmbedder
+        Fitted.
+    options : Options
+
+    Returns
+    -------
+    str
+        32 hexadecimal digits.
+    """
+    described = json.dumps([embedder.numbers_digest(), options.text_columns, options.id_columns, options.layout],
+                           default=str)
+    return hashlib.blake2b(described.encode(), digest_size=16).hexdigest()
+
 
 def embed_part(embedder, job: PartJob, options: Options) -> dict:
     """Embed one chunk and write its part atomically; returns counts.
@@ -194,13 +224,9 @@ def embed_part(embedder, job: PartJob, options: Options) -> dict:
 
     use_torch_threads(options.threads)
     frame = job.frame
-    if len(options.text_columns) == 2:
-        texts = list(zip(frame[options.text_columns[0]].tolist(), frame[options.text_columns[1]].tolist()))
-    else:
-        texts = frame[options.text_columns[0]].tolist()
+    texts = options.columns.texts_of(frame)
     names = [str(name) for name in embedder.get_feature_names_out()]
-    with warnings.catch_warnings():  # truncation is counted and reported once for the run, not per part
-        warnings.filterwarnings("ignore", message=".* longer than max_length", category=UserWarning)
+    with caller_reports_truncation():  # counted in the report, and said once for the run, not per part
         X, report = embedder.transform_with_report(texts)
     counts = {"encoded": report.n_encoded, "cache_hits": report.n_cache_hits, "truncated": report.n_truncated}
     ids = pa.Table.from_arrays([pa.array(frame[c].tolist()) for c in options.id_columns], names=options.id_columns)
@@ -239,24 +265,16 @@ def _jobs(columns: dict, output: Path, root: Path, options: Options, chunk_rows:
           summary: StreamSummary, expected: set):
     """Read every chunk of every file (``columns``: file -> its columns); yield the jobs whose parts are not
     already complete."""
-    import pandas as pd
-
+    reader = options.columns
     for path, available in columns.items():
-        # "file" and "row" are made here unless the file has such a column
-        needed = options.text_columns + [c for c in options.id_columns if c in available or c not in ("file", "row")]
-        for column in needed:
-            if column not in available:
-                raise TableError(f"column {column!r} is not in {str(path)!r}; its columns are {available}")
+        reader.check_in(available, f"in {str(path)!r}", made=MADE_IDS)
+        read = [c for c in reader.texts + reader.ids if c in available]  # the others are made
         start = 0
-        for index, frame in enumerate(iter_chunks(path, list(dict.fromkeys(needed)), chunk_rows)):
-            frame = frame.reset_index(drop=True)
-            if "row" in options.id_columns and "row" not in available:
-                frame["row"] = np.arange(start, start + len(frame), dtype=np.int64)
-            if "file" in options.id_columns and "file" not in available:
-                frame["file"] = pd.Series([relative_name(path, root)] * len(frame), dtype=object)
+        for index, frame in enumerate(iter_chunks(path, list(dict.fromkeys(read)), chunk_rows)):
+            frame = reader.with_made_ids(frame.reset_index(drop=True), available, first_row=start,
+                                         file=relative_name(path, root))
             n_read = len(frame)
-            frame, nulls = apply_null_policy(frame, options.text_columns, options.id_columns, on_null,
-                                             repr(str(path)), first_row=start)
+            frame, nulls = reader.apply_null_policy(frame, on_null, repr(str(path)), first_row=start)
             start += n_read
             summary.null_rows += nulls
             if len(frame) == 0:  # every row skipped: no part
@@ -274,7 +292,7 @@ def _jobs(columns: dict, output: Path, root: Path, options: Options, chunk_rows:
 
 
 def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_rows: int = 10_000,
-                 on_null: str = "error", settings: str = "", client=None, progress=None) -> StreamSummary:
+                 on_null: str = "error", settings: str | None = None, client=None, progress=None) -> StreamSummary:
     """Embed every chunk of the input into a Parquet dataset of parts under ``output``.
 
     Parameters
@@ -291,8 +309,9 @@ def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_r
     on_null : {"error", "empty", "skip"}, default="error"
         A missing or non-string text: stop with the file, row and id; embed it as
         an empty text; or leave the row out (counted).
-    settings : str
-        A digest of the settings the parts are made with (a part made otherwise is redone).
+    settings : str, optional
+        A digest of the settings the parts are made with (a part made otherwise is
+        redone); by default :func:`part_settings`.
     client : distributed.Client, optional
         Run the chunks on its workers, a few per worker in flight at a time.
     progress : callable, optional
@@ -304,6 +323,7 @@ def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_r
     """
     files = input_files(spec)
     columns = {path: file_columns(path) for path in files}  # every file readable before any work starts
+    settings = part_settings(embedder, options) if settings is None else settings
     output.mkdir(parents=True, exist_ok=True)
     root = Path(os.path.commonpath([str(p.resolve().parent) for p in files]))
     summary, expected = StreamSummary(), set()

@@ -32,32 +32,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ._columns import ColumnError, texts_in
 from ._device import use_torch_threads
-
-
-def _texts(data, column):
-    is_frame = getattr(data, "ndim", 1) == 2
-    if column is not None and not is_frame:
-        raise ValueError(f"column={column!r} was given, but data is a Series, not a frame.")
-    if isinstance(column, (list, tuple)):  # sentence pairs: (A, B) columns
-        if len(column) != 2:
-            raise ValueError(f"column={column!r}: a list of columns names a pair's two sides, (A, B).")
-        absent = [name for name in column if name not in data.columns]
-        if absent:
-            raise ValueError(f"column {absent[0]!r} is not among the frame's columns {list(data.columns)[:10]}.")
-        return data[list(column)]
-    if column is None:
-        if is_frame:
-            if len(data.columns) != 1:
-                raise ValueError(
-                    f"data is a frame with {len(data.columns)} columns {list(data.columns)[:10]}; "
-                    "name the text column with column=..."
-                )
-            return data[data.columns[0]]
-        return data
-    if column not in data.columns:
-        raise ValueError(f"column {column!r} is not among the frame's columns {list(data.columns)[:10]}.")
-    return data[column]
 
 
 def worker_environ() -> dict:
@@ -110,13 +86,20 @@ def embed(data, embedder, column=None, threads=None):
     dask.dataframe.DataFrame
         One float32 column per feature (``embedder.get_feature_names_out()``), the
         input's index and divisions, one output partition per input partition.
+
+    Raises
+    ------
+    ColumnError
+        A ``ValueError``: for a column the frame lacks, a frame of several columns
+        without ``column``, or columns that do not fit the embedder's ``pairs``
+        (the command line's column errors are of the same type, and worded alike).
     """
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(embedder)
-    texts = _texts(data, column)
+    texts = texts_in(data, column)
     if embedder.pairs != (getattr(texts, "ndim", 1) == 2):
-        raise ValueError(
+        raise ColumnError(
             "embedder reads sentence pairs (pairs=True): pass column=[A, B], two columns of the frame."
             if embedder.pairs else
             f"column={column!r} names two columns (a sentence pair); the embedder needs pairs=True for that."
@@ -152,7 +135,7 @@ def predict(data, pipeline, column=None, method="predict", threads=None):
     dask.dataframe.Series
         One value per text, with the input's index and divisions.
     """
-    texts = _texts(data, column)
+    texts = texts_in(data, column)
     dtype = getattr(pipeline, "classes_", np.array([0.0])).dtype
     meta = pd.Series([], index=texts._meta.index, dtype=dtype, name=method)
     return texts.map_partitions(_predict_partition, pipeline, method, dtype, threads, meta=meta)

@@ -143,3 +143,131 @@ def test_a_file_output_takes_the_null_policies_too(tiny_bert, tmp_path, capsys):
     assert code == 0 and "1 row(s) without text embedded as empty" in err
     want = BertEmbedder(tiny_bert, cache=None).fit_transform(["a river", "", "a bank"])
     assert_allclose(np.load(tmp_path / "empty.npy"), want, rtol=1e-5, atol=1e-6)
+
+
+# -- the options are the estimator's ----------------------------------------------------------------
+
+
+def _actions():
+    from skbert._cli import build_parser
+
+    embed = build_parser()._subparsers._group_actions[0].choices["embed"]
+    return {action.dest: action for action in embed._actions}
+
+
+def test_every_estimator_parameter_is_an_option_or_set_by_the_command():
+    from skbert._cli import ESTIMATOR_OPTIONS, SET_BY_THE_COMMAND
+
+    parameters = set(BertEmbedder().get_params())
+    assert set(ESTIMATOR_OPTIONS) | set(SET_BY_THE_COMMAND) == parameters
+    assert not set(ESTIMATOR_OPTIONS) & set(SET_BY_THE_COMMAND)
+    assert set(ESTIMATOR_OPTIONS) <= set(_actions())
+    assert {"stride", "token_budget", "attention", "revision"} <= set(ESTIMATOR_OPTIONS)
+
+
+def test_every_constrained_choice_is_the_options_choice():
+    """Read off the constraints here, apart from the command: a parameter constrained to a set of
+    strings alone is an option with exactly those choices; one that also takes other values (pooling,
+    layers) lists every string in its help."""
+    from sklearn.utils._param_validation import StrOptions
+
+    actions = _actions()
+    checked = 0
+    for name, constraints in BertEmbedder._parameter_constraints.items():
+        for constraint in constraints:
+            if not isinstance(constraint, StrOptions) or name not in actions:
+                continue
+            action = actions[name]
+            if len(constraints) == 1:
+                assert set(action.choices) == constraint.options, name
+            else:
+                assert action.choices is None and all(option in action.help for option in constraint.options), name
+            checked += 1
+    assert checked >= 6  # pooling, layers, layer_aggregation, long_text, attention, precision
+
+
+def test_the_options_default_to_the_estimators_defaults():
+    from skbert._cli import COMMAND_DEFAULTS, build_parser, estimator_params
+
+    args = build_parser().parse_args(["embed", "in.csv", "-o", "out.npy"])
+    params = estimator_params(args)
+    defaults = BertEmbedder().get_params()
+    for name, value in params.items():
+        assert value == COMMAND_DEFAULTS.get(name, defaults[name]), name
+    assert params["model_name"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_the_options_reach_the_estimator_as_it_takes_them():
+    from skbert._cli import build_parser, estimator_params
+
+    argv = ["embed", "in.csv", "-o", "o.npy", "--pair-column", "b", "--pooling", "cls,mean", "--layers", "0,-1",
+            "--segments", "a,b", "--long-text", "chunk", "--stride", "4", "--token-budget", "512", "--attention",
+            "padded", "--revision", "v1.0", "--batch-size", "3", "--max-length", "32", "--normalize", "--device", "cpu"]
+    params = estimator_params(build_parser().parse_args(argv))
+    assert {k: params[k] for k in ("pairs", "pooling", "layers", "segments", "long_text", "stride", "token_budget",
+                                   "attention", "revision", "batch_size", "max_length", "normalize", "device")} == {
+        "pairs": True, "pooling": ("cls", "mean"), "layers": (0, -1), "segments": ("a", "b"), "long_text": "chunk",
+        "stride": 4, "token_budget": 512, "attention": "padded", "revision": "v1.0", "batch_size": 3,
+        "max_length": 32, "normalize": True, "device": "cpu"}
+    assert estimator_params(build_parser().parse_args(["embed", "i", "-o", "o", "--layers", "last_four"]))[
+        "layers"] == "last_four"
+    with pytest.raises(SystemExit):  # a choice the estimator does not take: argparse's own error
+        build_parser().parse_args(["embed", "i", "-o", "o", "--attention", "fast"])
+
+
+def test_chunking_options_give_the_estimators_numbers(tiny_bert, tmp_path, capsys):
+    long_texts = [" ".join(["river bank money water"] * k) for k in (1, 5, 12)]
+    path = tmp_path / "long.csv"
+    pd.DataFrame({"text": long_texts}).to_csv(path, index=False)
+    code, err = _run(capsys, "embed", str(path), "--model", tiny_bert, "--long-text", "chunk", "--max-length", "16",
+                     "--stride", "5", "--token-budget", "64", "--attention", "padded", "--precision", "float32",
+                     "--no-cache", "--quiet", "-o", str(tmp_path / "o.npy"))
+    assert code == 0, err
+    want = BertEmbedder(tiny_bert, long_text="chunk", max_length=16, stride=5, precision="float32",
+                        cache=None).fit_transform(long_texts)
+    assert_allclose(np.load(tmp_path / "o.npy"), want, rtol=1e-5, atol=1e-6)
+    other = BertEmbedder(tiny_bert, long_text="chunk", max_length=16, stride=2, precision="float32",
+                         cache=None).fit_transform(long_texts)
+    assert not np.allclose(other, want, rtol=1e-5, atol=1e-6)  # the stride reached the estimator
+
+
+def test_the_command_reaches_no_private_method_of_the_estimator():
+    import ast
+    import inspect
+
+    import skbert._cli
+
+    tree = ast.parse(inspect.getsource(skbert._cli))
+    reached = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    assert not reached & {"_load", "_options", "_store", "_read", "_call_report", "_token_records"}
+
+
+# -- truncation: counted from the reports, said once ------------------------------------------------
+
+
+def test_truncation_is_said_in_the_summary_from_the_reports_not_warned(tiny_bert, tmp_path, capsys):
+    import warnings
+
+    from transformers import AutoTokenizer
+
+    texts = ["a river", "the river bank was muddy and the water ran", "money", "we sat at the bank of the river"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    n_long = sum(len(tokenizer(text)["input_ids"]) > 8 for text in texts)  # counted apart from skbert
+    assert 0 < n_long < len(texts)
+    path = tmp_path / "in.csv"
+    pd.DataFrame({"text": texts}).to_csv(path, index=False)
+    base = ["embed", str(path), "--model", tiny_bert, "--max-length", "8", "--precision", "float32", "--no-cache",
+            "--quiet"]
+    for output in ("o.npy", "dataset"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code, err = _run(capsys, *base, "--chunk-rows", "2", "-o", str(tmp_path / output))
+        assert code == 0, err
+        assert f"; {n_long} truncated to --max-length" in err
+        assert not [w for w in caught if "truncated" in str(w.message)]
+    code, err = _run(capsys, *base[:4], "--precision", "float32", "--no-cache", "--quiet", "-o",
+                     str(tmp_path / "whole.npy"))
+    assert code == 0 and "truncated" not in err
+    embedder = BertEmbedder(tiny_bert, max_length=8, precision="float32", cache=None).fit(["a"])
+    with pytest.warns(UserWarning, match=f"{n_long} of {len(texts)} texts were longer than max_length=8"):
+        embedder.transform(texts)  # the estimator itself still warns

@@ -175,3 +175,36 @@ def test_na_null_and_none_are_texts_on_dask_too(client, tiny_bert):
     assert_allclose(got.to_numpy(), want, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"row 1 \(index 1\) of X is missing \(.*\), not a string"):
         embed(dd.from_pandas(pd.Series(["a", None], dtype=object), npartitions=1), embedder).compute()
+
+
+def test_dask_reads_a_frames_columns_as_the_command_reads_a_files(client, tiny_bert, tmp_path, capsys):
+    """The same table through skbert.dask (columns picked by the one reader) and through the command's
+    file output: the same rows, the same vectors; and one error type for a column either lacks."""
+    pytest.importorskip("pyarrow")
+    from skbert._cli import main
+    from skbert._columns import ColumnError
+
+    frame = pd.DataFrame({"doc": [f"d{i}" for i in range(8)], "q": TEXTS[:8], "a": [t[::-1] for t in TEXTS[:8]]})
+    frame.to_parquet(tmp_path / "in.parquet", index=False)
+    code = main(["embed", str(tmp_path / "in.parquet"), "--model", tiny_bert, "--column", "q", "--pair-column", "a",
+                 "--id-column", "doc", "--segments", "joint,abs_diff", "--device", "cpu", "--precision", "float32",
+                 "--no-cache", "--quiet", "-o", str(tmp_path / "out.parquet")])
+    assert code == 0, capsys.readouterr().err
+    written = pd.read_parquet(tmp_path / "out.parquet")
+    embedder = BertEmbedder(tiny_bert, pairs=True, segments=("joint", "abs_diff"), device="cpu",
+                            precision="float32").fit([("a", "b")])
+    got = embed(dd.from_pandas(frame.set_index("doc"), npartitions=3), embedder, column=["q", "a"]).compute()
+    assert got.index.tolist() == written["doc"].tolist()
+    assert list(got.columns) == list(written.columns[1:])
+    assert_allclose(got.to_numpy(), written.iloc[:, 1:].to_numpy(), rtol=1e-6, atol=1e-6)
+    lazy = dd.from_pandas(frame, npartitions=2)
+    for column, message in ((["q", "nope"], "pair column 'nope' is not among the columns of the frame"),
+                            (["q", "a", "doc"], "a list of columns names a pair's two sides"),
+                            ("q", "pass column=\\[A, B\\]")):
+        with pytest.raises(ColumnError, match=message):
+            embed(lazy, embedder, column=column)
+    single = BertEmbedder(tiny_bert).fit(["a"])
+    with pytest.raises(ColumnError, match="needs pairs=True"):
+        embed(lazy, single, column=["q", "a"])
+    with pytest.raises(ColumnError, match="column 'nope' is not among"):
+        predict(lazy, single, column="nope")

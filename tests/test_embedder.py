@@ -205,3 +205,64 @@ def test_every_grid_point_is_consistent(tiny_bert, texts):
     blocks = np.split(combined, 16, axis=1)
     for (i, mode), layer in itertools.product(enumerate(["cls", "mean", "max", "last"]), range(4)):
         assert_allclose(blocks[i * 4 + layer], singles[(mode, layer)], rtol=RTOL, atol=ATOL)
+
+
+DIGEST_TEXTS = ["a river", "", "the river bank was muddy and the water ran over the fish in the stream " * 2,
+                "money money money at the bank"]
+DIGEST_BASE = dict(precision="float32", cache=None, pooling="mean", layers=(1, -1), max_length=16)
+
+
+def _fitted(model, **change):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stride without chunk, emulated bfloat16: said at fit, beside the point
+        return BertEmbedder(model, **{**DIGEST_BASE, **change}).fit([("a", "b")] if change.get("pairs") else ["a"])
+
+
+def _quiet_transform(embedder):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # truncation is meant here
+        return embedder.transform(DIGEST_TEXTS)
+
+
+@pytest.mark.filterwarnings("ignore:.*were truncated", "ignore:precision='bfloat16' on this CPU is emulated")
+def test_the_numbers_digest_is_equal_exactly_when_the_numbers_are(tiny_bert, tiny_bert_no_pooler):
+    """Checked against the numbers themselves: settings that keep the digest give the same vectors,
+    every setting that changes it gives other vectors."""
+    base = _fitted(tiny_bert)
+    digest, want = base.numbers_digest(), _quiet_transform(base)
+    assert len(digest) == 32 and int(digest, 16) >= 0
+    assert _fitted(tiny_bert).numbers_digest() == digest  # equal settings, another estimator
+    for change in (dict(batch_size=1), dict(token_budget=40), dict(attention="padded"), dict(show_progress=True),
+                   dict(cache="memory"), dict(stride=3)):  # stride: no effect without long_text="chunk"
+        other = _fitted(tiny_bert, **change)
+        assert other.numbers_digest() == digest, change
+        assert_allclose(_quiet_transform(other), want, rtol=1e-5, atol=1e-6)
+    for model, change in ((tiny_bert, dict(pooling="max")), (tiny_bert, dict(layers=(0, -1))),
+                          (tiny_bert, dict(layer_aggregation="mean")), (tiny_bert, dict(include_special_tokens=True)),
+                          (tiny_bert, dict(normalize=True)), (tiny_bert, dict(max_length=12)),
+                          (tiny_bert, dict(long_text="head_tail")), (tiny_bert, dict(long_text="chunk")),
+                          (tiny_bert, dict(long_text="chunk", stride=1)), (tiny_bert, dict(precision="bfloat16")),
+                          (tiny_bert_no_pooler, {})):  # other weights
+        other = _fitted(model, **change)
+        assert other.numbers_digest() != digest, change
+        got = _quiet_transform(other)
+        assert got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-6), change
+    chunked = _fitted(tiny_bert, long_text="chunk")
+    assert chunked.numbers_digest() != _fitted(tiny_bert, long_text="chunk", stride=1).numbers_digest()
+    joint = _fitted(tiny_bert, pairs=True)
+    assert joint.numbers_digest() not in (digest, _fitted(tiny_bert, pairs=True, segments="a").numbers_digest())
+
+
+def test_the_numbers_digest_follows_set_params_and_needs_a_fitted_estimator(tiny_bert):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        BertEmbedder(tiny_bert).numbers_digest()
+    embedder = _fitted(tiny_bert)
+    before = embedder.numbers_digest()
+    assert embedder.set_params(normalize=True).numbers_digest() != before  # read at transform, as the digest is
+    assert embedder.set_params(normalize=False, batch_size=2).numbers_digest() == before

@@ -43,6 +43,7 @@ def test_no_module_imports_the_estimator(module):
     ("_cache", {"_encoding", "_source", "_options", "_models", "_settings"}),
     ("_validation", {"_models", "_encoding", "_cache", "_source", "_options"}),
     ("_tables", {"_models", "_encoding", "_cache", "_source", "_options", "_streaming", "_cli"}),
+    ("_columns", {"_models", "_encoding", "_cache", "_source", "_options", "_streaming", "_cli", "_tables"}),
     ("_encoding", {"_cache", "_disk", "_entries", "_source", "_settings"}),
     ("_options", {"_encoding", "_source", "_cache", "_settings"}),
     ("_layout", {"_models", "_encoding", "_batching", "_cache", "_source", "_options", "_settings"}),
