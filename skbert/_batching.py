@@ -96,7 +96,8 @@ class TextTokenizer:
         self._before = 1 if layout is None or layout.pair is None else layout.pair[0]
         backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
         self._backend = None
-        self._truncating = {}  # max_length -> a private copy that truncates pairs to it
+        self._truncating: dict = {}  # max_length -> a private copy that truncates pairs to it, newest last
+        self._truncating_lock = threading.Lock()
         if backend is not None:
             from tokenizers import Tokenizer
 
@@ -161,6 +162,24 @@ class TextTokenizer:
             text.segments = side_of_tokens(text.special, self._before)
         return tokenized
 
+    #: Truncating copies kept (a search over max_length would otherwise keep one per value).
+    TRUNCATING_COPIES = 4
+
+    def _truncating_copy(self, max_length: int):
+        """A private copy of the backend that truncates pairs to ``max_length`` (longest first, on the right)."""
+        with self._truncating_lock:
+            truncating = self._truncating.pop(max_length, None)
+            if truncating is None:
+                from tokenizers import Tokenizer
+
+                truncating = Tokenizer.from_str(self._backend.to_str())
+                truncating.no_padding()
+                truncating.enable_truncation(max_length, strategy="longest_first", direction="right")
+            self._truncating[max_length] = truncating  # the most recently used last
+            while len(self._truncating) > self.TRUNCATING_COPIES:
+                del self._truncating[next(iter(self._truncating))]
+            return truncating
+
     def _ask_truncation(self, pairs: list, tokenized: list[TokenizedText], max_length: int) -> None:
         """Set :attr:`~TokenizedText.pair_kept` of the pairs longer than ``max_length``: each is encoded again,
         truncated by the tokenizer itself (``longest_first``, on the right), and its kept tokens counted by side."""
@@ -170,14 +189,7 @@ class TextTokenizer:
             return
         chosen = [pairs[k] for k in longer]
         if self._backend is not None:
-            truncating = self._truncating.get(max_length)
-            if truncating is None:
-                from tokenizers import Tokenizer
-
-                truncating = Tokenizer.from_str(self._backend.to_str())
-                truncating.no_padding()
-                truncating.enable_truncation(max_length, strategy="longest_first", direction="right")
-                self._truncating[max_length] = truncating
+            truncating = self._truncating_copy(max_length)
             sides = [np.array([-1 if side is None else side for side in encoding.sequence_ids])
                      for encoding in truncating.encode_batch(chosen, add_special_tokens=True)]
         else:

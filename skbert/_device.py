@@ -111,8 +111,8 @@ def resolve_device(device: str | torch.device, precision: str = "auto") -> torch
     ------
     ValueError
         If the string is not a device, or names a device this machine lacks.
-    RuntimeError
-        For a CUDA device asked for in a process forked after CUDA was initialised.
+        Also for a CUDA device asked for in a process forked after CUDA was
+        initialised, where it cannot start (the message says what to do instead).
     """
     if isinstance(device, torch.device):
         device = str(device)
@@ -121,8 +121,7 @@ def resolve_device(device: str | torch.device, precision: str = "auto") -> torch
             return torch.device("cpu")
         if not _cuda_lost_to_fork(warn=True) and torch.cuda.is_available():  # the fork first: it touches no CUDA
             rank = dask_worker_rank() if torch.cuda.device_count() > 1 else None
-            index = torch.cuda.current_device() if rank is None else rank % torch.cuda.device_count()
-            return torch.device("cuda", index)
+            return torch.device("cuda", _current_cuda_index() if rank is None else rank % torch.cuda.device_count())
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -134,7 +133,7 @@ def resolve_device(device: str | torch.device, precision: str = "auto") -> torch
         ) from exc
     if resolved.type == "cuda":
         if _cuda_lost_to_fork(warn=False):
-            raise RuntimeError(
+            raise ValueError(
                 f"device={device!r} was asked for in a process forked from one that had already used CUDA, where "
                 "CUDA cannot start again. Start worker processes with 'spawn' or 'forkserver' "
                 "(multiprocessing.get_context('spawn')), use joblib's default backend ('loky') or skbert.dask, "
@@ -148,10 +147,20 @@ def resolve_device(device: str | torch.device, precision: str = "auto") -> torch
                 f"{torch.cuda.device_count()} CUDA device(s)."
             )
         if resolved.index is None:  # the current device now, by its number: later set_device calls do not move it
-            resolved = torch.device("cuda", torch.cuda.current_device())
+            resolved = torch.device("cuda", _current_cuda_index())
     if resolved.type == "mps" and not _mps_available():
         raise ValueError(f"device={device!r} was asked for, but MPS is not available here; use 'auto' or 'cpu'.")
     return resolved
+
+
+def _current_cuda_index() -> int:
+    """The current CUDA device's number, without starting CUDA to ask (0 until something has started it)."""
+    return torch.cuda.current_device() if torch.cuda.is_initialized() else 0
+
+
+def cuda_lost_to_fork() -> bool:
+    """Whether this process was forked from one that had already used CUDA, where CUDA cannot start."""
+    return _cuda_lost_to_fork(warn=False)
 
 
 _FORK_WARNED = False

@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils.validation import check_is_fitted
 
 from ._cache import check_cache_location, store_for
-from ._device import resolve_device, resolve_dtype
+from ._device import cuda_lost_to_fork, resolve_device, resolve_dtype
 from ._encoding import TOTALS, EncodingReport
 from ._models import LoadedModel, load_model
 from ._options import EncodingOptions, encoding_options, numbers_fingerprint
@@ -231,7 +231,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         params = self.get_params()
         for message in unused_parameters(params, modes):
             warn_user(message)
-        loaded = self._load()
+        loaded = self._load(refit=True)
         for name, value in fitted_settings(params, modes, loaded).items():
             setattr(self, name, value)
         start = time.perf_counter()
@@ -411,8 +411,9 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         keys are made under), then what pooling makes of the encoder's output:
         ``pooling``, ``layers``, ``layer_aggregation``, ``include_special_tokens``,
         ``segments``, ``pairs`` and ``normalize``. Batching (``batch_size``,
-        ``token_budget``, ``attention``), the cache and the progress bar do not
-        enter it. ``skbert embed`` records it with every part of a dataset, so a
+        ``token_budget``, packed or padded attention), the cache and the progress bar
+        do not enter it (``attention="packed"`` on a CPU does where it makes torch run
+        instead of OpenVINO: the runtime's numbers are its own). ``skbert embed`` records it with every part of a dataset, so a
         re-run keeps a part only if it would come out the same.
 
         Returns
@@ -464,18 +465,22 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         return tags
 
     def __setstate__(self, state):
-        """Restore a pickle (made without weights); with ``device="auto"`` the device is chosen anew,
-        so a pickle made on a GPU machine runs on a CPU one. The device, precision and runtime
+        """Restore a pickle (made without weights); with ``device="auto"`` (or ``"cuda"`` without a number)
+        the device is chosen anew, so a pickle made on a GPU machine runs on a CPU one. The device, precision and runtime
         attributes then describe this machine, as ``transform`` will run here (the runtime as
         asked for: a model OpenVINO cannot convert still falls back to torch, with a warning)."""
         self.__dict__.update(state)
         if "device_" not in state:  # not fitted
             return
-        if self.device == "auto":
-            device = resolve_device("auto", self.precision)
-            self.device_ = str(device)
-            if self.precision != "int8":
-                self.precision_ = str(resolve_dtype(self.precision, device)).removeprefix("torch.")
+        if self._device_is_chosen():
+            try:
+                device = resolve_device(self.device, self.precision)
+            except ValueError:  # "cuda" on a machine without: transform says so
+                device = None
+            if device is not None:
+                self.device_ = str(device)
+                if self.precision != "int8":
+                    self.precision_ = str(resolve_dtype(self.precision, device)).removeprefix("torch.")
         if "runtime_" in state:
             on = self.device_.split(":")[0]  # "cpu", "cuda:1" -> its type
             self.runtime_ = wanted_runtime(self.precision, self.attention, on)
@@ -486,11 +491,21 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         """The input's texts (or, with ``pairs=True``, its (A, B) pairs), checked, in order."""
         return validate_pairs(X) if self.pairs else validate_texts(X)
 
-    def _load(self) -> LoadedModel:
-        """The model for these parameters on this machine (loaded once per process, shared by clones)."""
-        device = resolve_device(self.device, self.precision)
+    def _load(self, refit: bool = False) -> LoadedModel:
+        """The model for these parameters on this machine (loaded once per process, shared by clones).
+
+        A fitted estimator runs on the device ``fit`` (or unpickling) chose, ``device_``, not
+        on one read again per call and thread (CUDA's current device is per thread); in a
+        process forked after CUDA ran, the device is chosen again (``"auto"``: the CPU)."""
+        chosen = not refit and self._device_is_chosen() and getattr(self, "device_", None) is not None
+        device = resolve_device(self.device_ if chosen and not cuda_lost_to_fork() else self.device, self.precision)
         dtype = resolve_dtype(self.precision, device)
         return load_model(self.model_name, self.revision, device, dtype, quantize=self.precision == "int8")
+
+    def _device_is_chosen(self) -> bool:
+        """Whether ``device`` leaves the choice to the machine: ``"auto"``, or CUDA without a number (the
+        current GPU); then ``fit`` and unpickling choose, and calls keep that choice."""
+        return self.device == "auto" or (str(self.device).startswith("cuda") and ":" not in str(self.device))
 
     def _options(self, loaded: LoadedModel) -> EncodingOptions:
         """The fitted encoding options on the loaded model's device."""

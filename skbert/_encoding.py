@@ -334,7 +334,7 @@ def iter_statistics(
     layers, kinds = tuple(layers), tuple(kinds)
 
     def reduce(states, batch):  # the same for every runtime: the states are in the batch's padded layout
-        values = window_statistics([states[i] for i in layers], batch.attention_mask, batch.content_mask, kinds,
+        values = window_statistics((states[i] for i in layers), batch.attention_mask, batch.content_mask, kinds,
                                    batch.bounds)
         if not with_pooler:
             return values.flatten(1)
@@ -403,7 +403,7 @@ def iter_token_vectors(
     layer_indices : tuple of int
         Hidden states to keep.
     options : EncodingOptions
-        As in :func:`iter_statistics`; batches always run padded. Under
+        As in :func:`iter_statistics` (every runtime, packed or padded). Under
         ``long_text="chunk"`` every token is kept, with its vector from the window
         where it has the most context.
     report : EncodingReport, optional

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -61,6 +61,8 @@ class Block:
         written again.
     live : int
         Rows of this block the memory tier holds (kept by :class:`~skbert._cache.MemoryTier`).
+    may_be_non_finite : bool
+        False where making it ruled out any infinity or NaN (:func:`non_finite_rows`).
     """
 
     keys: list
@@ -70,6 +72,7 @@ class Block:
     pooler: np.ndarray | None = None
     on_disk: bool = False
     live: int = 0
+    may_be_non_finite: bool = field(default=True, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -168,39 +171,43 @@ def text_keys(fingerprint: bytes, texts) -> list[bytes]:
 
 def non_finite_rows(block: Block) -> np.ndarray | None:
     """Rows holding a NaN or an infinity where a number belongs (the model overflowed, as float16 can on
-    cards without bfloat16), or None where there is none (the common case, told at the speed of one pass).
+    cards without bfloat16), or None where there is none.
 
-    A segment without a token of its own has ``-inf`` as its maximum by design: that is not one.
+    A segment without a token of its own has ``-inf`` as its maximum by design: that is
+    not one. A block that :func:`block_from_statistics` found free of any infinity or
+    NaN while narrowing it (the common case) is not looked at again.
     """
-    values = torch.from_numpy(np.ascontiguousarray(block.values))
-    pooler = None if block.pooler is None else torch.from_numpy(np.ascontiguousarray(block.pooler))
-    if bool(values.isfinite().all()) and (pooler is None or bool(pooler.isfinite().all())):
+    if not block.may_be_non_finite:
         return None
+    values = torch.from_numpy(np.ascontiguousarray(block.values))
     bad = ~values.isfinite()
-    empty = torch.from_numpy(block.n_content == 0)  # (n, segments)
-    maxima = bad[:, :, KINDS.index("max")]
-    maxima &= ~(empty[:, :, None, None] & (values[:, :, KINDS.index("max")] == float("-inf")))
+    maximum = KINDS.index("max")
+    empty = torch.from_numpy(block.n_content == 0)[:, :, None, None]  # (n, segments, 1, 1)
+    bad[:, :, maximum] &= ~(empty & (values[:, :, maximum] == float("-inf")))
     rows = bad.flatten(1).any(dim=1)
-    if pooler is not None:
-        rows |= ~pooler.isfinite().all(dim=1)
-    return None if not bool(rows.any()) else rows.numpy()
+    if block.pooler is not None:
+        rows |= ~torch.from_numpy(np.ascontiguousarray(block.pooler)).isfinite().all(dim=1)
+    return rows.numpy() if bool(rows.any()) else None
 
 
-def _narrow(values: np.ndarray | None, dtype: np.dtype) -> np.ndarray | None:
-    """``values`` in ``dtype``, or None if some finite value would overflow it.
+def _narrow(values: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray | None, bool]:
+    """``values`` in ``dtype`` (None if some finite value would overflow it), and whether they may hold an
+    infinity or a NaN (False only where that was ruled out on the way).
 
     float16 is converted by torch and checked on its bits (numpy's float16
     arithmetic is ~10x slower on a CPU).
     """
-    if values is None or dtype == values.dtype:
-        return values
+    if values is None:
+        return None, False
+    if dtype == values.dtype:
+        return values, True
     wide = np.ascontiguousarray(values, dtype=np.float32)
     narrow = torch.from_numpy(wide).to(torch.float16).numpy()
     magnitude = narrow.view(np.uint16) & 0x7FFF  # exponent and significand bits
     if magnitude.max(initial=0) < 0x7C00:  # no infinity (and no NaN) at all: the common case
-        return narrow
+        return narrow, False
     overflowed = np.count_nonzero(magnitude == 0x7C00) != np.count_nonzero(np.isinf(wide))
-    return None if overflowed else narrow
+    return (None if overflowed else narrow), True
 
 
 def block_from_statistics(keys: list[bytes], statistics: Statistics, dtype) -> Block:
@@ -223,11 +230,15 @@ def block_from_statistics(keys: list[bytes], statistics: Statistics, dtype) -> B
     """
     if statistics.kinds != KINDS or statistics.layers != tuple(range(statistics.values.shape[3])):
         raise ValueError("cache entries need every kind of statistic for every hidden state")
-    values, pooler = _narrow(statistics.values, np.dtype(dtype)), _narrow(statistics.pooler, np.dtype(dtype))
+    (values, odd_values), (pooler, odd_pooler) = (_narrow(statistics.values, np.dtype(dtype)),
+                                                  _narrow(statistics.pooler, np.dtype(dtype)))
     if values is None or (pooler is None) != (statistics.pooler is None):  # would overflow: keep float32
-        values, pooler = statistics.values.astype(np.float32), _narrow(statistics.pooler, np.dtype(np.float32))
-    return Block(list(keys), values, np.asarray(statistics.n_content, dtype=np.int64),
-                 np.asarray(statistics.n_tokens, dtype=np.int64), pooler)
+        (values, odd_values), (pooler, odd_pooler) = ((statistics.values.astype(np.float32), True),
+                                                      _narrow(statistics.pooler, np.dtype(np.float32)))
+    block = Block(list(keys), values, np.asarray(statistics.n_content, dtype=np.int64),
+                  np.asarray(statistics.n_tokens, dtype=np.int64), pooler)
+    block.may_be_non_finite = odd_values or odd_pooler
+    return block
 
 
 def statistics_from_block(positions, block: Block) -> Statistics:

@@ -208,10 +208,12 @@ class LoadedModel:
         Two copies of the same model anywhere on disk, or from the hub, get the same
         fingerprint; any change to a weight or to the tokenizer changes it.
         """
-        with self.derived.lock:
-            if self.derived.fingerprint is None:
-                self.derived.fingerprint = _weights_digest(self.model, self.tokenizer, self.quantized)
-            return self.derived.fingerprint
+        if self.derived.fingerprint is None:  # hashed outside the lock: other calls' views and tokenizer go on
+            digest = _weights_digest(self.model, self.tokenizer, self.quantized)
+            with self.derived.lock:
+                if self.derived.fingerprint is None:
+                    self.derived.fingerprint = digest
+        return self.derived.fingerprint
 
     def text_tokenizer(self) -> TextTokenizer:
         """The bulk tokenizer (:class:`~skbert._batching.TextTokenizer`), made once."""

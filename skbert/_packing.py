@@ -46,12 +46,15 @@ MAX_HEAD_DIM = 256
 
 
 def varlen_kernel():
-    """The variable-length attention kernel of this torch, or None."""
+    """The variable-length attention kernel of this torch, or None (none at all, or a first version that
+    takes no ``scale``, which the packed attention passes)."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
-    return varlen_attn
+    import inspect
+
+    return varlen_attn if "scale" in inspect.signature(varlen_attn).parameters else None
 
 
 def transformers_passes_lengths() -> bool:
@@ -293,16 +296,16 @@ def unpack(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
 
 
 class UnpackedStates:
-    """A packed forward's hidden states in the padded layout, each unpacked (:func:`unpack`) when first read."""
+    """A packed forward's hidden states in the padded layout, each unpacked (:func:`unpack`) when read and not
+    kept: a reduction that reads them one at a time holds one padded copy at most."""
 
     def __init__(self, states, batch: PackedBatch):
-        self._states, self._batch, self._unpacked = states, batch, {}
+        self._states, self._batch = states, batch
 
     def __len__(self) -> int:
         return len(self._states)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        index %= len(self._states)
-        if index not in self._unpacked:
-            self._unpacked[index] = unpack(self._states[index], self._batch)
-        return self._unpacked[index]
+        if not -len(self._states) <= index < len(self._states):
+            raise IndexError(index)
+        return unpack(self._states[index], self._batch)

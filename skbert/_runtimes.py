@@ -12,7 +12,7 @@ backend one batch and one ``embed``:
   (:mod:`skbert._packing`; FlashAttention's variable-length kernel on CUDA);
 - :class:`OpenVINO`: OpenVINO's compiled CPU kernels on padded batches
   (:mod:`skbert._openvino`), falling back to :class:`TorchPadded` for good when a
-  network fails while running.
+  network fails while running (saying so: :attr:`OpenVINO.fell_back`).
 
 :func:`choose_runtime` decides for ``fit`` and every call alike, and
 :func:`wanted_runtime`, its first half, needs no model (an unpickled estimator names the
@@ -34,10 +34,20 @@ class TorchPadded:
     Parameters
     ----------
     loaded : LoadedModel
+
+    Attributes
+    ----------
+    name : str
+        What produces its numbers ("torch", "openvino"): part of the cache's keys.
+    packed : bool
+    fell_back : bool
+        Whether some batch ran on another runtime than :attr:`name` says (then its
+        results must not be stored under that name).
     """
 
     name = "torch"
     packed = False
+    fell_back = False
 
     def __init__(self, loaded):
         self.loaded = loaded
@@ -83,9 +93,19 @@ class TorchPacked(TorchPadded):
 
 
 class OpenVINO(TorchPadded):
-    """OpenVINO's compiled CPU kernels on padded batches; torch eager where a network cannot run."""
+    """OpenVINO's compiled CPU kernels on padded batches; torch eager where the model's networks cannot run.
+
+    A depth whose cut network does not convert runs the whole model's network (its
+    numbers are OpenVINO's all the same). Where OpenVINO cannot run at all any more
+    (it failed while running), the batch runs in torch, and :attr:`fell_back` says so:
+    those numbers are torch's, never to be stored under this runtime's name.
+    """
 
     name = "openvino"
+
+    def __init__(self, loaded):
+        super().__init__(loaded)
+        self.fell_back = False
 
     def prepare(self, depth: int | None) -> float:
         from ._openvino import prepare
@@ -96,7 +116,12 @@ class OpenVINO(TorchPadded):
         from ._openvino import run
 
         states = run(self.loaded, batch, depth)
-        return super().hidden_states(batch, depth) if states is None else states
+        if states is None and depth is not None:
+            states = run(self.loaded, batch, None)  # the whole model's network
+        if states is None:
+            self.fell_back = True
+            return super().hidden_states(batch, depth)
+        return states
 
 
 def wanted_runtime(precision: str, attention: str, device_type: str) -> str:

@@ -146,7 +146,9 @@ class StatisticsSource:
             positions = missing[batch.positions]
             block = block_from_statistics([keys[p] for p in positions], batch, self.stored_dtype)
             bad = non_finite_rows(block)
-            if bad is None:
+            if self.options.runtime.fell_back:  # another runtime's numbers: not under this one's keys
+                pass
+            elif bad is None:
                 self.store.put(block)
             else:  # handed out as they are, never kept: the next call encodes them again
                 _warn_non_finite(int(bad.sum()), self.loaded)

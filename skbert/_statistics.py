@@ -171,8 +171,9 @@ def window_statistics(
 
     Parameters
     ----------
-    hidden_states : sequence of Tensor of shape (n, t, d)
-        The hidden states wanted, in order.
+    hidden_states : iterable of Tensor of shape (n, t, d)
+        The hidden states wanted, in order; each is read once, so a generator keeps
+        one at a time in memory.
     attention_mask : Tensor of shape (n, t)
         1 for real tokens, 0 for padding (on the right).
     content_mask : Tensor of shape (n, t)
@@ -196,14 +197,15 @@ def window_statistics(
     rows = torch.arange(real.shape[0], device=real.device)
     if bounds is None:
         bounds = torch.stack([torch.zeros_like(rows), real.long().sum(dim=1) - 1], dim=1)[:, None]
-    segments = []
-    for segment in range(bounds.shape[1]):
-        content = (content_mask == segment + 1) & real
-        first, last = bounds[:, segment, 0], bounds[:, segment, 1]
-        per_layer = [torch.stack([KIND_RULES[kind].reduce(hidden, rows, first, last, content) for kind in kinds], dim=1)
-                     for hidden in hidden_states]
-        segments.append(torch.stack(per_layer, dim=2))
-    return torch.stack(segments, dim=1)
+    segments = [((content_mask == segment + 1) & real, bounds[:, segment, 0], bounds[:, segment, 1])
+                for segment in range(bounds.shape[1])]
+    per_layer = []
+    for hidden in hidden_states:  # each read once (a packed batch's are laid out as they are read)
+        per_layer.append(torch.stack([
+            torch.stack([KIND_RULES[kind].reduce(hidden, rows, first, last, content) for kind in kinds], dim=1)
+            for content, first, last in segments
+        ], dim=1))  # (n, segments, kinds, d)
+    return torch.stack(per_layer, dim=3)
 
 
 def finish_texts(

@@ -212,11 +212,15 @@ def test_cuda_is_one_device_by_its_number_whatever_becomes_current_later(fake_cu
     and a later torch.cuda.set_device does not move a device already resolved."""
     current = [1]
     monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     assert resolve_device("cuda") == resolve_device("cuda:1") == torch.device("cuda", 1)
     assert resolve_device("auto") == torch.device("cuda", 1)
     resolved = resolve_device("cuda")
     current[0] = 0  # set_device(0)
     assert resolved == torch.device("cuda", 1) and resolve_device("cuda") == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # not started: asking would start it
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: pytest.fail("CUDA started to resolve a device"))
+    assert resolve_device("cuda") == resolve_device("auto") == torch.device("cuda", 0)
 
 
 def test_a_process_forked_after_cuda_ran_runs_auto_on_the_cpu_and_refuses_an_explicit_gpu(monkeypatch):
@@ -243,7 +247,7 @@ def test_a_process_forked_after_cuda_ran_runs_auto_on_the_cpu_and_refuses_an_exp
         warnings.simplefilter("error")  # once per process
         assert resolve_device("auto") == torch.device("cpu")
     for explicit in ("cuda", "cuda:0", torch.device("cuda", 0)):
-        with pytest.raises(RuntimeError, match="forked.*'spawn' or 'forkserver'.*joblib's default backend"):
+        with pytest.raises(ValueError, match="forked.*'spawn' or 'forkserver'.*joblib's default backend"):
             resolve_device(explicit)
     monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -296,3 +300,30 @@ def test_token_vectors_cap_the_padded_tokens_of_a_batch_by_the_bytes_they_hand_b
     for a, b in zip(got, want):
         assert a.tokens == b.tokens
         assert_allclose(a.vectors, b.vectors, rtol=1e-5, atol=1e-6)
+
+
+def test_a_fitted_estimator_keeps_the_gpu_fit_chose_whatever_thread_or_current_device(fake_cuda, tiny_bert,
+                                                                                      monkeypatch):
+    """CUDA's current device is per thread: calls run where fit chose (device_), not where each call's
+    thread points; a refit chooses again."""
+    from skbert import BertEmbedder, _embedder
+
+    current, asked = [1], []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(_embedder, "load_model", lambda name, revision, device, dtype, quantize: asked.append(device))
+    for device in ("auto", "cuda"):
+        embedder = BertEmbedder(tiny_bert, device=device, precision="float32")
+        embedder._load(refit=True)
+        assert asked[-1] == torch.device("cuda", 1)
+        embedder.device_ = "cuda:1"  # as fit records it
+        current[0] = 0  # another thread, or set_device(0)
+        embedder._load()
+        assert asked[-1] == torch.device("cuda", 1)
+        embedder._load(refit=True)
+        assert asked[-1] == torch.device("cuda", 0)
+        current[0] = 1
+    explicit = BertEmbedder(tiny_bert, device="cuda:0", precision="float32")
+    explicit.device_ = "cuda:0"
+    explicit._load()
+    assert asked[-1] == torch.device("cuda", 0)

@@ -122,7 +122,7 @@ def child(_):
     try:
         explicit.transform(texts)
         error = ""
-    except RuntimeError as exc:
+    except ValueError as exc:
         error = str(exc)
     return got, [str(w.message) for w in caught], error
 

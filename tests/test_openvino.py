@@ -220,3 +220,43 @@ def test_calls_that_stop_at_the_same_layer_share_one_network(tiny_bert, openvino
         embedder = BertEmbedder(tiny_bert, cache=None, layers=layers).fit(TEXTS)
         embedder.transform(TEXTS)
     assert sorted(embedder._load().derived.networks) == [1, 3]
+
+
+def test_a_depth_whose_network_does_not_convert_runs_the_whole_models_network(tiny_bert, openvino_on, monkeypatch):
+    """Its numbers stay OpenVINO's (so the entries' key is right): the whole network serves the cut depth."""
+    fresh_models(monkeypatch)
+    real = _openvino.convert
+
+    def whole_only(model, *args, **kwargs):
+        if len(model.encoder.layer) < 3:
+            raise RuntimeError("cannot convert a cut model")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(_openvino, "convert", whole_only)
+    embedder = BertEmbedder(tiny_bert, cache=None, layers=1).fit(TEXTS)
+    assert embedder.runtime_ == "openvino"
+    options = embedder._options(embedder._load())
+    with pytest.warns(UserWarning, match="could not run this model through OpenVINO.*cannot convert a cut model"):
+        got = embedder.transform(TEXTS)
+    assert not options.runtime.fell_back
+    assert sorted(embedder._load().derived.networks) == [3] and embedder._load().derived.failed == {1}
+    want = BertEmbedder(tiny_bert, cache=None, layers=1, precision="float32").fit(TEXTS).transform(TEXTS)
+    assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+
+
+def test_batches_that_fell_back_to_torch_are_not_cached_under_openvinos_name(tiny_bert, openvino_on, monkeypatch):
+    fresh_models(monkeypatch)
+    embedder = BertEmbedder(tiny_bert, batch_size=2).fit(TEXTS)
+    real, calls = _openvino.forward, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("cannot run this shape")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_openvino, "forward", failing)
+    with pytest.warns(UserWarning, match="OpenVINO failed while running"):
+        embedder.transform(TEXTS)
+    stored = embedder.cache_info()["memory_entries"]
+    assert stored <= 2 < len(set(TEXTS))  # at most the batch OpenVINO ran

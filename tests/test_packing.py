@@ -192,3 +192,22 @@ def test_token_vectors_run_packed_as_they_run_padded(tiny_bert, long_text):
     for got, want in zip(packed.transform_tokens(TEXTS), padded.transform_tokens(TEXTS)):
         assert got.tokens == want.tokens
         assert_allclose(got.vectors, want.vectors, rtol=RTOL, atol=ATOL)
+
+
+def test_a_varlen_kernel_without_scale_counts_as_none_and_unpacked_states_refuse_a_wrong_layer(tiny_bert,
+                                                                                             monkeypatch):
+    """torch's first public varlen_attn took no ``scale``, which the packed attention passes."""
+    import torch.nn.attention.varlen as varlen
+    from transformers import AutoTokenizer
+
+    from skbert._packing import UnpackedStates, varlen_kernel
+
+    assert varlen_kernel() is varlen.varlen_attn
+    monkeypatch.setattr(varlen, "varlen_attn", lambda q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False: None)
+    assert varlen_kernel() is None
+    tokenized = TextTokenizer(AutoTokenizer.from_pretrained(tiny_bert))(["the bank", "a b c"])
+    batch = pack(tokenized, make_windows(tokenized, 64, "truncate", 0))
+    states = UnpackedStates([torch.ones(1, batch.n_tokens, 4)] * 3, batch)
+    assert states[-1].shape == (2, 5, 4) and len(states) == 3
+    with pytest.raises(IndexError):
+        states[3]
