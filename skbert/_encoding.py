@@ -361,13 +361,14 @@ def iter_statistics(
                             for w in done])
         whole = np.flatnonzero([n_windows[w.text] == 1 for w in done])
         if whole.size:
+            every = whole.size == len(done)  # the common case: the batch's arrays are handed over as they are
             yield finished(
                 [done[r].text + start for r in whole],
                 [tokenized[done[r].text] for r in whole],
-                values[whole],
-                content[whole],
+                values if every else values[whole],
+                content if every else content[whole],
                 np.arange(whole.size),
-                None if pooler is None else pooler[whole],
+                None if pooler is None else pooler if every else pooler[whole],
             )
         for row in np.setdiff1d(np.arange(len(done)), whole):
             window = done[row]

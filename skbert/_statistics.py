@@ -220,7 +220,8 @@ def finish_texts(
     Parameters
     ----------
     window_values : ndarray of shape (n_windows, segments, len(kinds), L, d), float32
-        From :func:`window_statistics`, windows of each text in window order.
+        From :func:`window_statistics`, windows of each text in window order. Handed
+        over: where every window is a whole text it is finished in place and returned.
     window_content : ndarray of shape (n_windows, segments)
         Content tokens each window counts.
     text_of_window : ndarray of shape (n_windows,)
@@ -242,8 +243,8 @@ def finish_texts(
         n_content = np.add.reduceat(window_content, starts, axis=0)
     else:
         n_content = np.zeros((0, window_content.shape[1]), np.int64)
-    if len(text_of_window) == n_texts:  # one window each (the common case): nothing to combine
-        values = window_values.copy()
+    if len(text_of_window) == n_texts:  # one window each (the common case): nothing to combine, no copy
+        values = window_values
     else:
         values = np.empty((n_texts, *window_values.shape[1:]), dtype=np.float32)
         for position, kind in enumerate(kinds):
