@@ -38,6 +38,20 @@ def fresh_models(monkeypatch):
     monkeypatch.setattr(_models, "_REGISTRY", {})
 
 
+def fail_on_second_batch(monkeypatch) -> list:
+    """OpenVINO's networks raise on the second batch they run; returns the list of their runs."""
+    real, calls = _openvino.forward, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("cannot run this shape")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_openvino, "forward", failing)
+    return calls
+
+
 def _cosine(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
@@ -179,15 +193,7 @@ def test_a_failure_while_running_finishes_the_call_in_torch(tiny_bert, openvino_
     fresh_models(monkeypatch)
     embedder = BertEmbedder(tiny_bert, cache=None, batch_size=2).fit(TEXTS)
     assert embedder.runtime_ == "openvino"
-    real, calls = _openvino.forward, []
-
-    def failing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("cannot run this shape")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_openvino, "forward", failing)
+    calls = fail_on_second_batch(monkeypatch)
     with pytest.warns(UserWarning, match="OpenVINO failed while running.*cannot run this shape.*torch eager"):
         got = embedder.transform(TEXTS)
     want = BertEmbedder(tiny_bert, cache=None, precision="float32").fit(TEXTS).transform(TEXTS)
@@ -247,15 +253,7 @@ def test_a_depth_whose_network_does_not_convert_runs_the_whole_models_network(ti
 def test_batches_that_fell_back_to_torch_are_not_cached_under_openvinos_name(tiny_bert, openvino_on, monkeypatch):
     fresh_models(monkeypatch)
     embedder = BertEmbedder(tiny_bert, batch_size=2).fit(TEXTS)
-    real, calls = _openvino.forward, []
-
-    def failing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("cannot run this shape")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_openvino, "forward", failing)
+    fail_on_second_batch(monkeypatch)
     with pytest.warns(UserWarning, match="OpenVINO failed while running"):
         embedder.transform(TEXTS)
     stored = embedder.cache_info()["memory_entries"]
