@@ -29,13 +29,12 @@ from ._batching import (
     length_sorted_batches,
     make_windows,
     n_segments,
-    window_segments,
 )
 from ._device import one_thread_after_fork
 from ._models import LoadedModel
 from ._options import EncodingOptions
 from ._statistics import KINDS, Statistics, finish_texts, window_statistics
-from ._transfer import PendingCopy, Transfers, one_batch_behind
+from ._transfer import PendingCopies, Transfers, one_batch_behind
 
 CHUNK_SIZE = 4096
 
@@ -118,7 +117,7 @@ def run_batches(
     limits: BatchLimits | None = None,
     transfers: Transfers | None = None,
     depth: int | None = None,
-) -> Iterator[tuple[list[Window], PendingCopy]]:
+) -> Iterator[tuple[list[Window], PendingCopies]]:
     """Run ``reduce(hidden_states, batch)`` on one batch of windows, splitting it on out-of-memory errors.
 
     Parameters
@@ -130,9 +129,9 @@ def run_batches(
     windows : list of Window
         One batch, longest first.
     reduce : callable
-        ``reduce(hidden_states, batch_on_device) -> Tensor``, run under inference mode,
-        with the hidden states in the batch's padded layout whatever the runtime; its
-        result is copied to the host.
+        ``reduce(hidden_states, batch_on_device) -> tuple of Tensor``, run under
+        inference mode, with the hidden states in the batch's padded layout whatever
+        the runtime; its results are copied to the host.
     report : EncodingReport
         Updated with the rows and tokens run and any split.
     limits : BatchLimits, optional
@@ -149,9 +148,9 @@ def run_batches(
 
     Yields
     ------
-    (windows, PendingCopy)
+    (windows, PendingCopies)
         For the batch, or for each part of it after an out-of-memory error: the
-        copy of ``reduce``'s result to the host, maybe still running.
+        copies of ``reduce``'s results to the host, maybe still running.
     """
     transfers = Transfers.for_device(loaded.device) if transfers is None else transfers
     pending = [windows]
@@ -165,7 +164,8 @@ def run_batches(
         try:
             with torch.inference_mode():
                 on_device = transfers.to_device(batch)
-                result = transfers.to_host(reduce(runtime.hidden_states(on_device, depth), on_device))
+                result = PendingCopies(tuple(transfers.to_host(tensor)
+                                             for tensor in reduce(runtime.hidden_states(on_device, depth), on_device)))
         except (RuntimeError, MemoryError) as error:
             if len(part) == 1 or not _is_oom(error):
                 raise
@@ -246,8 +246,8 @@ def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *,
     (start, tokenized, n_windows, windows, result)
         The chunk's first input position, its tokenised texts, the number of
         windows of each of its texts, the windows of the batch, and ``reduce``'s
-        result for them, copied to the host (on a GPU, once the next batch has
-        been queued: see :mod:`skbert._transfer`).
+        results for them (a tuple of arrays), copied to the host (on a GPU, once
+        the next batch has been queued: see :mod:`skbert._transfer`).
     """
     one_thread_after_fork()
     runtime = options.runtime
@@ -298,12 +298,16 @@ def iter_statistics(
     with_pooler: bool = False,
     options: EncodingOptions,
     report: EncodingReport | None = None,
+    dtype: str = "float32",
 ) -> Iterator[Statistics]:
     """Encode texts and yield their statistics (:mod:`skbert._statistics`), in no particular order.
 
     Only the hidden states in ``layers`` and the ``kinds`` asked for are computed
     and leave the device, and the encoder stops at the highest of those layers
     (:meth:`~skbert._models.LoadedModel.view`; all of them run for the pooler).
+    A text that fits one window (most do) is finished on the device, in ``dtype``,
+    and copied once, with its batch, into the array it is handed out in; the
+    windows of a long text are combined on the host.
 
     Parameters
     ----------
@@ -324,67 +328,86 @@ def iter_statistics(
         ``options.stored`` is the cache's business, not this.
     report : EncodingReport, optional
         Filled in with counts.
+    dtype : {"float32", "float16"}, default="float32"
+        What one-window texts are narrowed to on the device, shipped and handed out
+        in. With ``"float16"`` (a 16-bit store) they are checked as they are
+        narrowed (:attr:`~skbert._statistics.Statistics.checked`), and a text that
+        would hold an infinity or a NaN in float16 is encoded again at the end and
+        handed out in float32, unchecked (counted twice in ``report``).
 
     Yields
     ------
     Statistics
-        float32; ``positions`` index ``texts``.
+        ``positions`` index ``texts``; ``dtype`` for one-window texts, float32 for
+        long ones.
     """
     report = EncodingReport() if report is None else report
     layers, kinds = tuple(layers), tuple(kinds)
+    shipped = {"float32": torch.float32, "float16": torch.float16}[dtype]
+    check = shipped == torch.float16  # narrowing can overflow
 
     def reduce(states, batch):  # the same for every runtime: the states are in the batch's padded layout
-        values = window_statistics((states[i] for i in layers), batch.attention_mask, batch.content_mask, kinds,
-                                   batch.bounds)
+        values, extras = window_statistics((states[i] for i in layers), batch.attention_mask, batch.content_mask,
+                                           kinds, batch.bounds, dtype=shipped, check=check)
         if not with_pooler:
-            return values.flatten(1)
-        # one device-to-host copy for the whole batch
-        return torch.cat([values.flatten(1), loaded.pooler_output(states[-1][:, 0]).float()], dim=1)
-
-    def finished(positions, texts_of, values, content, text_of_window, pooler):
-        finals, n_content = finish_texts(values, content, text_of_window, len(positions), kinds)
-        n_tokens = np.array([len(text.ids) for text in texts_of])
-        return Statistics(np.asarray(positions), finals, kinds, layers, n_content, n_tokens, pooler)
+            return values, extras
+        pooler = loaded.pooler_output(states[-1][:, 0]).to(shipped)
+        if check:
+            extras[:, -1] += (~pooler.isfinite()).any(dim=1)
+        return values, extras, pooler
 
     partial: dict[int, list] = {}  # windows of long texts, until all of a text's are done
+    again: set[int] = set()  # texts to encode again in float32
     width = loaded.hidden_size
     segments = n_segments(texts)
-    row_bytes = 4 * width * (segments * len(kinds) * len(layers) + with_pooler)
+    row_bytes = shipped.itemsize * width * (segments * len(kinds) * len(layers) + with_pooler) + 4 * (segments + 1)
     depth = loaded.reads(layers, with_pooler)  # the layers above are not run
-    shape = (segments, len(kinds), len(layers), width)
-    n_values = int(np.prod(shape))
-    for start, tokenized, n_windows, done, flat in _encoded_windows(loaded, texts, reduce, report, options,
-                                                                      row_bytes=row_bytes, depth=depth):
-        values = flat[:, :n_values].reshape(len(flat), *shape)
-        pooler = flat[:, n_values:] if with_pooler else None
-        content = np.stack([np.bincount(window_segments(tokenized[w.text], w), minlength=segments + 1)[1:]
-                            for w in done])
-        whole = np.flatnonzero([n_windows[w.text] == 1 for w in done])
-        if whole.size:
-            every = whole.size == len(done)  # the common case: the batch's arrays are handed over as they are
-            yield finished(
-                [done[r].text + start for r in whole],
-                [tokenized[done[r].text] for r in whole],
-                values if every else values[whole],
-                content if every else content[whole],
-                np.arange(whole.size),
-                None if pooler is None else pooler if every else pooler[whole],
+    for start, tokenized, n_windows, done, (values, extras, *pooler) in _encoded_windows(
+            loaded, texts, reduce, report, options, row_bytes=row_bytes, depth=depth):
+        pooler = pooler[0] if with_pooler else None
+        content = extras[:, :segments].astype(np.int64)
+        text_of = np.fromiter((w.text for w in done), np.int64, len(done))
+        whole = n_windows[text_of] == 1
+        if check and extras[:, segments].any():
+            failed = start + np.unique(text_of[extras[:, segments] > 0])
+            again.update(failed.tolist())
+            whole &= ~np.isin(start + text_of, failed)
+            for position in failed:
+                partial.pop(position, None)
+        rows = np.flatnonzero(whole)
+        if rows.size:
+            every = rows.size == len(done)  # the common case: the batch's arrays are handed over as they are
+            yield Statistics(
+                start + text_of[rows],
+                values if every else values[rows],
+                kinds,
+                layers,
+                content if every else content[rows],
+                np.fromiter((len(tokenized[t].ids) for t in text_of[rows]), np.int64, rows.size),
+                None if pooler is None else pooler if every else pooler[rows],
+                checked=check,
             )
-        for row in np.setdiff1d(np.arange(len(done)), whole):
+        for row in np.flatnonzero(~whole):
             window = done[row]
-            parts = partial.setdefault(window.text + start, [])
+            position = window.text + start
+            if position in again:
+                continue
+            parts = partial.setdefault(position, [])
             parts.append((window.index, values[row], content[row], None if pooler is None else pooler[row]))
             if len(parts) == n_windows[window.text]:
                 parts.sort(key=lambda part: part[0])
-                yield finished(
-                    [window.text + start],
-                    [tokenized[window.text]],
-                    np.stack([p[1] for p in parts]),
-                    np.array([p[2] for p in parts]),
-                    np.zeros(len(parts), dtype=np.int64),
-                    None if pooler is None else parts[0][3][None],
-                )
-                del partial[window.text + start]
+                combined, n_content = finish_texts(np.stack([p[1] for p in parts]), np.stack([p[2] for p in parts]),
+                                                   np.zeros(len(parts), dtype=np.int64), 1, kinds)
+                yield Statistics(np.array([position]), combined, kinds, layers, n_content,
+                                 np.array([len(tokenized[window.text].ids)]),
+                                 None if pooler is None else parts[0][3][None].astype(np.float32))
+                del partial[position]
+    if again:
+        positions = np.array(sorted(again))
+        for batch in iter_statistics(loaded, [texts[p] for p in positions], layers=layers, kinds=kinds,
+                                     with_pooler=with_pooler, options=options, report=report):
+            batch.positions = positions[batch.positions]
+            yield batch
 
 
 def iter_token_vectors(
@@ -423,12 +446,12 @@ def iter_token_vectors(
     selected = list(layer_indices)
 
     def reduce(states, batch):
-        return torch.stack([states[i] for i in selected], dim=1).float()
+        return (torch.stack([states[i] for i in selected], dim=1).float(),)
 
     partial: dict[int, list] = {}  # each text's windows, until all are done
     # token vectors need no particular layout
     token_bytes = 4 * len(selected) * loaded.hidden_size  # float32 vectors of every selected layer
-    for start, tokenized, n_windows, done, states in _encoded_windows(loaded, texts, reduce, report, options,
+    for start, tokenized, n_windows, done, (states,) in _encoded_windows(loaded, texts, reduce, report, options,
                                                                       token_bytes=token_bytes, check_layout=False,
                                                                       depth=max(selected)):
         for row, window in enumerate(done):

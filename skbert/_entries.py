@@ -190,9 +190,9 @@ def non_finite_rows(block: Block) -> np.ndarray | None:
     return rows.numpy() if bool(rows.any()) else None
 
 
-def _narrow(values: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray | None, bool]:
+def _narrow(values: np.ndarray | None, dtype: np.dtype, checked: bool = False) -> tuple[np.ndarray | None, bool]:
     """``values`` in ``dtype`` (None if some finite value would overflow it), and whether they may hold an
-    infinity or a NaN (False only where that was ruled out on the way).
+    infinity or a NaN (False only where that was ruled out on the way, or by the encoder: ``checked``).
 
     float16 is converted by torch and checked on its bits (numpy's float16
     arithmetic is ~10x slower on a CPU).
@@ -200,7 +200,7 @@ def _narrow(values: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray | No
     if values is None:
         return None, False
     if dtype == values.dtype:
-        return values, True
+        return values, not checked
     wide = np.ascontiguousarray(values, dtype=np.float32)
     narrow = torch.from_numpy(wide).to(torch.float16).numpy()
     magnitude = narrow.view(np.uint16) & 0x7FFF  # exponent and significand bits
@@ -218,7 +218,9 @@ def block_from_statistics(keys: list[bytes], statistics: Statistics, dtype) -> B
     keys : list of bytes
         One per row.
     statistics : Statistics
-        float32, holding :data:`KINDS` for hidden states ``0..depth`` in order.
+        Holding :data:`KINDS` for hidden states ``0..depth`` in order: float32, or
+        already ``dtype`` (as the encoder ships a 16-bit store's entries: kept as
+        they are, with no copy and, where the encoder checked them, no second scan).
     dtype : numpy dtype
         float16 or float32; a batch whose values would overflow float16 is kept in
         float32.
@@ -230,8 +232,9 @@ def block_from_statistics(keys: list[bytes], statistics: Statistics, dtype) -> B
     """
     if statistics.kinds != KINDS or statistics.layers != tuple(range(statistics.values.shape[3])):
         raise ValueError("cache entries need every kind of statistic for every hidden state")
-    (values, odd_values), (pooler, odd_pooler) = (_narrow(statistics.values, np.dtype(dtype)),
-                                                  _narrow(statistics.pooler, np.dtype(dtype)))
+    checked = statistics.checked
+    (values, odd_values), (pooler, odd_pooler) = (_narrow(statistics.values, np.dtype(dtype), checked),
+                                                  _narrow(statistics.pooler, np.dtype(dtype), checked))
     if values is None or (pooler is None) != (statistics.pooler is None):  # would overflow: keep float32
         (values, odd_values), (pooler, odd_pooler) = ((statistics.values.astype(np.float32), True),
                                                       _narrow(statistics.pooler, np.dtype(np.float32)))

@@ -141,7 +141,7 @@ class StatisticsSource:
         for batch in iter_statistics(
             self.loaded, [texts[i] for i in missing], layers=tuple(range(depth + 1)), kinds=KINDS,
             with_pooler=self.loaded.has_pooler and depth == self.loaded.n_layers, report=report,
-            options=self.options,
+            options=self.options, dtype=self.stored_dtype.name,
         ):
             positions = missing[batch.positions]
             block = block_from_statistics([keys[p] for p in positions], batch, self.stored_dtype)

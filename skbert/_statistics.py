@@ -42,45 +42,49 @@ from ._pooling import pool_max, pool_sum
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of statistic, defined once: how a window's is computed on the device, how a long text's
-    windows combine, and how the combination is finished into the text's.
+    """One kind of statistic, defined once: how a window's is computed on the device, and how a long text's
+    windows combine into the text's.
 
     Attributes
     ----------
     name : str
     reduce : callable
-        ``(hidden (n, t, d), rows, first (n,), last (n,), content (n, t) bool) -> (n, d)`` float32.
+        ``(hidden (n, t, d), rows, first (n,), last (n,), content (n, t) bool, count (n,) float32) -> (n, d)``
+        float32: the window's own statistic, finished (a mean is divided by its count; a window
+        that counts no content token gets 0 as its mean and, until :func:`window_statistics`
+        marks it ``-inf``, 0 as its maximum).
     combine : callable
-        ``(per_window (n_windows, ...), starts, ends) -> (n_texts, ...)``: the windows of text
-        ``k`` are ``starts[k]:ends[k]``, in window order.
-    finish : callable
-        ``(combined (n_texts, segments, L, d), n_content (n_texts, segments))``: in place.
+        ``(per_window (n_windows, segments, L, d), starts, ends, counts (n_windows, segments),
+        totals (n_texts, segments)) -> (n_texts, segments, L, d)``: the windows of text ``k`` are
+        ``starts[k]:ends[k]``, in window order; ``counts`` are the content tokens each window
+        counts and ``totals`` their sum per text.
     """
 
     name: str
     reduce: Callable
     combine: Callable
-    finish: Callable = lambda combined, n_content: None
 
 
-def _divide(combined: np.ndarray, n_content: np.ndarray) -> None:
-    combined /= np.maximum(n_content, 1)[:, :, None, None]
+def _weighted_mean(part: np.ndarray, starts, ends, counts: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """Windows' means combined into the text's, each weighted by the content tokens it counts (in float32)."""
+    weighted = part.astype(np.float32) * counts[:, :, None, None]
+    return np.add.reduceat(weighted, starts, axis=0) / np.maximum(totals, 1)[:, :, None, None]
 
 
-def _none_is_minus_infinity(combined: np.ndarray, n_content: np.ndarray) -> None:
-    combined[n_content == 0] = -np.inf
+def _max_of_counted(hidden, rows, first, last, content, count):
+    return pool_max(hidden, content).masked_fill_((count == 0)[:, None], 0.0)  # marked -inf once narrowed
 
 
-#: Every kind, by name. ``mean`` is kept as a sum until the windows are combined.
+#: Every kind, by name.
 KIND_RULES = {
-    "cls": Kind("cls", lambda hidden, rows, first, last, content: hidden[rows, first].float(),
-                lambda part, starts, ends: part[starts]),
-    "last": Kind("last", lambda hidden, rows, first, last, content: hidden[rows, last].float(),
-                 lambda part, starts, ends: part[ends - 1]),
-    "mean": Kind("mean", lambda hidden, rows, first, last, content: pool_sum(hidden, content),
-                 lambda part, starts, ends: np.add.reduceat(part, starts, axis=0), _divide),
-    "max": Kind("max", lambda hidden, rows, first, last, content: pool_max(hidden, content),
-                lambda part, starts, ends: np.maximum.reduceat(part, starts, axis=0), _none_is_minus_infinity),
+    "cls": Kind("cls", lambda hidden, rows, first, last, content, count: hidden[rows, first].float(),
+                lambda part, starts, ends, counts, totals: part[starts]),
+    "last": Kind("last", lambda hidden, rows, first, last, content, count: hidden[rows, last].float(),
+                 lambda part, starts, ends, counts, totals: part[ends - 1]),
+    "mean": Kind("mean", lambda hidden, rows, first, last, content, count:
+                 pool_sum(hidden, content).div_(count.clamp(min=1)[:, None]), _weighted_mean),
+    "max": Kind("max", _max_of_counted,
+                lambda part, starts, ends, counts, totals: np.maximum.reduceat(part, starts, axis=0)),
 }
 #: The per-layer vectors kept for each text, in this order.
 KINDS = tuple(KIND_RULES)
@@ -109,6 +113,9 @@ class Statistics:
         truncation or windowing.
     pooler : ndarray of shape (n, d) or None
         The model's pooler output (from the first window), when asked for.
+    checked : bool
+        Whether the values and the pooler are known to hold no infinity or NaN where a
+        number belongs (checked on the device as they were narrowed); False: not known.
     """
 
     positions: np.ndarray
@@ -118,6 +125,7 @@ class Statistics:
     n_content: np.ndarray
     n_tokens: np.ndarray
     pooler: np.ndarray | None = None
+    checked: bool = False
 
     @property
     def n_segments(self) -> int:
@@ -166,8 +174,16 @@ def window_statistics(
     content_mask: torch.Tensor,
     kinds: Sequence[str] = KINDS,
     bounds: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Reduce some hidden states of a padded batch of windows, on their device.
+    dtype: torch.dtype = torch.float32,
+    check: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reduce some hidden states of a padded batch of windows to each window's statistics, on their device.
+
+    Every window comes out finished: a window that is a whole text (most are) holds
+    exactly the text's statistics, in the ``dtype`` they are shipped and kept in, so
+    the host has nothing left to compute for it; the windows of a long text combine
+    with :func:`finish_texts`. No reduction needs atomics: a text gives the same
+    numbers run to run.
 
     Parameters
     ----------
@@ -185,27 +201,49 @@ def window_statistics(
         Positions of each segment's opening and closing special tokens
         (:func:`~skbert._batching.segment_bounds`). None: one segment, from the
         first token to the last real one.
+    dtype : torch.dtype, default=torch.float32
+        What the values are narrowed to (computed in float32 either way).
+    check : bool, default=False
+        Flag windows holding an infinity or a NaN where a number belongs once
+        narrowed (a float16 overflow, or a model that overflowed): an empty segment's
+        ``-inf`` maximum is not one.
 
     Returns
     -------
-    Tensor of shape (n, segments, len(kinds), len(hidden_states), d), float32
-        For ``"mean"`` the *sum* over counted content tokens (windows of one text
-        add up; :func:`finish_texts` divides); for ``"max"`` their maximum (the
-        dtype's minimum where a window counts none).
+    values : Tensor of shape (n, segments, len(kinds), len(hidden_states), d), ``dtype``
+        ``mean`` the average over the window's counted content tokens (0 where it
+        counts none), ``max`` their maximum (``-inf`` where it counts none).
+    extras : Tensor of shape (n, segments + 1), float32
+        The content tokens each segment of each window counts, then 1 for a window
+        flagged by ``check`` (0 otherwise, and always 0 without it): one small array,
+        copied to the host with the values.
     """
     real = attention_mask.bool()
-    rows = torch.arange(real.shape[0], device=real.device)
+    n = real.shape[0]
+    rows = torch.arange(n, device=real.device)
     if bounds is None:
         bounds = torch.stack([torch.zeros_like(rows), real.long().sum(dim=1) - 1], dim=1)[:, None]
-    segments = [((content_mask == segment + 1) & real, bounds[:, segment, 0], bounds[:, segment, 1])
-                for segment in range(bounds.shape[1])]
-    per_layer = []
+    n_segments = bounds.shape[1]
+    extras = torch.zeros((n, n_segments + 1), dtype=torch.float32, device=real.device)
+    segments = []
+    for segment in range(n_segments):
+        content = (content_mask == segment + 1) & real
+        extras[:, segment] = content.sum(dim=1)
+        segments.append((content, bounds[:, segment, 0], bounds[:, segment, 1], extras[:, segment]))
+    chunks = []
     for hidden in hidden_states:  # each read once (a packed batch's are laid out as they are read)
-        per_layer.append(torch.stack([
-            torch.stack([KIND_RULES[kind].reduce(hidden, rows, first, last, content) for kind in kinds], dim=1)
-            for content, first, last in segments
-        ], dim=1))  # (n, segments, kinds, d)
-    return torch.stack(per_layer, dim=3)
+        layer = torch.stack([
+            torch.stack([KIND_RULES[kind].reduce(hidden, rows, first, last, content, count) for kind in kinds], dim=1)
+            for content, first, last, count in segments
+        ], dim=1).to(dtype)  # (n, segments, kinds, d)
+        if check:
+            extras[:, -1] += (~layer.isfinite()).flatten(1).any(dim=1)
+        chunks.append(layer)
+    values = torch.stack(chunks, dim=3)
+    if "max" in kinds:
+        empty = extras[:, :n_segments] == 0  # (n, segments)
+        values[:, :, list(kinds).index("max")].masked_fill_(empty[:, :, None, None], float("-inf"))
+    return values, extras
 
 
 def finish_texts(
@@ -215,13 +253,12 @@ def finish_texts(
     n_texts: int,
     kinds: Sequence[str],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Combine windows into texts and turn sums into means.
+    """Combine the windows of long texts into the texts' statistics.
 
     Parameters
     ----------
-    window_values : ndarray of shape (n_windows, segments, len(kinds), L, d), float32
-        From :func:`window_statistics`, windows of each text in window order. Handed
-        over: where every window is a whole text it is finished in place and returned.
+    window_values : ndarray of shape (n_windows, segments, len(kinds), L, d)
+        From :func:`window_statistics`, windows of each text in window order.
     window_content : ndarray of shape (n_windows, segments)
         Content tokens each window counts.
     text_of_window : ndarray of shape (n_windows,)
@@ -232,23 +269,20 @@ def finish_texts(
     Returns
     -------
     values : ndarray of shape (n_texts, segments, len(kinds), L, d), float32
-        ``cls`` from each text's first window, ``last`` from its last; sums added and
-        divided by the text's content count; maxima combined (``-inf`` where a
-        segment has no content token).
+        ``cls`` from each text's first window, ``last`` from its last; means
+        averaged, each window weighted by the content tokens it counts; maxima
+        combined (``-inf`` where a segment has no content token).
     n_content : ndarray of shape (n_texts, segments)
     """
+    window_content = np.asarray(window_content)
     starts = np.searchsorted(text_of_window, np.arange(n_texts))
     ends = np.append(starts[1:], len(text_of_window))
-    if n_texts:
-        n_content = np.add.reduceat(window_content, starts, axis=0)
-    else:
-        n_content = np.zeros((0, window_content.shape[1]), np.int64)
-    if len(text_of_window) == n_texts:  # one window each (the common case): nothing to combine, no copy
-        values = window_values
-    else:
-        values = np.empty((n_texts, *window_values.shape[1:]), dtype=np.float32)
-        for position, kind in enumerate(kinds):
-            values[:, :, position] = KIND_RULES[kind].combine(window_values[:, :, position], starts, ends)
+    if not n_texts:
+        return (np.zeros((0, *window_values.shape[1:]), np.float32),
+                np.zeros((0, window_content.shape[1]), np.int64))
+    n_content = np.add.reduceat(window_content, starts, axis=0)
+    values = np.empty((n_texts, *window_values.shape[1:]), dtype=np.float32)
     for position, kind in enumerate(kinds):
-        KIND_RULES[kind].finish(values[:, :, position], n_content)  # a view: finished in place
-    return values, n_content
+        values[:, :, position] = KIND_RULES[kind].combine(window_values[:, :, position], starts, ends,
+                                                          window_content, n_content)
+    return values, n_content.astype(np.int64)

@@ -153,8 +153,8 @@ class Transfers:
         """Start copying a device tensor to the host."""
         if self.ops is None or _too_large(tensor):  # the latter waits for the device: rare, and bounded memory
             return PendingCopy(None, None, None, tensor.detach().cpu().numpy())
-        slot = next((s for s in self._slots if not s[1] and s[0].dtype == tensor.dtype
-                     and s[0].numel() >= tensor.numel()), None)
+        slot = min((s for s in self._slots if not s[1] and s[0].dtype == tensor.dtype
+                    and s[0].numel() >= tensor.numel()), key=lambda s: s[0].numel(), default=None)
         if slot is None:
             spare = next((s for s in self._slots if not s[1]), None)
             size = _grown(tensor.numel(), 0 if spare is None else spare[0].numel(), tensor.dtype)
@@ -165,6 +165,17 @@ class Transfers:
         slot[1] = True
         view = slot[0][: tensor.numel()].view(tensor.shape)
         return PendingCopy(view, self.ops.copy_to_host(tensor, view), slot)
+
+
+class PendingCopies:
+    """Several device-to-host copies of one batch (:meth:`Transfers.to_host` of each); :meth:`result` waits for all."""
+
+    def __init__(self, copies: tuple[PendingCopy, ...]):
+        self._copies = copies
+
+    def result(self) -> tuple[np.ndarray, ...]:
+        """The copied arrays, in order."""
+        return tuple(copy.result() for copy in self._copies)
 
 
 def one_batch_behind(pending: Iterable[tuple[object, PendingCopy]]) -> Iterator[tuple[object, np.ndarray]]:

@@ -776,3 +776,40 @@ def test_non_finite_statistics_are_handed_out_with_a_warning_but_never_cached(ti
     assert report.n_encoded == 1 and report.n_cache_hits == 3  # only the overflowed text is encoded again
     assert np.isfinite(again[1]).all()
     assert_allclose(again[[0, 2, 3]], first[[0, 2, 3]], rtol=0, atol=0)
+
+
+def test_a_text_that_overflows_float16_is_encoded_again_and_kept_in_float32(tiny_bert, monkeypatch):
+    """A 16-bit store's entries are narrowed on the device; a text whose statistics would overflow float16 there
+    is flagged, encoded again in float32 and stored in float32: its vector is the one an uncached run gives."""
+    from skbert import _encoding
+
+    texts = ["a", "the river bank", "w w w w w w w w w w", "money"]
+    real = _encoding.window_statistics
+    calls = []
+
+    def huge_for_the_long_text(states, attention_mask, content_mask, *args, **kwargs):
+        long = (attention_mask.sum(1) == 12)[:, None, None]  # only "w w ... w" has 12 tokens
+        calls.append((kwargs["dtype"], int(long.sum())))
+        return real((torch.where(long, s.float() * 1e6, s.float()) for s in states), attention_mask, content_mask,
+                    *args, **kwargs)
+
+    monkeypatch.setattr(_encoding, "window_statistics", huge_for_the_long_text)
+    uncached = BertEmbedder(tiny_bert, pooling="mean_max", layers="all", cache=None, device="cpu").fit(texts)
+    want = uncached.transform(texts)
+    stored = []
+    real_put = Store.put
+    monkeypatch.setattr(Store, "put", lambda self, block: (stored.append(block), real_put(self, block))[1])
+    embedder = BertEmbedder(tiny_bert, pooling="mean_max", layers="all", device="cpu").fit(texts)
+    calls.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # finite in float32: nothing to warn about
+        got, report = embedder.transform_with_report(texts)
+    assert calls[0] == (torch.float16, 1) and calls[-1] == (torch.float32, 1)  # flagged, then encoded again
+    assert report.n_encoded == 5
+    assert sorted(str(b.values.dtype) for b in stored) == ["float16", "float32"]
+    assert np.abs(got[2]).max() > 1e5
+    scale = np.abs(want).max(axis=1, keepdims=True)  # float16 rounding is relative to each row's size
+    assert_allclose(got / scale, want / scale, rtol=2e-3, atol=2e-3)
+    again, report = embedder.transform_with_report(texts)
+    assert report.n_cache_hits == 4 and report.n_encoded == 0
+    assert_allclose(again, got, rtol=0, atol=0)

@@ -181,7 +181,7 @@ def test_output_bytes_cap_the_rows_of_a_batch(tiny_bert, monkeypatch):
     embedder = BertEmbedder(tiny_bert, device="cpu", cache=None, layers="all", token_budget=10**6,
                             precision="float32").fit(["a"])
     want = embedder.transform(texts)  # float32: torch eager, whose forward the spy sees
-    row_bytes = 4 * 32 * (3 * 4)  # cls, last, mean for 4 hidden states, float32
+    row_bytes = 4 * 32 * (3 * 4) + 4 * 2  # cls, last, mean for 4 hidden states, float32; content count and flag
     monkeypatch.setattr(_encoding, "OUTPUT_BYTES_PER_BATCH", 8 * row_bytes)
     rows = _spy_on_forward(embedder, monkeypatch)
     got = embedder.transform(texts)
@@ -189,6 +189,28 @@ def test_output_bytes_cap_the_rows_of_a_batch(tiny_bert, monkeypatch):
     from numpy.testing import assert_allclose
 
     assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_output_bytes_count_what_is_shipped_sixteen_bits_for_a_sixteen_bit_store(tiny_bert, monkeypatch):
+    """A float16 store's entries are narrowed on the device, so a batch holds twice the rows of a float32 one."""
+    from skbert import BertEmbedder, _encoding
+
+    texts = [f"a river bank {i}" for i in range(50)]
+    embedder = BertEmbedder(tiny_bert, device="cpu", cache="memory", token_budget=10**6).fit(["a"])
+    entry_bytes = 2 * 32 * (4 * 4 + 1) + 4 * 2  # every kind of 4 hidden states and the pooler, float16; count, flag
+    monkeypatch.setattr(_encoding, "OUTPUT_BYTES_PER_BATCH", 8 * entry_bytes)
+    rows = []
+    real = _encoding.window_statistics
+
+    def spy(*args, **kwargs):
+        values, extras = real(*args, **kwargs)
+        rows.append(len(values))
+        assert values.dtype == torch.float16 and kwargs["check"]
+        return values, extras
+
+    monkeypatch.setattr(_encoding, "window_statistics", spy)
+    embedder.transform(texts)
+    assert max(rows) == 8 and sum(rows) == 50
 
 
 def test_after_an_out_of_memory_error_the_lowered_budget_sticks(tiny_bert, monkeypatch):

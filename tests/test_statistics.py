@@ -24,10 +24,12 @@ def _batch(seed=0, t=7, d=5):
 
 
 def _statistics(states, mask, content, kinds=KINDS, layers=(0, 1)):
-    values = window_statistics([states[i] for i in layers], mask, content, kinds).numpy()
-    n = len(values)
-    finished, n_content = finish_texts(values, content.sum(1, keepdim=True).numpy(), np.arange(n), n, kinds)
-    return Statistics(np.arange(n), finished, kinds, layers, n_content, mask.sum(1).numpy())
+    """One window per text: what the device hands back is each text's statistics."""
+    values, extras = window_statistics([states[i] for i in layers], mask, content, kinds)
+    assert_allclose(extras[:, 0].numpy(), content.sum(1).numpy())
+    assert not extras[:, 1].any()
+    return Statistics(np.arange(len(values)), values.numpy(), kinds, layers, extras[:, :1].long().numpy(),
+                      mask.sum(1).numpy())
 
 
 @pytest.mark.parametrize("include", [False, True])
@@ -88,8 +90,8 @@ def test_windows_combine_into_the_statistics_of_the_whole_text():
     )
     content = counted.clone()
     content[:, 0] = content[:, -1] = 0
-    values = window_statistics([hidden], mask, content).numpy()
-    finished, n_content = finish_texts(values, content.sum(1, keepdim=True).numpy(), np.zeros(3, np.int64), 1, KINDS)
+    values, extras = window_statistics([hidden], mask, content)
+    finished, n_content = finish_texts(values.numpy(), extras[:, :1].long().numpy(), np.zeros(3, np.int64), 1, KINDS)
     stats = Statistics(np.arange(1), finished, KINDS, (0,), n_content, np.array([12]))
     h = hidden.double().numpy()
     content_vectors = np.concatenate([h[w, content[w].bool().numpy()] for w in range(3)])
@@ -121,3 +123,22 @@ def test_half_precision_statistics_stay_finite():
     h = big[0].double().numpy()
     assert_allclose(mean[0, 0], h[0, 1:6].mean(0), rtol=1e-3)
     assert np.isneginf(stats.values[2, 0, KINDS.index("max")]).all()
+
+
+def test_narrowed_statistics_flag_the_windows_that_overflow_and_only_those():
+    """float16 statistics are checked as they are narrowed: a window with a value beyond float16's range is
+    flagged; an empty text's -inf maximum (by design) and a bfloat16 model's masked maximum are not."""
+    states, mask, content = _batch()
+    states = [s.clone() for s in states]
+    states[1][3, 2, 0] = 1e6  # text 3's content token: its mean and max overflow float16
+    values, extras = window_statistics(states, mask, content, dtype=torch.float16, check=True)
+    assert values.dtype == torch.float16 and extras[:, -1].tolist() == [0, 0, 0, 1]
+    assert torch.isinf(values[2, 0, KINDS.index("max")]).all() and values[2, 0, KINDS.index("mean")].eq(0).all()
+    wide, _ = window_statistics(states, mask, content)
+    finite = [0, 1, 2]
+    assert_allclose(values[finite].float().numpy(), wide[finite].numpy(), rtol=1e-3, atol=1e-3)
+    bf16 = [s.bfloat16() for s in _batch()[0]]
+    _, extras = window_statistics(bf16, mask, content, dtype=torch.float16, check=True)
+    assert not extras[:, -1].any()
+    _, unchecked = window_statistics(states, mask, content, dtype=torch.float16)
+    assert not unchecked[:, -1].any()
