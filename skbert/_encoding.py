@@ -184,18 +184,19 @@ def run_batches(
         yield part, result
 
 
-def _chunks(loaded, texts, max_length, long_text, stride, report, check_layout=True
+def _chunks(loaded, texts, max_length, long_text, stride, report, check_layout=True, offsets=False
             ) -> Iterator[tuple[int, list, list[Window]]]:
     """Tokenise and window texts a chunk at a time; on a GPU the next chunk is prepared meanwhile.
 
-    With ``check_layout`` every text must have BERT's special-token layout (statistics rely on it).
+    With ``check_layout`` every text must have BERT's special-token layout (statistics rely on it);
+    ``offsets``: with the tokens' character offsets (token-level output needs them).
     """
     tokenizer = loaded.text_tokenizer()
     layout = loaded.layout
     pair_layout = layout.pair or (1, 1, 1)  # no pair template: single texts only (pairs are refused at fit)
 
     def prepare(start):
-        tokenized = tokenizer(texts[start : start + CHUNK_SIZE], max_length)
+        tokenized = tokenizer(texts[start : start + CHUNK_SIZE], max_length, offsets)
         return start, tokenized, make_windows(tokenized, max_length, long_text, stride, pair_layout)
 
     starts = range(0, len(texts), CHUNK_SIZE)
@@ -230,7 +231,7 @@ OUTPUT_BYTES_PER_BATCH = 256 * 2**20
 
 
 def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *, row_bytes=None, token_bytes=None,
-                     check_layout=True, depth=None):
+                     check_layout=True, offsets=False, depth=None):
     """Tokenise, window, batch and run texts; yield each finished batch with what it needs to regroup.
 
     Batches hold at most ``batch_size`` rows and ``token_budget`` padded tokens, and
@@ -261,7 +262,7 @@ def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *,
 
     def started():
         for start, tokenized, windows in _chunks(loaded, texts, options.max_length, options.long_text, options.stride,
-                                                 report, check_layout):
+                                                 report, check_layout, offsets):
             n_windows = np.bincount([w.text for w in windows], minlength=len(tokenized))
             lengths = np.fromiter((len(w.token_indices) for w in windows), dtype=np.int64, count=len(windows))
             for batch in length_sorted_batches(lengths, limits):
@@ -452,7 +453,7 @@ def iter_token_vectors(
     # token vectors need no particular layout
     token_bytes = 4 * len(selected) * loaded.hidden_size  # float32 vectors of every selected layer
     for start, tokenized, n_windows, done, (states,) in _encoded_windows(loaded, texts, reduce, report, options,
-                                                                      token_bytes=token_bytes, check_layout=False,
+                                                                      token_bytes=token_bytes, check_layout=False, offsets=True,
                                                                       depth=max(selected)):
         for row, window in enumerate(done):
             rows = np.flatnonzero(window.counted)

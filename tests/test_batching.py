@@ -103,6 +103,22 @@ def test_tokenizer_and_collate_pad_on_the_right(tiny_bert):
     assert batch.content_mask[0].tolist() == [0] + [1] * 8 + [0]
 
 
+def test_tokens_without_offsets_are_the_same_tokens(tiny_bert):
+    """The statistics skip offsets (the tokenizer's faster path): ids, special tokens and types must not change."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    tokenize = TextTokenizer(tokenizer)
+    for texts in (["the river bank", "", "Money, money! " * 30, "café naïve"],
+                  [("the river bank", "was muddy"), ("", "money"), ("a " * 20, "")]):
+        full, bare = tokenize(texts, 16), tokenize(texts, 16, offsets=False)
+        assert all(t.offsets is None for t in bare) and all(t.offsets is not None for t in full)
+        for a, b in zip(full, bare):
+            assert a.ids.tolist() == b.ids.tolist() and a.special.tolist() == b.special.tolist()
+            assert (a.type_ids is None) == (b.type_ids is None)
+            if a.type_ids is not None:
+                assert a.type_ids.tolist() == b.type_ids.tolist() and a.segments.tolist() == b.segments.tolist()
+            assert a.pair_kept == b.pair_kept
+
+
 def test_the_shared_tokenizer_is_not_changed(tiny_bert):
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     tokenizer.backend_tokenizer.enable_truncation(max_length=4)
