@@ -130,7 +130,8 @@ class MemoryTier:
         """
         evicted = []
         with self._lock:
-            for piece in split_block(block, max(self.max_bytes // 16, 1)):  # a small budget holds part of a batch
+            # a small budget holds part of a batch (split, a copy); a batch within a quarter of it is kept as it came
+            for piece in split_block(block, max(self.max_bytes // 4, 1)):
                 if piece.live == 0:
                     self.bytes += piece.array_bytes
                 piece.live += len(piece)

