@@ -21,10 +21,9 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils.validation import check_is_fitted
 
 from ._cache import check_cache_location, store_for
-from . import _device
+from . import _device, _int8
 from ._device import cuda_lost_to_fork, resolve_device, resolve_dtype
 from ._encoding import TOTALS, EncodingReport
-from ._int8 import available as int8_available
 from ._models import LoadedModel, load_model
 from ._options import EncodingOptions, encoding_options, numbers_fingerprint
 from ._runtimes import choose_runtime, wanted_runtime
@@ -512,9 +511,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                       "slower than bfloat16 on CPUs that have it and further from float32 (lowest cosine 0.964 on "
                       "MiniLM). pip install 'skbert[int8]' for int8 calibrated and checked at fit.")
             return None
-        from ._int8 import calibrate, calibration_for
-
-        check = calibrate(loaded, calibration_for(texts, self.max_length_))
+        check = _int8.calibrate(loaded, _int8.calibration_for(texts, self.max_length_))
         if not check.passed:
             fallback = "bfloat16" if _device.cpu_has_native_bf16() else "float32"
             warn_user(f"precision='int8' was not used: {check.reason}. skbert runs this model in {fallback} "
@@ -540,7 +537,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     def _quantizes_with_nncf(self, refit: bool = False) -> bool:
         """Whether ``precision="int8"`` means NNCF's quantisation (:mod:`skbert._int8`) here: NNCF and OpenVINO
         installed and, once fitted, ``fit`` quantised with them (an estimator fitted without keeps torch's)."""
-        return int8_available() and (refit or getattr(self, "int8_check_", None) is not None)
+        return _int8.available() and (refit or getattr(self, "int8_check_", None) is not None)
 
     def _device_is_chosen(self) -> bool:
         """Whether ``device`` leaves the choice to the machine: ``"auto"``, or CUDA without a number (the
