@@ -169,7 +169,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-short", type=int, default=400)
     parser.add_argument("--n-long", type=int, default=100)
-    parser.add_argument("--quick", action="store_true", help="skip the sensitivity study and bert-base")
+    parser.add_argument("--quick", action="store_true",
+                        help="the main techniques only (SmoothQuant off / 0.5, weights only, mixed by group), no bert-base")
+    parser.add_argument("--sensitivity-from", help="take step 1's rows from an earlier run's printed log instead")
     args = parser.parse_args()
     import nncf
     import openvino
@@ -217,7 +219,15 @@ def main():
 
     # 1. sensitivity
     sensitivity = []
-    if not args.quick:
+    if args.sensitivity_from:
+        import ast
+
+        sensitivity = [ast.literal_eval(line) for line in open(args.sensitivity_from)
+                       if line.startswith("{'quantised'")]
+        payload["sensitivity"] = sensitivity
+        sections.append(f"## Sensitivity (one group or layer at a time; the rest bfloat16; from {args.sensitivity_from}, "
+                        "an earlier run of this script)\n\n" + markdown_table(sensitivity, ["quantised", *cos], cos))
+    elif not args.quick:
         others = lambda keep: [p for g, p in GROUPS.items() if g != keep]  # noqa: E731
         for group, group_pattern in GROUPS.items():
             for label, skip in ((f"only {group}", others(group)), (f"all but {group}", [group_pattern])):
@@ -265,8 +275,12 @@ def main():
         kept = ranked[:k]
         made[f"mixed: {' + '.join(kept)} in bf16"] = (
             lambda kept=kept: quantize(converted, skip=[GROUPS[g] for g in kept]))
+    if args.quick:
+        made = {name: make for name, make in made.items() if name in (
+            "bfloat16", "SmoothQuant off", "SmoothQuant 0.5", "int8 weights only") or name.startswith(("int8 static",
+                                                                                                      "mixed"))}
     worst = ranked[0]
-    for k in (1, 2, 3):
+    for k in () if args.quick else (1, 2, 3):
         chosen = layers[:k]
         within = pattern(worst, f"({'|'.join(map(str, chosen))})")
         made[f"mixed: {worst} of layers {chosen} in bf16"] = lambda within=within: quantize(converted, skip=[within])
