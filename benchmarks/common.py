@@ -164,7 +164,7 @@ def _cpu_name() -> str:
         match = re.search(r"model name\s*:\s*(.+)", text)
         flags = re.search(r"flags\s*:\s*(.+)", text)
         name = match.group(1).strip() if match else platform.processor()
-        extras = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if flags and f in flags.group(1).split()]
+        extras = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8") if flags and f in flags.group(1).split()]
         return f"{name} ({', '.join(extras)})"
     except OSError:
         return platform.processor()

@@ -251,6 +251,11 @@ class Derived:
         Stopping layers OpenVINO could not convert.
     broken : bool
         OpenVINO failed while running this model: every later batch runs in torch.
+    int8 : OrderedDict
+        Calibration digest -> the model quantised with NNCF and compiled
+        (:mod:`skbert._int8`), least recently used first.
+    int8_failed : set
+        Calibration digests whose quantised network could not be made or failed while running.
     """
 
     def __init__(self):
@@ -261,6 +266,8 @@ class Derived:
         self.networks: OrderedDict = OrderedDict()
         self.failed: set = set()
         self.broken = False
+        self.int8: OrderedDict = OrderedDict()
+        self.int8_failed: set = set()
 
 
 _REGISTRY: dict[tuple, LoadedModel] = {}

@@ -63,23 +63,20 @@ class _Wrapped(torch.nn.Module):
         return tuple(output.hidden_states)
 
 
-def convert(model: torch.nn.Module, token_types: bool, bf16: bool):
-    """The model converted and compiled for this CPU.
+def to_openvino(model: torch.nn.Module, token_types: bool):
+    """The model as an OpenVINO graph (not compiled), in float32, returning every hidden state.
 
     Parameters
     ----------
     model : torch.nn.Module
-        On the CPU (the view cut at the call's depth, or the whole model); converted
-        from a float32 copy, which is let go once compiled.
+        On the CPU; converted from a float32 copy, let go once converted.
     token_types : bool
         Whether it takes token type ids.
-    bf16 : bool
-        Compute in bfloat16 (where the CPU has it natively), else float32.
 
-    Raises
-    ------
-    Exception
-        Whatever OpenVINO raises for a model it cannot convert or a CPU it cannot use.
+    Returns
+    -------
+    openvino.Model
+        Inputs ``input_ids``, ``attention_mask`` (and ``token_type_ids``), dynamic in batch and length.
     """
     import openvino
 
@@ -99,9 +96,38 @@ def convert(model: torch.nn.Module, token_types: bool, bf16: bool):
         del float_copy
     for port, (name, _, _) in zip(converted.inputs, inputs):
         port.get_tensor().set_names({name})
+    return converted
+
+
+def compile_for_cpu(converted, bf16: bool):
+    """An OpenVINO graph compiled for this CPU, computing in bfloat16 (where not int8) or float32, on torch's
+    thread count."""
+    import openvino
+
     config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": str(torch.get_num_threads())}
     return openvino.Core().compile_model(converted, "CPU", config)
+
+
+def convert(model: torch.nn.Module, token_types: bool, bf16: bool):
+    """The model converted (:func:`to_openvino`) and compiled for this CPU (:func:`compile_for_cpu`).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        On the CPU (the view cut at the call's depth, or the whole model); converted
+        from a float32 copy, which is let go once compiled.
+    token_types : bool
+        Whether it takes token type ids.
+    bf16 : bool
+        Compute in bfloat16 (where the CPU has it natively), else float32.
+
+    Raises
+    ------
+    Exception
+        Whatever OpenVINO raises for a model it cannot convert or a CPU it cannot use.
+    """
+    return compile_for_cpu(to_openvino(model, token_types), bf16)
 
 
 def forward(network, batch, token_types: bool):

@@ -58,9 +58,11 @@ class EncodingOptions:
         Windows per forward pass at most. Not keyed.
     token_budget : int
         Padded tokens per forward pass at most. Not keyed.
-    runtime : TorchPadded, TorchPacked or OpenVINO
-        What runs the model (:mod:`skbert._runtimes`). Its name is keyed ("torch" or
-        "openvino": OpenVINO's numbers are its own); packed or padded is not.
+    runtime : TorchPadded, TorchPacked, OpenVINO or OpenVINOInt8
+        What runs the model (:mod:`skbert._runtimes`). Its key is keyed ("torch",
+        "openvino", or "openvino-int8:" and the calibration's digest: OpenVINO's
+        numbers are its own, and an int8 network's depend on its calibration texts);
+        packed or padded is not.
     """
 
     max_length: int = _keyed()
@@ -69,7 +71,7 @@ class EncodingOptions:
     stored: str = _keyed()
     batch_size: int | None = _keyed(False)
     token_budget: int = _keyed(False)
-    runtime: TorchPadded = _keyed(value=lambda runtime: runtime.name)
+    runtime: TorchPadded = _keyed(value=lambda runtime: runtime.key)
 
     def keyed(self) -> dict:
         """The values that change the numbers, by field name (those whose ``keyed`` holds for these options)."""
@@ -87,7 +89,7 @@ def stored_dtype(precision: str) -> str:
 
 
 def encoding_options(loaded: LoadedModel, *, max_length: int, long_text: str, stride: int, precision: str,
-                     batch_size, token_budget, attention: str) -> EncodingOptions:
+                     batch_size, token_budget, attention: str, int8=None) -> EncodingOptions:
     """The options of a fitted estimator on the machine its model was loaded on.
 
     Parameters
@@ -100,6 +102,8 @@ def encoding_options(loaded: LoadedModel, *, max_length: int, long_text: str, st
         The estimator's parameters.
     batch_size, token_budget : int or None
         The estimator's parameters (None: no row limit; the device's default budget).
+    int8 : Int8Check or None, default=None
+        ``fit``'s int8 check (``int8_check_``), for ``precision="int8"``.
 
     Returns
     -------
@@ -109,7 +113,7 @@ def encoding_options(loaded: LoadedModel, *, max_length: int, long_text: str, st
     return EncodingOptions(
         max_length=int(max_length), long_text=long_text, stride=int(stride), stored=stored_dtype(precision),
         batch_size=batch_size, token_budget=int(token_budget or default_token_budget(loaded.device)),
-        runtime=choose_runtime(loaded, precision, attention),
+        runtime=choose_runtime(loaded, precision, attention, int8),
     )
 
 

@@ -12,14 +12,16 @@ backend one batch and one ``embed``:
   (:mod:`skbert._packing`; FlashAttention's variable-length kernel on CUDA);
 - :class:`OpenVINO`: OpenVINO's compiled CPU kernels on padded batches
   (:mod:`skbert._openvino`), falling back to :class:`TorchPadded` for good when a
-  network fails while running (saying so: :attr:`OpenVINO.fell_back`).
+  network fails while running (saying so: :attr:`OpenVINO.fell_back`);
+- :class:`OpenVINOInt8`: the same with the model quantised to int8 by NNCF
+  (:mod:`skbert._int8`), for ``precision="int8"`` once ``fit``'s check passed.
 
 :func:`choose_runtime` decides for ``fit`` and every call alike, and
 :func:`wanted_runtime`, its first half, needs no model (an unpickled estimator names the
 runtime of the machine it was unpickled on without loading anything). What a runtime
-is called (:attr:`~TorchPadded.name`, "torch" or "openvino") is part of the numbers'
-fingerprint; packed or padded is not (they agree within float tolerance and share cache
-entries).
+is called (:attr:`~TorchPadded.key`: "torch", "openvino" or "openvino-int8:" and the
+calibration's digest) is part of the numbers' fingerprint; packed or padded is not (they
+agree within float tolerance and share cache entries).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ class TorchPadded:
     Attributes
     ----------
     name : str
-        What produces its numbers ("torch", "openvino"): part of the cache's keys.
+        What runs the model ("torch", "openvino"): ``runtime_``.
+    key : str
+        What produces its numbers: :attr:`name`, and for int8 the calibration's
+        digest. Part of the cache's keys.
     packed : bool
     fell_back : bool
         Whether some batch ran on another runtime than :attr:`name` says (then its
@@ -53,6 +58,10 @@ class TorchPadded:
         self.loaded = loaded
         pad = loaded.tokenizer.pad_token_id
         self.pad_token_id = 0 if pad is None else pad
+
+    @property
+    def key(self) -> str:
+        return self.name
 
     def prepare(self, depth: int | None) -> float:
         """Make what a call at ``depth`` runs, if it is not made yet; the seconds it took (0 for torch)."""
@@ -124,32 +133,90 @@ class OpenVINO(TorchPadded):
         return states
 
 
+class OpenVINOInt8(OpenVINO):
+    """The model quantised to int8 with NNCF (:mod:`skbert._int8`), compiled by OpenVINO, on padded batches; the
+    whole model at every depth. Where the quantised network cannot be made again or fails while running, the batch
+    runs in float32 torch and :attr:`fell_back` says so.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        In float32.
+    check : Int8Check
+        ``fit``'s check, passed: its calibration makes the network.
+    """
+
+    def __init__(self, loaded, check):
+        super().__init__(loaded)
+        self.check = check
+
+    @property
+    def key(self) -> str:
+        return f"openvino-int8:{self.check.calibration.digest}"
+
+    def prepare(self, depth: int | None) -> float:
+        from time import perf_counter
+
+        from ._int8 import network
+
+        start = perf_counter()
+        network(self.loaded, self.check)
+        return perf_counter() - start
+
+    def hidden_states(self, batch: PaddedBatch, depth: int | None):
+        from ._int8 import give_up, network
+        from ._openvino import forward
+
+        compiled = network(self.loaded, self.check)
+        if compiled is not None:
+            try:
+                return forward(compiled, batch, self.loaded.has_token_types)
+            except Exception as error:  # never a crash mid-run
+                give_up(self.loaded, self.check, error)
+        self.fell_back = True
+        return TorchPadded.hidden_states(self, batch, depth)
+
+
 def wanted_runtime(precision: str, attention: str, device_type: str) -> str:
     """Which runtime these settings ask for, with no model at hand: ``"openvino"`` for ``precision="auto"`` on a
-    CPU where OpenVINO is installed and preferred (not ``attention="packed"``, a torch path), else ``"torch"``."""
+    CPU where OpenVINO is installed and preferred (not ``attention="packed"``, a torch path), and for
+    ``precision="int8"`` on a CPU where OpenVINO and NNCF are (:func:`skbert._int8.available`); else ``"torch"``."""
+    from ._int8 import available
     from ._openvino import wanted
 
+    if precision == "int8" and device_type == "cpu" and available():
+        return "openvino"
     return "openvino" if wanted(precision, attention, device_type) else "torch"
 
 
-def choose_runtime(loaded, precision: str, attention: str) -> TorchPadded:
+def choose_runtime(loaded, precision: str, attention: str, int8=None) -> TorchPadded:
     """The runtime a loaded model runs with these settings: for ``fit`` and every call alike.
 
-    OpenVINO where it is wanted (:func:`wanted_runtime`), the model is not quantised,
-    and its network converts (converted here, once per model; a failure warns once) or
-    has not failed while running; else torch, packed where the kernel runs for this
-    model (:func:`~skbert._packing.use_packed`), padded otherwise.
+    For ``precision="int8"`` with ``fit``'s check (``int8``): :class:`OpenVINOInt8`
+    where it passed, else as ``precision="auto"`` would run the (float32) model.
+    Otherwise OpenVINO where it is wanted (:func:`wanted_runtime`), the model is not
+    quantised, and its network converts (converted here, once per model; a failure
+    warns once) or has not failed while running; else torch, packed where the kernel
+    runs for this model (:func:`~skbert._packing.use_packed`), padded otherwise.
 
     Parameters
     ----------
     loaded : LoadedModel
     precision, attention : str
         The estimator's parameters.
+    int8 : Int8Check or None, default=None
+        What ``fit`` found when it quantised (None: it did not, e.g. without NNCF).
 
     Returns
     -------
-    TorchPadded, TorchPacked or OpenVINO
+    TorchPadded, TorchPacked, OpenVINO or OpenVINOInt8
     """
+    if precision == "int8" and int8 is not None and not loaded.quantized and loaded.device.type == "cpu":
+        from ._int8 import available
+
+        if int8.passed and available():
+            return OpenVINOInt8(loaded, int8)
+        precision = "auto"  # the check failed: as "auto" runs
     if not loaded.quantized and wanted_runtime(precision, attention, loaded.device.type) == "openvino":
         from ._openvino import network
 

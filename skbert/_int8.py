@@ -1,0 +1,321 @@
+"""int8 on the CPU: the model quantised with NNCF at ``fit``, calibrated on real text, and checked before use.
+
+Optional (``pip install skbert[int8]``: OpenVINO and NNCF) and imported only when used.
+``precision="int8"`` on a CPU where both are installed (and ``SKBERT_RUNTIME`` is not
+``"torch"``):
+
+1. Calibration texts (:func:`calibration_for`): the distinct texts given to ``fit``
+   when there are at least :data:`MIN_FIT_TEXTS`, else a shipped sample of 256 real
+   texts (Debian package descriptions, as written and cut to their first sentence or
+   two). Up to :data:`MAX_CALIBRATION` of them calibrate, and up to
+   :data:`MAX_HELD_OUT` others (every fourth) are held out for the check.
+2. The model, converted to OpenVINO in float32, is quantised by NNCF's post-training
+   quantisation (transformer preset: SmoothQuant, int8 weights per output channel,
+   int8 activations per tensor, bias correction), the operations in
+   :data:`KEPT_IN_BF16` left out: chosen by measured sensitivity
+   (``benchmarks/int8.py``, ``benchmarks/results/int8-study-cpu.md``). The rest of
+   the network computes in bfloat16 where the CPU has it natively, else float32.
+3. The check (:func:`calibrate`): on the held-out texts, every hidden state after the
+   embeddings, mean-pooled over each text's tokens, is compared with the float32
+   network's; the lowest cosine over texts and layers must reach
+   :data:`TARGET_MIN_COSINE`. Below it, or when quantisation fails, ``fit`` warns and
+   the estimator runs as ``precision="auto"`` would (OpenVINO bfloat16 or float32);
+   ``precision_`` says what runs.
+
+The quantised network is kept with the loaded model (:class:`~skbert._models.Derived`),
+keyed by a digest of its calibration texts, the :data:`MAX_NETWORKS` most recently used;
+an estimator unpickled, or a process that did not fit it, quantises again from the same
+texts (the same network, without the check). It always runs the whole model (no network
+cut at a shallower depth). Its runtime's cache key names the calibration digest, so its
+entries are never served to bfloat16, float32 or another calibration's calls.
+
+Without OpenVINO and NNCF, ``precision="int8"`` is torch's dynamic int8 of the Linear
+layers (:func:`~skbert._models.quantize_linear_layers`), with a warning at ``fit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._warnings import warn_user
+
+#: The check's bar: the lowest cosine to float32, over held-out texts and hidden states, mean-pooled. Not 0.999:
+#: no int8 point measured on MiniLM reaches it at a speed-up over bfloat16 (benchmarks/results/int8-study-cpu.md);
+#: the shipped point measures 0.9985 on MiniLM with this check, and a network quantised whole (0.993) fails it.
+TARGET_MIN_COSINE = 0.997
+#: Distinct texts ``fit`` must be given to calibrate on them (else the shipped sample).
+MIN_FIT_TEXTS = 64
+#: Texts that calibrate, at most.
+MAX_CALIBRATION = 192
+#: Texts held out for the check, at most.
+MAX_HELD_OUT = 64
+#: Operations left unquantised (bfloat16), as patterns over OpenVINO's friendly names of a transformers BERT.
+KEPT_IN_BF16 = (r".*encoder\.layer\.\d+\.output\.dense/.*",)
+#: Quantised networks kept per loaded model.
+MAX_NETWORKS = 2
+#: Where the shipped calibration sample is.
+SAMPLE = Path(__file__).resolve().parent / "_data" / "calibration.txt"
+#: Texts per calibration batch.
+BATCH = 8
+
+
+def available() -> bool:
+    """Whether ``precision="int8"`` quantises with NNCF here: OpenVINO and NNCF installed (nothing is imported to
+    find out), and ``SKBERT_RUNTIME`` not ``"torch"``."""
+    return (os.environ.get("SKBERT_RUNTIME", "openvino") != "torch"
+            and importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None)
+
+
+def shipped_sample() -> list[str]:
+    """The shipped calibration texts: 256 Debian package descriptions (``data/``), one per line."""
+    return [line for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The texts a quantised network is made from and checked on.
+
+    Attributes
+    ----------
+    texts : tuple of str
+        The calibration texts.
+    held_out : tuple of str
+        Other texts, for the check.
+    source : {"fit", "sample"}
+        The texts given to ``fit``, or the shipped sample.
+    max_length : int
+        Tokens per text at most (the estimator's ``max_length_``).
+    """
+
+    texts: tuple
+    held_out: tuple
+    source: str
+    max_length: int
+
+    @property
+    def digest(self) -> str:
+        """What the quantised network is made from, as 16 hex digits: the texts, the window and what is kept in
+        bfloat16."""
+        digest = hashlib.blake2b(digest_size=8)
+        for text in (*self.texts, "\x00", *self.held_out):
+            digest.update(text.encode("utf-8", "surrogatepass") + b"\x00")
+        digest.update(repr((self.max_length, KEPT_IN_BF16)).encode())
+        return digest.hexdigest()
+
+
+def calibration_for(texts, max_length: int) -> Calibration:
+    """The calibration of a ``fit`` on ``texts`` (None or pairs: the shipped sample).
+
+    Parameters
+    ----------
+    texts : list of str or None
+        What ``fit`` was given.
+    max_length : int
+
+    Returns
+    -------
+    Calibration
+        An even spread of at most ``MAX_CALIBRATION + MAX_HELD_OUT`` distinct texts,
+        every fourth held out.
+    """
+    distinct = list(dict.fromkeys(t for t in texts or () if isinstance(t, str) and t.strip()))
+    source = "fit" if len(distinct) >= MIN_FIT_TEXTS else "sample"
+    chosen = distinct if source == "fit" else shipped_sample()
+    wanted = MAX_CALIBRATION + MAX_HELD_OUT
+    if len(chosen) > wanted:
+        chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, wanted).round().astype(int)]
+    held_out = chosen[3::4][:MAX_HELD_OUT]
+    rest = [t for i, t in enumerate(chosen) if i % 4 != 3][:MAX_CALIBRATION]
+    return Calibration(tuple(rest), tuple(held_out), source, int(max_length))
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """What ``fit`` found when it quantised (``BertEmbedder.int8_check_``).
+
+    Attributes
+    ----------
+    calibration : Calibration
+    min_cosine : float or None
+        The lowest cosine to float32 over the held-out texts and hidden states
+        (mean-pooled); None where quantisation failed.
+    target : float
+        The bar it had to reach (:data:`TARGET_MIN_COSINE`).
+    passed : bool
+        Whether int8 runs (else bfloat16 or float32, as ``precision="auto"``).
+    reason : str
+        Why not, in words ("" when it passed).
+    seconds : float
+        Converting, calibrating, quantising, compiling and checking.
+    """
+
+    calibration: Calibration
+    min_cosine: float | None
+    target: float
+    passed: bool
+    reason: str
+    seconds: float
+
+
+def _feeds(loaded, texts, max_length: int) -> list[tuple[np.ndarray, dict]]:
+    """Length-sorted padded batches of ``texts`` as network inputs, each with the rows it holds."""
+    encoded = loaded.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    pad = loaded.tokenizer.pad_token_id or 0
+    order = np.argsort([len(ids) for ids in encoded], kind="stable")
+    out = []
+    for start in range(0, len(order), BATCH):
+        rows = order[start : start + BATCH]
+        width = max(len(encoded[i]) for i in rows)
+        ids = np.full((len(rows), width), pad, np.int64)
+        mask = np.zeros_like(ids)
+        for r, i in enumerate(rows):
+            ids[r, : len(encoded[i])] = encoded[i]
+            mask[r, : len(encoded[i])] = 1
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if loaded.has_token_types:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        out.append((rows, feed))
+    return out
+
+
+def pooled_states(network, feeds, n: int) -> np.ndarray:
+    """Every hidden state after the embeddings, mean-pooled over each text's tokens: ``(layers, n, d)``, rows in
+    the texts' order."""
+    request = network.create_infer_request()
+    pooled = None
+    for rows, feed in feeds:
+        request.infer(feed)
+        mask = feed["attention_mask"][..., None].astype(np.float32)
+        states = np.stack([np.array(request.get_output_tensor(i).data, dtype=np.float32)
+                           for i in range(1, len(network.outputs))])
+        means = (states * mask).sum(2) / mask.sum(1)
+        if pooled is None:
+            pooled = np.empty((means.shape[0], n, means.shape[2]), np.float32)
+        pooled[:, rows] = means
+    return pooled
+
+
+def lowest_cosine(got: np.ndarray, reference: np.ndarray) -> float:
+    """The lowest cosine between matching rows of two ``(layers, n, d)`` arrays, over layers and rows."""
+    dot = (got.astype(np.float64) * reference).sum(-1)
+    norms = np.linalg.norm(got.astype(np.float64), axis=-1) * np.linalg.norm(reference.astype(np.float64), axis=-1)
+    return float((dot / np.maximum(norms, 1e-30)).min())
+
+
+def _quantized(loaded, calibration: Calibration, converted=None):
+    """The model quantised on ``calibration``'s texts and compiled for this CPU (raises what NNCF or OpenVINO
+    raise)."""
+    import nncf
+
+    from ._device import cpu_has_native_bf16
+    from ._openvino import compile_for_cpu, to_openvino
+
+    if converted is None:
+        converted = to_openvino(loaded.model, loaded.has_token_types)
+    feeds = [feed for _, feed in _feeds(loaded, calibration.texts, calibration.max_length)]
+    with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars (rich, on stdout, whatever its log level)
+        quantized = nncf.quantize(converted, nncf.Dataset(feeds), subset_size=len(feeds),
+                                  model_type=nncf.ModelType.TRANSFORMER,
+                                  ignored_scope=nncf.IgnoredScope(patterns=list(KEPT_IN_BF16), validate=False))
+    return compile_for_cpu(quantized, bf16=cpu_has_native_bf16())
+
+
+def _quiet():
+    """NNCF's notices and progress bars off (they follow its log level)."""
+    import logging
+
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+
+
+def calibrate(loaded, calibration: Calibration, target: float | None = None) -> Int8Check:
+    """Quantise the model on ``calibration`` and check it against float32; a network that passes is kept with the
+    model for :func:`network`.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        In float32, on the CPU.
+    calibration : Calibration
+    target : float or None, default=None
+        The bar (None: :data:`TARGET_MIN_COSINE`).
+
+    Returns
+    -------
+    Int8Check
+        Never raises for a failed quantisation: it says so (``passed=False``).
+    """
+    from ._openvino import compile_for_cpu, to_openvino
+
+    start = time.perf_counter()
+    target = TARGET_MIN_COSINE if target is None else target
+    _quiet()
+    try:
+        converted = to_openvino(loaded.model, loaded.has_token_types)
+        held_out = _feeds(loaded, calibration.held_out, calibration.max_length)
+        reference = pooled_states(compile_for_cpu(converted, bf16=False), held_out, len(calibration.held_out))
+        compiled = _quantized(loaded, calibration, converted)
+        got = pooled_states(compiled, held_out, len(calibration.held_out))
+    except Exception as error:  # NNCF or OpenVINO could not quantise this model: it runs unquantised
+        return Int8Check(calibration, None, target, False,
+                         f"quantisation failed ({type(error).__name__}: {str(error)[:200]})",
+                         time.perf_counter() - start)
+    cosine = lowest_cosine(got, reference)
+    passed = cosine >= target
+    if passed:
+        _keep(loaded, calibration.digest, compiled)
+    reason = "" if passed else (f"its lowest cosine to float32 on {len(calibration.held_out)} held-out texts was "
+                                f"{cosine:.5f}, below the target {target}")
+    return Int8Check(calibration, cosine, target, passed, reason, time.perf_counter() - start)
+
+
+def _keep(loaded, digest: str, compiled) -> None:
+    state = loaded.derived
+    with state.lock:
+        state.int8[digest] = compiled
+        state.int8.move_to_end(digest)
+        while len(state.int8) > MAX_NETWORKS:
+            state.int8.popitem(last=False)
+
+
+def network(loaded, check: Int8Check):
+    """The quantised network of a passed check, kept with the model (made again from its calibration texts where
+    this process has not made it), or None where it cannot be made or has failed (the caller runs unquantised)."""
+    state = loaded.derived
+    digest = check.calibration.digest
+    with state.lock:
+        if digest in state.int8_failed:
+            return None
+        known = state.int8.get(digest)
+        if known is not None:
+            state.int8.move_to_end(digest)
+            return known
+        _quiet()
+        try:
+            compiled = _quantized(loaded, check.calibration)
+        except Exception as error:
+            state.int8_failed.add(digest)
+            warn_user(f"skbert could not quantise this model to int8 ({type(error).__name__}: {str(error)[:200]}); "
+                      "it runs in float32 instead.")
+            return None
+        _keep(loaded, digest, compiled)
+        return compiled
+
+
+def give_up(loaded, check: Int8Check, error: Exception) -> None:
+    """Forget a quantised network that failed while running (warns once): later batches run unquantised."""
+    with loaded.derived.lock:
+        loaded.derived.int8.pop(check.calibration.digest, None)
+        loaded.derived.int8_failed.add(check.calibration.digest)
+    warn_user(f"The int8 network failed while running ({type(error).__name__}: {str(error)[:200]}); skbert runs "
+              "this model in float32 torch from this batch on.")
