@@ -110,7 +110,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         distinct; else a shipped sample of real text) and checked against float32 on
         held-out ones: below a lowest cosine of 0.997 (mean-pooled, every layer) it
         warns and runs as ``"auto"`` would (``precision_`` says what runs; MiniLM
-        measures 0.998, 1.2x bfloat16's speed on an AVX512-VNNI CPU). Without them,
+        measures 0.998 at 1.3-1.45x bfloat16's speed, bert-base-sized models 1.3-1.4x, on an
+        AVX512-VNNI CPU). Without them,
         torch's dynamic int8 of the Linear layers, with a warning. Sums accumulate in
         float32.
     revision : str or None, default=None
@@ -156,13 +157,16 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         (OpenVINO: about 1.5 s for MiniLM, 3.5 s for bert-base, once per process and
         model; about 0 when this process had done it, and for torch), and with
         ``precision="int8"`` calibrating, quantising and checking it (MiniLM: about
-        10-20 s on 2 cores).
+        10-60 s on 2 cores).
     int8_check_ : Int8Check or None
         With ``precision="int8"`` quantised by NNCF: the calibration (``.calibration``:
         its ``texts``, ``held_out`` texts and ``source``, ``"fit"`` or ``"sample"``),
         the lowest cosine to float32 found (``.min_cosine``), the ``.target``, whether
-        int8 runs (``.passed``) and why not (``.reason``). None otherwise. An unpickled
-        estimator quantises again from the same texts (the same network).
+        int8 runs (``.passed``) and why not (``.reason``). None otherwise. It holds the
+        calibration texts (up to 256 of those given to ``fit``), so a pickle does too:
+        an unpickled estimator quantises again from them (the same network where the
+        same OpenVINO and NNCF run; its entries are keyed by those versions), and runs
+        as ``"auto"`` with a warning where NNCF is missing.
     special_layout_ : SpecialLayout
         Where the tokenizer puts its special tokens: ``.single_template`` (``"[CLS]
         text [SEP]"``) and ``.pair_template`` (``"[CLS] A [SEP] B [SEP]"``, or
@@ -509,9 +513,14 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
             self.runtime_ = wanted_runtime(self.precision, self.attention, on)
             if self.precision == "int8":
                 check = getattr(self, "int8_check_", None)
-                if not self._quantizes_with_nncf():  # torch's dynamic int8
+                if check is None:  # fitted with torch's dynamic int8: it stays so
                     self.runtime_, self.precision_ = "torch", "int8"
-                elif not check.passed:  # as "auto" runs the float32 model
+                elif not (check.passed and _int8.available()):  # as "auto" runs the float32 model
+                    if check.passed:
+                        warn_user("This estimator was fitted with precision='int8' quantised by NNCF; this machine "
+                                  "lacks OpenVINO or NNCF (or SKBERT_RUNTIME=torch asks for torch), so it runs as "
+                                  "precision='auto' would (precision_ says what runs; its rows differ from the int8 "
+                                  "ones by int8's rounding). pip install 'skbert[int8]' to run int8 here.")
                     self.runtime_ = wanted_runtime("auto", self.attention, on)
                     self.precision_ = "bfloat16" if self.runtime_ == "openvino" and _device.cpu_has_native_bf16() else "float32"
 
@@ -549,12 +558,17 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         device = resolve_device(self.device_ if chosen and not cuda_lost_to_fork() else self.device, self.precision)
         dtype = resolve_dtype(self.precision, device)
         return load_model(self.model_name, self.revision, device, dtype,
-                          quantize=self.precision == "int8" and not self._quantizes_with_nncf(refit))
+                          quantize=self._dynamic_int8(refit))
 
-    def _quantizes_with_nncf(self, refit: bool = False) -> bool:
-        """Whether ``precision="int8"`` means NNCF's quantisation (:mod:`skbert._int8`) here: NNCF and OpenVINO
-        installed and, once fitted, ``fit`` quantised with them (an estimator fitted without keeps torch's)."""
-        return _int8.available() and (refit or getattr(self, "int8_check_", None) is not None)
+    def _dynamic_int8(self, refit: bool = False) -> bool:
+        """Whether ``precision="int8"`` means torch's dynamic int8 here: at ``fit``, where OpenVINO and NNCF are not
+        both installed (:func:`skbert._int8.available`); once fitted, where ``fit`` used it (an estimator ``fit``
+        quantised with NNCF never turns to it: without NNCF it runs as ``"auto"``)."""
+        if self.precision != "int8":
+            return False
+        if refit:
+            return not _int8.available()
+        return getattr(self, "int8_check_", None) is None
 
     def _device_is_chosen(self) -> bool:
         """Whether ``device`` leaves the choice to the machine: ``"auto"``, or CUDA without a number (the

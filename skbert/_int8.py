@@ -36,10 +36,12 @@ layers (:func:`~skbert._models.quantize_linear_layers`), with a warning at ``fit
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import io
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,12 @@ MAX_NETWORKS = 2
 SAMPLE = Path(__file__).resolve().parent / "_data" / "calibration.txt"
 #: Texts per calibration batch.
 BATCH = 8
+#: One quantisation at a time in this process: NNCF's progress bars are kept off stdout by redirecting the
+#: process's stdout for the length of one (two at once would restore each other's), and each holds a copy of
+#: the model.
+_QUANTIZING = threading.Lock()
+#: Held while a kept network is made again (:func:`network`), so that two threads make it once.
+_MAKING = threading.Lock()
 
 
 def available() -> bool:
@@ -73,6 +81,23 @@ def available() -> bool:
     find out), and ``SKBERT_RUNTIME`` not ``"torch"``."""
     return (os.environ.get("SKBERT_RUNTIME", "openvino") != "torch"
             and importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None)
+
+
+@functools.cache
+def toolchain() -> str:
+    """What makes this process's int8 numbers besides the calibration: the OpenVINO and NNCF versions, and whether
+    the operations left unquantised compute in bfloat16 or float32 here (part of the int8 entries' cache key)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ._device import cpu_has_native_bf16
+
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "none"
+
+    return f"openvino-{installed('openvino')}:nncf-{installed('nncf')}:{'bf16' if cpu_has_native_bf16() else 'f32'}"
 
 
 def shipped_sample() -> list[str]:
@@ -101,7 +126,7 @@ class Calibration:
     source: str
     max_length: int
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """What the quantised network is made from, as 16 hex digits: the texts, the window and what is kept in
         bfloat16."""
@@ -222,7 +247,8 @@ def _quantized(loaded, calibration: Calibration, converted=None):
     if converted is None:
         converted = to_openvino(loaded.model, loaded.has_token_types)
     feeds = [feed for _, feed in _feeds(loaded, calibration.texts, calibration.max_length)]
-    with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars (rich, on stdout, whatever its log level)
+    # NNCF's progress bars go to stdout whatever its log level: the process's stdout is redirected meanwhile
+    with _QUANTIZING, contextlib.redirect_stdout(io.StringIO()):
         quantized = nncf.quantize(converted, nncf.Dataset(feeds), subset_size=len(feeds),
                                   model_type=nncf.ModelType.TRANSFORMER,
                                   ignored_scope=nncf.IgnoredScope(patterns=list(KEPT_IN_BF16), validate=False))
@@ -259,8 +285,8 @@ def calibrate(loaded, calibration: Calibration, target: float | None = None) -> 
 
     start = time.perf_counter()
     target = TARGET_MIN_COSINE if target is None else target
-    _quiet()
     try:
+        _quiet()  # an NNCF that is installed but cannot be imported fails here
         converted = to_openvino(loaded.model, loaded.has_token_types)
         held_out = _feeds(loaded, calibration.held_out, calibration.max_length)
         reference = pooled_states(compile_for_cpu(converted, bf16=False), held_out, len(calibration.held_out))
@@ -293,20 +319,32 @@ def network(loaded, check: Int8Check):
     this process has not made it), or None where it cannot be made or has failed (the caller runs unquantised)."""
     state = loaded.derived
     digest = check.calibration.digest
-    with state.lock:
-        if digest in state.int8_failed:
-            return None
-        known = state.int8.get(digest)
-        if known is not None:
-            state.int8.move_to_end(digest)
-            return known
-        _quiet()
+
+    def known():
+        """(whether to stop looking, the network or None)."""
+        with state.lock:
+            if digest in state.int8_failed:
+                return True, None
+            compiled = state.int8.get(digest)
+            if compiled is not None:
+                state.int8.move_to_end(digest)
+            return compiled is not None, compiled
+
+    done, found = known()
+    if done:
+        return found
+    with _MAKING:  # made once; the model's own lock stays free for its other users meanwhile
+        done, found = known()
+        if done:
+            return found
         try:
+            _quiet()
             compiled = _quantized(loaded, check.calibration)
         except Exception as error:
-            state.int8_failed.add(digest)
+            with state.lock:
+                state.int8_failed.add(digest)
             warn_user(f"skbert could not quantise this model to int8 ({type(error).__name__}: {str(error)[:200]}); "
-                      "it runs in float32 instead.")
+                      "this call runs in float32 torch, later ones as precision='auto' would.")
             return None
         _keep(loaded, digest, compiled)
         return compiled
@@ -318,4 +356,4 @@ def give_up(loaded, check: Int8Check, error: Exception) -> None:
         loaded.derived.int8.pop(check.calibration.digest, None)
         loaded.derived.int8_failed.add(check.calibration.digest)
     warn_user(f"The int8 network failed while running ({type(error).__name__}: {str(error)[:200]}); skbert runs "
-              "this model in float32 torch from this batch on.")
+              "the rest of this call in float32 torch, later calls as precision='auto' would.")

@@ -19,8 +19,8 @@ backend one batch and one ``embed``:
 :func:`choose_runtime` decides for ``fit`` and every call alike, and
 :func:`wanted_runtime`, its first half, needs no model (an unpickled estimator names the
 runtime of the machine it was unpickled on without loading anything). What a runtime
-is called (:attr:`~TorchPadded.key`: "torch", "openvino" or "openvino-int8:" and the
-calibration's digest) is part of the numbers' fingerprint; packed or padded is not (they
+is called (:attr:`~TorchPadded.key`: "torch", "openvino" or "openvino-int8:" with the
+calibration's digest and :func:`skbert._int8.toolchain`) is part of the numbers' fingerprint; packed or padded is not (they
 agree within float tolerance and share cache entries).
 """
 
@@ -152,7 +152,9 @@ class OpenVINOInt8(OpenVINO):
 
     @property
     def key(self) -> str:
-        return f"openvino-int8:{self.check.calibration.digest}"
+        from ._int8 import toolchain
+
+        return f"openvino-int8:{self.check.calibration.digest}:{toolchain()}"
 
     def prepare(self, depth: int | None) -> float:
         from time import perf_counter
@@ -214,9 +216,9 @@ def choose_runtime(loaded, precision: str, attention: str, int8=None) -> TorchPa
     if precision == "int8" and int8 is not None and not loaded.quantized and loaded.device.type == "cpu":
         from ._int8 import available
 
-        if int8.passed and available():
+        if int8.passed and available() and int8.calibration.digest not in loaded.derived.int8_failed:
             return OpenVINOInt8(loaded, int8)
-        precision = "auto"  # the check failed: as "auto" runs
+        precision = "auto"  # the check failed, NNCF is missing here, or the network failed: as "auto" runs
     if not loaded.quantized and wanted_runtime(precision, attention, loaded.device.type) == "openvino":
         from ._openvino import network
 

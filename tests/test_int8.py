@@ -95,6 +95,7 @@ def test_int8_falls_back_when_quantisation_fails(tiny_bert, nncf_on, monkeypatch
     with pytest.warns(UserWarning, match="quantisation failed .*RuntimeError: no statistics"):
         embedder.fit(TEXTS)
     assert embedder.int8_check_.min_cosine is None and embedder.precision_ == "float32"
+    assert embedder.runtime_ == "openvino"  # as "auto" runs on this CPU
     full = BertEmbedder(tiny_bert, device="cpu", precision="float32", cache=None).fit_transform(TEXTS)
     np.testing.assert_allclose(embedder.transform(TEXTS), full, atol=2e-3, rtol=2e-3)
 
@@ -150,6 +151,54 @@ def test_an_estimator_fitted_without_nncf_keeps_torch_int8_where_it_is(tiny_bert
     restored = pickle.loads(pickle.dumps(embedder))  # NNCF is here now
     assert (restored.precision_, restored.runtime_) == ("int8", "torch")
     np.testing.assert_allclose(restored.transform(TEXTS), embedder.transform(TEXTS), atol=1e-6)
+
+
+def test_an_int8_estimator_unpickled_without_nncf_runs_as_auto_with_a_warning(tiny_bert, nncf_on, monkeypatch):
+    """Never torch's dynamic int8 (further from float32 than what fit checked): as "auto", keyed apart."""
+    embedder = BertEmbedder(tiny_bert, precision="int8", cache=None).fit(TEXTS)
+    assert embedder.int8_check_.passed
+    blob = pickle.dumps(embedder)
+    monkeypatch.setattr(_int8, "available", lambda: False)
+    with pytest.warns(UserWarning, match="lacks OpenVINO or NNCF .* runs as precision='auto'"):
+        restored = pickle.loads(blob)
+    auto = BertEmbedder(tiny_bert, cache=None).fit(TEXTS)  # what "auto" picks on this machine
+    assert (restored.precision_, restored.runtime_) == (auto.precision_, auto.runtime_)
+    assert not restored._load().quantized
+    np.testing.assert_allclose(restored.transform(TEXTS), auto.transform(TEXTS), atol=1e-6, rtol=1e-6)
+    full = BertEmbedder(tiny_bert, device="cpu", precision="float32", cache=None).fit_transform(TEXTS)
+    assert _cosine(restored.transform(TEXTS), full).min() > 0.999
+
+
+def test_an_int8_network_that_failed_makes_later_calls_run_as_auto_under_their_own_key(tiny_bert, nncf_on):
+    from skbert._runtimes import OpenVINOInt8, choose_runtime
+
+    embedder = BertEmbedder(tiny_bert, precision="int8").fit(TEXTS)
+    loaded = embedder._load()
+    assert isinstance(choose_runtime(loaded, "int8", "auto", embedder.int8_check_), OpenVINOInt8)
+    with pytest.warns(UserWarning, match="int8 network failed while running"):
+        _int8.give_up(loaded, embedder.int8_check_, RuntimeError("lost"))
+    try:
+        runtime = choose_runtime(loaded, "int8", "auto", embedder.int8_check_)
+        assert not isinstance(runtime, OpenVINOInt8) and runtime.key == "openvino"
+        full = BertEmbedder(tiny_bert, device="cpu", precision="float32", cache=None).fit_transform(TEXTS)
+        got, report = embedder.transform_with_report(TEXTS)
+        np.testing.assert_allclose(got, full, atol=2e-3, rtol=2e-3)
+        _, again = embedder.transform_with_report(TEXTS)
+        assert again.n_encoded == 0  # the fallback's rows are kept, under their own key
+    finally:
+        loaded.derived.int8_failed.discard(embedder.int8_check_.calibration.digest)
+
+
+def test_int8_cache_key_names_the_toolchain(tiny_bert, nncf_on):
+    from skbert._runtimes import choose_runtime
+
+    embedder = BertEmbedder(tiny_bert, precision="int8").fit(TEXTS)
+    key = choose_runtime(embedder._load(), "int8", "auto", embedder.int8_check_).key
+    import nncf
+    import openvino
+
+    assert embedder.int8_check_.calibration.digest in key
+    assert f"nncf-{nncf.__version__}" in key and "openvino-" in key and key.endswith(":f32")
 
 
 @minilm
