@@ -172,6 +172,7 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help="the main techniques only (SmoothQuant off / 0.5, weights only, mixed by group), no bert-base")
     parser.add_argument("--sensitivity-from", help="take step 1's rows from an earlier run's printed log instead")
+    parser.add_argument("--techniques-from", help="take step 3's rows from an earlier run's printed log instead")
     args = parser.parse_args()
     import nncf
     import openvino
@@ -287,6 +288,10 @@ def main():
         both = [rf".*encoder\.layer\.({'|'.join(map(str, chosen))})\..*"]
         made[f"mixed: layers {chosen} in bf16"] = lambda both=both: quantize(converted, skip=both)
     networks, notes = {}, {}
+    if args.techniques_from:
+        import ast
+
+        made = {}  # nothing made or timed here: the rows come from the earlier run
     for name, make in made.items():
         start = time.perf_counter()
         networks[name] = core.compile_model(make(), "CPU", bf16)
@@ -306,10 +311,14 @@ def main():
             row[f"x_bf16_{kind}"] = min(times["bfloat16", kind]) / min(times[name, kind])
         rows.append({**row, **accuracy(network), "made_in_s": notes[name]})
         print(rows[-1], flush=True)
+    if args.techniques_from:
+        rows = [ast.literal_eval(line) for line in open(args.techniques_from) if line.startswith("{'technique'")]
     payload["techniques"] = rows
-    payload["texts_per_s_bf16"] = {kind: len(sum((list(f["rows"]) for f in timed[kind]), [])) / min(times["bfloat16", kind])
-                                   for kind in timed}
-    sections.append("## Techniques (MiniLM; speed vs bfloat16 in the same run, alternating, best of "
+    if not args.techniques_from:
+        payload["texts_per_s_bf16"] = {kind: sum(len(f["rows"]) for f in timed[kind]) / min(times["bfloat16", kind])
+                                       for kind in timed}
+    source = f"from {args.techniques_from}, an earlier run of this script; " if args.techniques_from else ""
+    sections.append(f"## Techniques (MiniLM; {source}speed vs bfloat16 in the same run, alternating, best of "
                     f"{args.repeats}; cosine to float32 on 600 held-out texts)\n\n"
                     + markdown_table(rows, ["technique", "x_bf16_short", "x_bf16_long", *cos, "made_in_s"],
                                      {**cos, "x_bf16_short": "{:.2f}", "x_bf16_long": "{:.2f}"}))
@@ -330,7 +339,8 @@ def main():
                 model_ov = nncf.quantize(copy.deepcopy(big), nncf.Dataset(small_calibration, inputs), subset_size=64,
                                          model_type=nncf.ModelType.TRANSFORMER, ignored_scope=ignored(skip))
             base_nets[name] = core.compile_model(model_ov, "CPU", bf16)
-        feeds_big = {"short": timed["short"][: max(1, len(timed["short"]) // 2)], "long": timed["long"][:2]}
+        feeds_big = {"short": batches(tokenizer, load_texts("short", max(32, args.n_short // 2))),
+                     "long": batches(tokenizer, load_texts("long", 64))}
         big_times = {(n, k): [] for n in base_nets for k in feeds_big}
         for _ in range(args.repeats):
             for kind, feeds in feeds_big.items():
@@ -347,8 +357,10 @@ def main():
     note = (f"all-MiniLM-L6-v2, last-layer mean with special tokens, OpenVINO {openvino.__version__}, NNCF "
             f"{nncf.__version__}, {threads} threads; calibration on the even Debian descriptions, cosines on 600 odd "
             f"ones (long: as written, short: first sentence or two) against OpenVINO float32; speed on "
-            f"{args.n_short} short and {args.n_long} long texts (load_texts), bfloat16 runs "
-            + ", ".join(f"{v:.0f} {k} texts/s" for k, v in payload["texts_per_s_bf16"].items()) + ".")
+            f"{args.n_short} short and {args.n_long} long texts (load_texts)"
+            + "".join(f", bfloat16 runs {v:.0f} {k} texts/s" for k, v in payload.get("texts_per_s_bf16", {}).items())
+            + (f"; bert-base size on {max(32, args.n_short // 2)} short and 64 long texts" if not args.quick else "")
+            + ".")
     where = write_results("int8-study", "cpu", payload, "\n\n".join(sections) + "\n\n" + note)
     print("\n\n".join(sections) + "\n\n" + note + f"\n\nwritten to {where}")
 
