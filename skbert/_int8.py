@@ -20,7 +20,10 @@ Optional (``pip install skbert[int8]``: OpenVINO and NNCF) and imported only whe
    network's; the lowest cosine over texts and layers must reach
    :data:`TARGET_MIN_COSINE`. Below it, or when quantisation fails, ``fit`` warns and
    the estimator runs as ``precision="auto"`` would (OpenVINO bfloat16 or float32);
-   ``precision_`` says what runs.
+   ``precision_`` says what runs. A network that passes is timed against the
+   unquantised one on the same texts (:attr:`Int8Check.speedup`); below
+   :data:`MIN_SPEEDUP` ``fit`` warns that int8 does not pay on this CPU (it still
+   runs: a timing at ``fit`` is too noisy to decide the numbers by).
 
 The quantised network is kept with the loaded model (:class:`~skbert._models.Derived`),
 keyed by a digest of its calibration texts, the :data:`MAX_NETWORKS` most recently used;
@@ -60,14 +63,24 @@ MIN_FIT_TEXTS = 64
 MAX_CALIBRATION = 192
 #: Texts held out for the check, at most.
 MAX_HELD_OUT = 64
-#: Operations left unquantised (bfloat16), as patterns over OpenVINO's friendly names of a transformers BERT.
-KEPT_IN_BF16 = (r".*encoder\.layer\.\d+\.output\.dense/.*",)
+#: Operations left unquantised (bfloat16): each layer's feed-forward output projection, the most sensitive group
+#: measured (``benchmarks/int8.py``), as patterns over OpenVINO's friendly names of transformers' modules.
+KEPT_IN_BF16 = (
+    r".*encoder\.layer\.\d+\.output\.dense/.*",  # BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DeBERTa-v2
+    r".*transformer\.layer\.\d+\.ffn\.lin2/.*",  # DistilBERT
+    r".*albert_layers\.\d+\.ffn_output/.*",  # ALBERT (one shared layer per group)
+    r".*layers\.\d+\.mlp\.Wo/.*",  # ModernBERT
+)
 #: Quantised networks kept per loaded model.
 MAX_NETWORKS = 2
 #: Where the shipped calibration sample is.
 SAMPLE = Path(__file__).resolve().parent / "_data" / "calibration.txt"
 #: Texts per calibration batch.
 BATCH = 8
+#: Alternating rounds timed at ``fit`` (:attr:`Int8Check.speedup`).
+TIMED_ROUNDS = 2
+#: Below this measured speed-up over ``precision="auto"``, ``fit`` warns that int8 does not pay here.
+MIN_SPEEDUP = 0.9
 #: One quantisation at a time in this process: NNCF's progress bars are kept off stdout by redirecting the
 #: process's stdout for the length of one (two at once would restore each other's), and each holds a copy of
 #: the model.
@@ -126,6 +139,14 @@ class Calibration:
     source: str
     max_length: int
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("digest", None)  # worked out again where unpickled: what makes the network is that skbert's
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
     @functools.cached_property
     def digest(self) -> str:
         """What the quantised network is made from, as 16 hex digits: the texts, the window and what is kept in
@@ -180,7 +201,13 @@ class Int8Check:
     reason : str
         Why not, in words ("" when it passed).
     seconds : float
-        Converting, calibrating, quantising, compiling and checking.
+        Converting, calibrating, quantising, compiling, checking and timing.
+    speedup : float or None
+        How much faster the int8 network ran the held-out texts than the unquantised
+        one as ``precision="auto"`` runs it (bfloat16 where the CPU has it natively,
+        else float32), best of :data:`TIMED_ROUNDS` alternating rounds at ``fit``:
+        a rough reading of whether int8 pays on this CPU (a few dozen texts, on a
+        machine that may be busy). None where it did not pass.
     """
 
     calibration: Calibration
@@ -189,6 +216,17 @@ class Int8Check:
     passed: bool
     reason: str
     seconds: float
+    speedup: float | None = None
+
+
+def kept_operations(converted) -> list[str]:
+    """The operations of a converted network that :data:`KEPT_IN_BF16` leaves unquantised (their friendly
+    names)."""
+    import re
+
+    patterns = [re.compile(p) for p in KEPT_IN_BF16]
+    return [op.get_friendly_name() for op in converted.get_ops()
+            if any(p.fullmatch(op.get_friendly_name()) for p in patterns)]
 
 
 def _feeds(loaded, texts, max_length: int) -> list[tuple[np.ndarray, dict]]:
@@ -227,6 +265,25 @@ def pooled_states(network, feeds, n: int) -> np.ndarray:
             pooled = np.empty((means.shape[0], n, means.shape[2]), np.float32)
         pooled[:, rows] = means
     return pooled
+
+
+def _seconds(network, feeds) -> float:
+    """Wall time of one pass of ``network`` over ``feeds``."""
+    request = network.create_infer_request()
+    start = time.perf_counter()
+    for _, feed in feeds:
+        request.infer(feed)
+    return time.perf_counter() - start
+
+
+def measured_speedup(quantized, unquantized, feeds, rounds: int | None = None) -> float:
+    """``unquantized``'s best time over ``feeds`` divided by ``quantized``'s, in alternating rounds."""
+    rounds = TIMED_ROUNDS if rounds is None else rounds
+    times = {"int8": [], "plain": []}
+    for _ in range(rounds):
+        times["plain"].append(_seconds(unquantized, feeds))
+        times["int8"].append(_seconds(quantized, feeds))
+    return min(times["plain"]) / max(min(times["int8"]), 1e-9)
 
 
 def lowest_cosine(got: np.ndarray, reference: np.ndarray) -> float:
@@ -281,6 +338,7 @@ def calibrate(loaded, calibration: Calibration, target: float | None = None) -> 
     Int8Check
         Never raises for a failed quantisation: it says so (``passed=False``).
     """
+    from ._device import cpu_has_native_bf16
     from ._openvino import compile_for_cpu, to_openvino
 
     start = time.perf_counter()
@@ -298,11 +356,13 @@ def calibrate(loaded, calibration: Calibration, target: float | None = None) -> 
                          time.perf_counter() - start)
     cosine = lowest_cosine(got, reference)
     passed = cosine >= target
+    speedup = None
     if passed:
         _keep(loaded, calibration.digest, compiled)
+        speedup = measured_speedup(compiled, compile_for_cpu(converted, bf16=cpu_has_native_bf16()), held_out)
     reason = "" if passed else (f"its lowest cosine to float32 on {len(calibration.held_out)} held-out texts was "
                                 f"{cosine:.5f}, below the target {target}")
-    return Int8Check(calibration, cosine, target, passed, reason, time.perf_counter() - start)
+    return Int8Check(calibration, cosine, target, passed, reason, time.perf_counter() - start, speedup)
 
 
 def _keep(loaded, digest: str, compiled) -> None:

@@ -149,6 +149,16 @@ class OpenVINOInt8(OpenVINO):
     def __init__(self, loaded, check):
         super().__init__(loaded)
         self.check = check
+        #: The quantised network this call runs, held for the call's length (the model keeps only the most
+        #: recently used few: another calibration's call must not make this one quantise again mid-call).
+        self._network = None
+
+    def _quantized(self):
+        from ._int8 import network
+
+        if self._network is None and not self.fell_back:
+            self._network = network(self.loaded, self.check)
+        return self._network
 
     @property
     def key(self) -> str:
@@ -159,22 +169,21 @@ class OpenVINOInt8(OpenVINO):
     def prepare(self, depth: int | None) -> float:
         from time import perf_counter
 
-        from ._int8 import network
-
         start = perf_counter()
-        network(self.loaded, self.check)
+        self._quantized()
         return perf_counter() - start
 
     def hidden_states(self, batch: PaddedBatch, depth: int | None):
-        from ._int8 import give_up, network
+        from ._int8 import give_up
         from ._openvino import forward
 
-        compiled = network(self.loaded, self.check)
+        compiled = self._quantized()
         if compiled is not None:
             try:
                 return forward(compiled, batch, self.loaded.has_token_types)
             except Exception as error:  # never a crash mid-run
                 give_up(self.loaded, self.check, error)
+                self._network = None
         self.fell_back = True
         return TorchPadded.hidden_states(self, batch, depth)
 

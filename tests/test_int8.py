@@ -71,6 +71,38 @@ def test_int8_calibrates_on_enough_fit_texts(tiny_bert, nncf_on):
     assert small.source == "sample"
 
 
+class _TimedNetwork:
+    """Stands in for a compiled network whose every inference takes ``seconds`` (a sleep)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def create_infer_request(self):
+        import time
+
+        return type("Request", (), {"infer": lambda _, feed: time.sleep(self.seconds)})()
+
+
+def test_measured_speedup_is_the_ratio_of_best_times():
+    feeds = [(np.arange(2), {}), (np.arange(2, 4), {})]
+    ratio = _int8.measured_speedup(_TimedNetwork(0.004), _TimedNetwork(0.012), feeds, rounds=2)
+    assert 2.0 < ratio < 3.3  # 3x by construction; sleeps overshoot a little
+    assert _int8.measured_speedup(_TimedNetwork(0.012), _TimedNetwork(0.004), feeds, rounds=2) < 0.5
+
+
+def test_a_passed_check_records_its_speedup_and_warns_where_int8_does_not_pay(tiny_bert, nncf_on, monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no warning where int8 pays (faked: 1.5x)
+        monkeypatch.setattr(_int8, "measured_speedup", lambda *args, **kwargs: 1.5)
+        fast = BertEmbedder(tiny_bert, precision="int8", cache=None).fit(TEXTS)
+    assert fast.int8_check_.speedup == 1.5 and fast.precision_ == "int8"
+    monkeypatch.setattr(_int8, "measured_speedup", lambda *args, **kwargs: 0.6)
+    with pytest.warns(UserWarning, match=r"at 0\.60x the speed of precision='auto' at fit: int8 does not seem to pay"):
+        slow = BertEmbedder(tiny_bert, precision="int8", cache=None).fit(TEXTS)
+    assert slow.int8_check_.speedup == 0.6 and slow.precision_ == "int8"  # it still runs as asked
+    assert slow.runtime_ == "openvino" and slow._load().derived.int8  # the int8 network is kept and runs
+
+
 def test_int8_falls_back_when_the_check_falls_short(tiny_bert, nncf_on, monkeypatch):
     monkeypatch.setattr(_int8, "TARGET_MIN_COSINE", 1.01)  # a bar no quantised network reaches
     full = BertEmbedder(tiny_bert, device="cpu", precision="float32", cache=None).fit_transform(TEXTS)
@@ -211,3 +243,66 @@ def test_int8_minilm_on_held_out_real_text(nncf_on):
     assert quantized.int8_check_.min_cosine >= _int8.TARGET_MIN_COSINE
     full = BertEmbedder(MINILM_ID, device="cpu", precision="float32", **params).fit_transform(held_out)
     assert _cosine(quantized.transform(held_out), full).min() >= _int8.TARGET_MIN_COSINE - 0.002
+
+
+def test_an_int8_call_keeps_its_network_when_the_model_evicts_it_mid_call(tiny_bert, nncf_on, monkeypatch):
+    """Another calibration's call may push this one's network out of the model's few kept ones between two
+    batches: the call runs on with the network it started with; the next call makes it again, once."""
+    from skbert import _openvino
+
+    embedder = BertEmbedder(tiny_bert, precision="int8", cache=None, batch_size=2).fit(TEXTS)
+    expected = embedder.transform(TEXTS)
+    loaded = embedder._load()
+    forward, quantized, counts = _openvino.forward, _int8._quantized, {"batches": 0, "quantised": 0}
+
+    def evicting(*args, **kwargs):
+        counts["batches"] += 1
+        out = forward(*args, **kwargs)
+        with loaded.derived.lock:
+            loaded.derived.int8.clear()  # as another calibration's network would
+        return out
+
+    def counted(*args, **kwargs):
+        counts["quantised"] += 1
+        return quantized(*args, **kwargs)
+
+    monkeypatch.setattr(_openvino, "forward", evicting)
+    monkeypatch.setattr(_int8, "_quantized", counted)
+    got = embedder.transform(TEXTS)
+    assert counts["batches"] > 2 and counts["quantised"] == 0  # evicted after every batch, never made again
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(embedder.transform(TEXTS), expected, atol=1e-6)
+    assert counts["quantised"] == 1  # the next call, finding it evicted, makes it again once
+
+
+def test_the_ffn_output_projections_are_kept_in_bf16_in_every_family(tmp_path):
+    """KEPT_IN_BF16 names each family's feed-forward output projection: checked against the torch modules
+    themselves (a Linear from the intermediate width back to the hidden width), every one of them and nothing
+    else."""
+    pytest.importorskip("openvino")
+    from families import FAMILIES, write_family
+
+    from skbert._models import load_model
+    from skbert._openvino import to_openvino
+
+    for family in FAMILIES:
+        loaded = load_model(str(write_family(tmp_path / family.name, family)), None, torch.device("cpu"),
+                            torch.float32)
+        config = loaded.model.config
+        hidden = getattr(config, "hidden_size", None) or config.dim
+        wide = getattr(config, "intermediate_size", None) or config.hidden_dim
+        ffn_outputs = {name for name, module in loaded.model.named_modules()
+                       if isinstance(module, torch.nn.Linear) and (module.in_features, module.out_features) == (wide, hidden)}
+        kept = {name.split("/")[0].removeprefix("__module.model.")
+                for name in _int8.kept_operations(to_openvino(loaded.model, loaded.has_token_types))}
+        assert ffn_outputs and kept == ffn_outputs, family.name
+
+
+def test_a_pickled_calibration_works_its_digest_out_again():
+    """The digest names what makes the network in the skbert that runs it, not in the one that pickled it."""
+    calibration = _int8.calibration_for(_many_texts(80), 64)
+    digest = calibration.digest
+    blob = pickle.dumps(calibration)
+    assert digest.encode() not in blob
+    restored = pickle.loads(blob)
+    assert "digest" not in vars(restored) and restored == calibration and restored.digest == digest
