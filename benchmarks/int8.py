@@ -109,6 +109,19 @@ def run(network, feeds):
     return out
 
 
+def alternate(networks, feeds_by_kind, repeats):
+    """Each network's times over each kind's feeds, ``(name, kind) -> [seconds, ...]``: every network in turn,
+    round after round, so that the machine's drift hits them alike."""
+    times = {(name, kind): [] for name in networks for kind in feeds_by_kind}
+    for _ in range(repeats):
+        for kind, feeds in feeds_by_kind.items():
+            for name, network in networks.items():
+                start = time.perf_counter()
+                run(network, feeds)
+                times[name, kind].append(time.perf_counter() - start)
+    return times
+
+
 def cosine(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
@@ -297,13 +310,7 @@ def main():
         networks[name] = core.compile_model(make(), "CPU", bf16)
         notes[name] = time.perf_counter() - start
         print(name, f"{notes[name]:.1f}s", flush=True)
-    times = {(name, kind): [] for name in networks for kind in timed}
-    for _ in range(args.repeats):
-        for kind, feeds in timed.items():
-            for name, network in networks.items():
-                start = time.perf_counter()
-                run(network, feeds)
-                times[name, kind].append(time.perf_counter() - start)
+    times = alternate(networks, timed, args.repeats)
     rows = []
     for name, network in networks.items():
         row = {"technique": name}
@@ -341,13 +348,7 @@ def main():
             base_nets[name] = core.compile_model(model_ov, "CPU", bf16)
         feeds_big = {"short": batches(tokenizer, load_texts("short", max(32, args.n_short // 2))),
                      "long": batches(tokenizer, load_texts("long", 64))}
-        big_times = {(n, k): [] for n in base_nets for k in feeds_big}
-        for _ in range(args.repeats):
-            for kind, feeds in feeds_big.items():
-                for name, network in base_nets.items():
-                    start = time.perf_counter()
-                    run(network, feeds)
-                    big_times[name, kind].append(time.perf_counter() - start)
+        big_times = alternate(base_nets, feeds_big, args.repeats)
         big_rows = [{"technique": name, **{f"x_bf16_{k}": min(big_times["bfloat16", k]) / min(big_times[name, k])
                                            for k in feeds_big}} for name in base_nets]
         payload["bert_base"] = big_rows

@@ -106,6 +106,7 @@ def bench(model_name: str, kind: str, peer_python: str, repeats: int, scale: flo
             "skbert float32": (embedder(precision="float32"), "torch")}
     from skbert import _int8
 
+    os.environ["SKBERT_RUNTIME"] = "openvino"  # (a previous block leaves "torch" set, which rules int8 out)
     if _int8.available():  # int8 quantised at fit by NNCF (calibrated on the shipped sample: fit sees one text)
         ours["skbert int8"] = (embedder(precision="int8"), "openvino")
     setup = {}

@@ -164,7 +164,9 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         the lowest cosine to float32 found (``.min_cosine``), the ``.target``, whether
         int8 runs (``.passed``) and why not (``.reason``), and how much faster than
         ``"auto"`` it ran the held-out texts at ``fit`` (``.speedup``; below 0.9 ``fit``
-        warns that int8 does not pay on this CPU, and int8 still runs). None otherwise. It holds the
+        warns that int8 does not pay on this CPU, and int8 still runs; measured against
+        the OpenVINO network ``"auto"`` runs for the same layers, which for a shallow
+        ``layers`` is cut while int8 runs every layer). None otherwise. It holds the
         calibration texts (up to 256 of those given to ``fit``), so a pickle does too:
         an unpickled estimator quantises again from them (the same network where the
         same OpenVINO and NNCF run; its entries are keyed by those versions), and runs
@@ -259,7 +261,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         for name, value in fitted_settings(params, modes, loaded).items():
             setattr(self, name, value)
         start = time.perf_counter()
-        self.int8_check_ = self._check_int8(loaded, None if self.pairs else texts)
+        self.int8_check_ = self._check_int8(loaded, None if self.pairs else texts,
+                                           self._pooling().request if self.precision == "int8" else None)
         runtime = choose_runtime(loaded, self.precision, self.attention, self.int8_check_)  # converts and compiles, once
         self.runtime_ = runtime.name
         self.runtime_setup_s_ = time.perf_counter() - start
@@ -528,7 +531,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
 
     # -- what every method reaches the work through --------------------------------------
 
-    def _check_int8(self, loaded: LoadedModel, texts):
+    def _check_int8(self, loaded: LoadedModel, texts, request):
         """For ``precision="int8"`` on a CPU: the model quantised with NNCF on ``texts`` (or the shipped sample)
         and checked against float32 (:func:`skbert._int8.calibrate`), warning when it runs unquantised instead;
         without NNCF, a warning that torch's dynamic int8 runs. None for every other precision."""
@@ -539,11 +542,12 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                       "slower than bfloat16 on CPUs that have it and further from float32 (lowest cosine 0.964 on "
                       "MiniLM). pip install 'skbert[int8]' for int8 calibrated and checked at fit.")
             return None
-        check = _int8.calibrate(loaded, _int8.calibration_for(texts, self.max_length_))
+        check = _int8.calibrate(loaded, _int8.calibration_for(texts, self.max_length_),
+                                depth=loaded.reads(request.layers, request.pooler))
         if not check.passed:
             warn_user(f"precision='int8' was not used: {check.reason}. skbert runs this model as precision='auto' "
                       "would instead (precision_ says what runs).")
-        elif check.speedup < _int8.MIN_SPEEDUP:
+        elif check.speedup is not None and check.speedup < _int8.MIN_SPEEDUP:
             warn_user(f"precision='int8' ran the {len(check.calibration.held_out)} held-out texts at "
                       f"{check.speedup:.2f}x the speed of precision='auto' at fit: int8 does not seem to pay on this "
                       "CPU (one without int8 dot-product instructions, or a busy machine); int8_check_.speedup has "

@@ -203,11 +203,13 @@ class Int8Check:
     seconds : float
         Converting, calibrating, quantising, compiling, checking and timing.
     speedup : float or None
-        How much faster the int8 network ran the held-out texts than the unquantised
-        one as ``precision="auto"`` runs it (bfloat16 where the CPU has it natively,
-        else float32), best of :data:`TIMED_ROUNDS` alternating rounds at ``fit``:
-        a rough reading of whether int8 pays on this CPU (a few dozen texts, on a
-        machine that may be busy). None where it did not pass.
+        How much faster the int8 network ran the held-out texts than the OpenVINO
+        network ``precision="auto"`` runs for the same layers (bfloat16 where the CPU
+        has it natively, else float32; cut after the deepest layer read where the
+        family allows, while int8 always runs the whole model), best of
+        :data:`TIMED_ROUNDS` alternating rounds at ``fit``: a rough reading of whether
+        int8 pays on this CPU (a few dozen texts, on a machine that may be busy).
+        None where it did not pass or could not be timed.
     """
 
     calibration: Calibration
@@ -293,13 +295,12 @@ def lowest_cosine(got: np.ndarray, reference: np.ndarray) -> float:
     return float((dot / np.maximum(norms, 1e-30)).min())
 
 
-def _quantized(loaded, calibration: Calibration, converted=None):
-    """The model quantised on ``calibration``'s texts and compiled for this CPU (raises what NNCF or OpenVINO
-    raise)."""
+def quantize_model(loaded, calibration: Calibration, converted=None):
+    """The model quantised on ``calibration``'s texts by NNCF, :data:`KEPT_IN_BF16` left out, not compiled (raises
+    what NNCF or OpenVINO raise)."""
     import nncf
 
-    from ._device import cpu_has_native_bf16
-    from ._openvino import compile_for_cpu, to_openvino
+    from ._openvino import to_openvino
 
     if converted is None:
         converted = to_openvino(loaded.model, loaded.has_token_types)
@@ -309,7 +310,15 @@ def _quantized(loaded, calibration: Calibration, converted=None):
         quantized = nncf.quantize(converted, nncf.Dataset(feeds), subset_size=len(feeds),
                                   model_type=nncf.ModelType.TRANSFORMER,
                                   ignored_scope=nncf.IgnoredScope(patterns=list(KEPT_IN_BF16), validate=False))
-    return compile_for_cpu(quantized, bf16=cpu_has_native_bf16())
+    return quantized
+
+
+def _quantized(loaded, calibration: Calibration, converted=None):
+    """:func:`quantize_model`, compiled for this CPU."""
+    from ._device import cpu_has_native_bf16
+    from ._openvino import compile_for_cpu
+
+    return compile_for_cpu(quantize_model(loaded, calibration, converted), bf16=cpu_has_native_bf16())
 
 
 def _quiet():
@@ -321,7 +330,7 @@ def _quiet():
     nncf.set_log_level(logging.ERROR)
 
 
-def calibrate(loaded, calibration: Calibration, target: float | None = None) -> Int8Check:
+def calibrate(loaded, calibration: Calibration, target: float | None = None, depth: int | None = None) -> Int8Check:
     """Quantise the model on ``calibration`` and check it against float32; a network that passes is kept with the
     model for :func:`network`.
 
@@ -332,14 +341,17 @@ def calibrate(loaded, calibration: Calibration, target: float | None = None) -> 
     calibration : Calibration
     target : float or None, default=None
         The bar (None: :data:`TARGET_MIN_COSINE`).
+    depth : int or None, default=None
+        The deepest hidden state the estimator reads (None: all): the unquantised network
+        the speed-up is measured against is the one ``precision="auto"`` runs for it (cut
+        there where the family allows; the int8 network always runs the whole model).
 
     Returns
     -------
     Int8Check
         Never raises for a failed quantisation: it says so (``passed=False``).
     """
-    from ._device import cpu_has_native_bf16
-    from ._openvino import compile_for_cpu, to_openvino
+    from ._openvino import compile_for_cpu, network, to_openvino
 
     start = time.perf_counter()
     target = TARGET_MIN_COSINE if target is None else target
@@ -359,7 +371,11 @@ def calibrate(loaded, calibration: Calibration, target: float | None = None) -> 
     speedup = None
     if passed:
         _keep(loaded, calibration.digest, compiled)
-        speedup = measured_speedup(compiled, compile_for_cpu(converted, bf16=cpu_has_native_bf16()), held_out)
+        try:  # against the network "auto" runs at this depth (kept with the model: "auto" calls reuse it)
+            plain = network(loaded, depth)
+            speedup = None if plain is None else measured_speedup(compiled, plain, held_out)
+        except Exception:  # a timing that cannot be taken is no reason to give int8 up
+            speedup = None
     reason = "" if passed else (f"its lowest cosine to float32 on {len(calibration.held_out)} held-out texts was "
                                 f"{cosine:.5f}, below the target {target}")
     return Int8Check(calibration, cosine, target, passed, reason, time.perf_counter() - start, speedup)
@@ -368,6 +384,7 @@ def calibrate(loaded, calibration: Calibration, target: float | None = None) -> 
 def _keep(loaded, digest: str, compiled) -> None:
     state = loaded.derived
     with state.lock:
+        state.int8_failed.discard(digest)  # a network made and checked again works (a refit after a failure)
         state.int8[digest] = compiled
         state.int8.move_to_end(digest)
         while len(state.int8) > MAX_NETWORKS:

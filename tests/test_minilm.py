@@ -73,16 +73,21 @@ def test_every_layer_and_mode_is_finite_and_distinct():
     assert_allclose(all_layers[:, -384:], BertEmbedder(MINILM_ID).fit_transform(SENTENCES[:2]), atol=1e-5)
 
 
-RIVER = [
-    "We sat on the bank of the river and watched the water.",
-    "The fisherman walked along the muddy bank of the stream.",
-    "Reeds grew thick on the river bank after the flood.",
-]
-MONEY = [
-    "I deposited my salary at the bank this morning.",
-    "The bank approved the loan for our new house.",
-    "She opened a savings account at the bank downtown.",
-]
+def _quickstart():
+    """The README demo's module (examples/quickstart.py): its sentences and cosine matrix are what this test
+    checks the demo's claim with."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "quickstart", Path(__file__).resolve().parent.parent / "examples" / "quickstart.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_DEMO = _quickstart()
+RIVER, MONEY = _DEMO.RIVER, _DEMO.MONEY
 
 
 def _cosines(vectors):
