@@ -373,10 +373,16 @@ def make_windows(tokenized: list[TokenizedText], max_length: int, strategy: str,
         Grouped by text, in text order.
     """
     windows = []
+    # a text that fits (most do) is one window of all its tokens: read-only views of two shared arrays
+    every, all_counted = np.arange(max_length), np.ones(max_length, dtype=bool)
+    every.flags.writeable = all_counted.flags.writeable = False
+    if strategy != "truncate" and any(text.type_ids is not None for text in tokenized[:1]):
+        raise ValueError(f"long_text={strategy!r} works on single texts; sentence pairs are truncated.")
     for position, text in enumerate(tokenized):
-        if text.type_ids is not None:  # a sentence pair
-            if strategy != "truncate":
-                raise ValueError(f"long_text={strategy!r} works on single texts; sentence pairs are truncated.")
+        if len(text.ids) <= max_length:
+            windows.append(Window(position, 0, every[: len(text.ids)], all_counted[: len(text.ids)]))
+            continue
+        if text.type_ids is not None:  # a sentence pair (all are, or none)
             planned = [plan_pair_window(text.special, max_length, pair_layout, text.pair_kept)]
         else:
             planned = plan_windows(text.special, max_length, strategy, stride)
@@ -522,7 +528,38 @@ class PaddedBatch:
 
 
 def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id: int) -> PaddedBatch:
+    """Pad some windows to their longest, on the right (:func:`laid_out`'s padded batch)."""
+    return laid_out(tokenized, windows, pad_token_id)[0]
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """A batch's windows' tokens laid end to end, without padding (what a packed batch is made of).
+
+    Attributes
+    ----------
+    ids : ndarray of int64, shape (total,)
+    type_ids : ndarray of int64, shape (total,), or None
+        For sentence pairs.
+    lengths, starts : ndarray of int64, shape (n,)
+        Each window's token count and where its tokens start.
+    """
+
+    ids: np.ndarray
+    type_ids: np.ndarray | None
+    lengths: np.ndarray
+    starts: np.ndarray
+
+
+def laid_out(tokenized: list[TokenizedText], windows: list[Window], pad_token_id: int
+             ) -> tuple[PaddedBatch, EndToEnd]:
     """Pad some windows to their longest, on the right.
+
+    The whole batch is made with a few array operations over its windows' tokens laid
+    end to end (no per-token and little per-window Python: on a GPU the host makes a
+    batch while the device runs the one before, and must keep up with it). Each
+    window's content segments and bounds are those of :func:`window_segments` and
+    :func:`segment_bounds`.
 
     Parameters
     ----------
@@ -534,28 +571,63 @@ def collate(tokenized: list[TokenizedText], windows: list[Window], pad_token_id:
 
     Returns
     -------
-    PaddedBatch
-        On the CPU.
+    (PaddedBatch, EndToEnd)
+        The batch, on the CPU, and its tokens without padding.
     """
-    width = max(len(w.token_indices) for w in windows)
-    n = len(windows)
-    pairs = tokenized[windows[0].text].type_ids is not None
+    texts = [tokenized[w.text] for w in windows]
+    pairs = texts[0].type_ids is not None
+    whole = [len(w.token_indices) == len(t.ids) for w, t in zip(windows, texts)]  # the common case: no gather
+    lengths = np.fromiter((len(w.token_indices) for w in windows), dtype=np.int64, count=len(windows))
+    n, width = len(windows), int(lengths.max())
+
+    def laid_end_to_end(field):
+        return np.concatenate([getattr(t, field) if all_of else getattr(t, field)[w.token_indices]
+                               for w, t, all_of in zip(windows, texts, whole)])
+
+    ids, special = laid_end_to_end("ids"), laid_end_to_end("special")
+    # a window that holds its whole text counts every token (only the windows of a cut text share tokens)
+    counted = (np.ones(len(ids), dtype=bool) if all(whole)
+               else np.concatenate([w.counted for w in windows]))
+    real = np.arange(width) < lengths[:, None]  # filled row by row, in the order the tokens are laid out
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    # segments: special tokens seen so far within the window (1 for A, 2 for B), on counted content tokens only
+    seen = np.cumsum(special)
+    seen -= np.repeat(np.append(0, seen)[starts], lengths)
     input_ids = np.full((n, width), pad_token_id, dtype=np.int64)
-    attention_mask = np.zeros((n, width), dtype=np.int64)
+    input_ids[real] = ids
     content_mask = np.zeros((n, width), dtype=np.int64)
-    type_ids = np.zeros((n, width), dtype=np.int64)
-    bounds = np.zeros((n, 2 if pairs else 1, 2), dtype=np.int64)
-    lengths = np.empty(n, dtype=np.int64)
-    for row, window in enumerate(windows):
-        text = tokenized[window.text]
-        length = lengths[row] = len(window.token_indices)
-        input_ids[row, :length] = text.ids[window.token_indices]
-        attention_mask[row, :length] = 1
-        content_mask[row, :length] = window_segments(text, window)
-        bounds[row] = segment_bounds(text.special[window.token_indices], pairs)
-        if pairs:
-            type_ids[row, :length] = text.type_ids[window.token_indices]
-    return PaddedBatch(
-        torch.from_numpy(input_ids), torch.from_numpy(attention_mask), torch.from_numpy(content_mask),
-        torch.from_numpy(bounds), torch.from_numpy(type_ids) if pairs else None, bool((lengths < width).any()),
+    content_mask[real] = np.where(counted & ~special, np.minimum(seen, 2), 0)
+    type_ids = flat_types = None
+    if pairs:
+        flat_types = laid_end_to_end("type_ids")
+        type_ids = np.zeros((n, width), dtype=np.int64)
+        type_ids[real] = flat_types
+    padded = PaddedBatch(
+        torch.from_numpy(input_ids), torch.from_numpy(real.astype(np.int64)), torch.from_numpy(content_mask),
+        torch.from_numpy(_bounds(special, starts, lengths, pairs)),
+        None if type_ids is None else torch.from_numpy(type_ids), bool((lengths < width).any()),
     )
+    return padded, EndToEnd(ids, flat_types, lengths, starts)
+
+
+def _bounds(special: np.ndarray, starts: np.ndarray, lengths: np.ndarray, pairs: bool) -> np.ndarray:
+    """:func:`segment_bounds` of every window of a batch at once, from their special-token masks laid end to end
+    (``starts``, ``lengths``: where each window's tokens are)."""
+    n = len(lengths)
+    if not pairs:
+        return np.stack([np.zeros(n, dtype=np.int64), lengths - 1], axis=1)[:, None, :]
+    at = np.flatnonzero(special)
+    row = np.searchsorted(starts, at, side="right") - 1  # the window each special token is in
+    local = np.append(at - starts[row], 0)  # its position there (one spare entry: rows without any index it)
+    count = np.bincount(row, minlength=n)
+    first = np.cumsum(count) - count
+    last = first + count - 1
+    ends = np.stack([np.zeros(n, dtype=np.int64), lengths - 1], axis=1)
+    enough = (count >= 3)[:, None]  # fewer than three special tokens: the window's ends, as segment_bounds gives
+
+    def local_at(index):
+        return local[np.clip(index, 0, len(local) - 1)]
+
+    a = np.where(enough, np.stack([local_at(first), local_at(first + 1)], axis=1), ends)
+    b = np.where(enough, np.stack([local_at(last - 1), local_at(last)], axis=1), ends)
+    return np.stack([a, b], axis=1).astype(np.int64)

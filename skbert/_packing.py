@@ -21,8 +21,8 @@ every attention layer (``cu_seq_lens_q`` and friends); a padded call, without th
 runs transformers' own SDPA attention with its usual padding mask. Nothing about the
 shared model changes per call, so padded and packed calls may run at once in threads.
 
-A packed batch carries its padded layout's masks too (:func:`pack` builds on
-:func:`~skbert._batching.collate`): its hidden states are laid out as a padded batch's
+A packed batch carries its padded layout's masks too (:func:`pack` makes both from one pass,
+:func:`~skbert._batching.laid_out`): its hidden states are laid out as a padded batch's
 (:func:`unpack`) and reduced by the one padded reduction, so both layouts give their
 statistics and the pooler through the same code, with no atomic additions.
 """
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._batching import TokenizedText, Window, collate
+from ._batching import TokenizedText, Window, laid_out
 
 ATTENTION = "skbert_packed"
 ATTENTION_CHOICES = ("auto", "packed", "padded")
@@ -242,24 +242,26 @@ class PackedBatch:
 
 
 def pack(tokenized: list[TokenizedText], windows: list[Window], pad_token_id: int = 0) -> PackedBatch:
-    """Concatenate some windows into one packed row (built on :func:`~skbert._batching.collate`'s padded layout).
+    """Concatenate some windows into one packed row, with the masks of its padded layout
+    (:func:`~skbert._batching.laid_out` makes both from one pass over the windows).
 
     Returns
     -------
     PackedBatch
         On the CPU.
     """
-    padded = collate(tokenized, windows, pad_token_id)
-    real = padded.attention_mask.bool()
-    lengths = real.sum(dim=1)
-    types = padded.token_type_ids if padded.token_type_ids is not None else torch.zeros_like(padded.input_ids)
-    positions = torch.arange(real.shape[1]).expand_as(real)
+    padded, flat = laid_out(tokenized, windows, pad_token_id)
+    lengths = flat.lengths
+    positions = np.arange(len(flat.ids)) - np.repeat(flat.starts, lengths)  # restarting at 0 in each window
+    width = padded.attention_mask.shape[1]
+    types = flat.type_ids if flat.type_ids is not None else np.zeros(len(flat.ids), dtype=np.int64)
     return PackedBatch(
         attention_mask=padded.attention_mask, content_mask=padded.content_mask, bounds=padded.bounds,
-        ids=padded.input_ids[real].unsqueeze(0), positions=positions[real].unsqueeze(0),
-        token_types=types[real].unsqueeze(0), index=torch.from_numpy(np.flatnonzero(real.numpy())),
-        cu_seqlens=torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(torch.int32),
-        max_length=lengths.max(),
+        ids=torch.from_numpy(flat.ids)[None], positions=torch.from_numpy(positions)[None],
+        token_types=torch.from_numpy(types)[None],
+        index=torch.from_numpy(np.repeat(np.arange(len(lengths)) * width, lengths) + positions),
+        cu_seqlens=torch.from_numpy(np.append(0, np.cumsum(lengths)).astype(np.int32)),
+        max_length=torch.tensor(int(lengths.max())),
     )
 
 

@@ -2,7 +2,17 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from skbert._batching import BatchLimits, TextTokenizer, collate, length_sorted_batches, make_windows, plan_windows
+from skbert._batching import (
+    BatchLimits,
+    TextTokenizer,
+    TokenizedText,
+    collate,
+    length_sorted_batches,
+    make_windows,
+    plan_windows,
+    segment_bounds,
+    window_segments,
+)
 
 
 def test_batches_cover_every_position_once_sorted_by_length():
@@ -132,3 +142,65 @@ def test_prefetching_yields_every_item_in_order():
 
     for n in (2, 3, 7):
         assert list(_prefetching(lambda start: start * 10, range(0, n))) == [i * 10 for i in range(n)]
+
+
+def _collate_one_window_at_a_time(tokenized, windows, pad_token_id):
+    """The batch as the per-window definitions give it: row by row, window_segments and segment_bounds."""
+    width = max(len(w.token_indices) for w in windows)
+    pairs = tokenized[windows[0].text].type_ids is not None
+    rows = []
+    for window in windows:
+        text, length = tokenized[window.text], len(window.token_indices)
+        pad = [0] * (width - length)
+        rows.append((
+            text.ids[window.token_indices].tolist() + [pad_token_id] * (width - length),
+            [1] * length + pad,
+            window_segments(text, window).tolist() + pad,
+            segment_bounds(text.special[window.token_indices], pairs).tolist(),
+            text.type_ids[window.token_indices].tolist() + pad if pairs else None,
+        ))
+    return [list(column) for column in zip(*rows)]
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("strategy", ["truncate", "head_tail", "chunk"])
+def test_collate_gives_each_window_its_per_window_definition(tiny_bert, strategy, pairs):
+    """The array-at-once batch against row-by-row window_segments / segment_bounds, on shuffled mixed batches:
+    texts that fit, long texts' windows (every strategy), empty texts, pairs with empty sides, literal [SEP]."""
+    if pairs and strategy != "truncate":
+        pytest.skip("pairs are truncated")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    rng = np.random.default_rng(7)
+    words = "the river bank money was muddy [SEP] a café naïve of".split()
+    single = [" ".join(rng.choice(words, size=rng.integers(0, 40))) for _ in range(60)] + ["", "[SEP]", "a [SEP] b [SEP] c"]
+    texts = [(a, b) for a, b in zip(single, single[::-1])] if pairs else single
+    tokenized = TextTokenizer(tokenizer)(texts, 16)
+    windows = make_windows(tokenized, 16, strategy, 4)
+    assert any(len(w.token_indices) < len(tokenized[w.text].ids) for w in windows)  # some are cut from longer texts
+    order = rng.permutation(len(windows))
+    for part in np.array_split(order, 7):
+        chosen = [windows[i] for i in part]
+        batch = collate(tokenized, chosen, tokenizer.pad_token_id)
+        ids, attention, content, bounds, types = _collate_one_window_at_a_time(tokenized, chosen,
+                                                                               tokenizer.pad_token_id)
+        assert batch.input_ids.tolist() == ids
+        assert batch.attention_mask.tolist() == attention
+        assert batch.content_mask.tolist() == content
+        assert batch.bounds.tolist() == bounds
+        assert (batch.token_type_ids is None) == (not pairs)
+        if pairs:
+            assert batch.token_type_ids.tolist() == types
+        assert batch.has_padding == (min(len(w.token_indices) for w in chosen) < len(ids[0]))
+
+
+def test_collate_of_a_pair_with_two_special_tokens_between_its_sides():
+    """RoBERTa's layout, ``<s> A </s></s> B </s>``: B is segment 2 (not 3), each side bounded by its own tokens."""
+    special = np.array([1, 0, 0, 1, 1, 0, 0, 1], dtype=bool)
+    text = TokenizedText(np.arange(10, 18), special, None, np.zeros(8, dtype=np.int64))
+    short = TokenizedText(np.arange(20, 25), np.array([1, 0, 1, 1, 1], dtype=bool), None, np.zeros(5, dtype=np.int64))
+    windows = make_windows([text, short], 16, "truncate", 0)
+    batch = collate([text, short], windows, 1)
+    assert batch.content_mask.tolist() == [[0, 1, 1, 0, 0, 2, 2, 0], [0, 1, 0, 0, 0, 0, 0, 0]]
+    assert batch.bounds.tolist() == [[[0, 3], [4, 7]], [[0, 2], [3, 4]]]
+    assert batch.input_ids[1].tolist() == [20, 21, 22, 23, 24, 1, 1, 1]
+    assert batch.content_mask.tolist() == _collate_one_window_at_a_time([text, short], windows, 1)[2]
