@@ -388,7 +388,10 @@ def _load(source: ModelSource, device: torch.device, dtype: torch.dtype, quantiz
         quantize_linear_layers(model)
     config = model.config
     blocker = _packing_blocker(config, device, dtype)
-    if blocker is None and not route_attention(model):  # once, before the model is shared: never per call
+    # routed once, before the model is shared (never per call): every exact family on SDPA, packed or not, so that
+    # padded batches too take their masks as prepared (no host-device wait per batch: skbert._packing)
+    routed = config.model_type in PACKED_FAMILIES and transformers_passes_lengths() and route_attention(model)
+    if blocker is None and not routed:
         blocker = f"packed attention replaces SDPA attention, and this model runs {config._attn_implementation!r}"
     max_positions, window_limit = _max_positions(config, tokenizer)
     return LoadedModel(

@@ -155,7 +155,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     if cu_seqlens is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    kernel = varlen_kernel() if query.is_cuda else None
+    kernel = varlen_kernel() if query.device.type != "cpu" else None  # CUDA (and meta, in the tests)
     if kernel is not None:
         longest = int(kwargs["max_length_q"])
         out = kernel(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu_seqlens,
@@ -169,6 +169,24 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
         for start, end in zip(bounds[:-1], bounds[1:])
     ]
     return torch.cat(parts, dim=2).transpose(1, 2), None
+
+
+def routed(model: torch.nn.Module) -> bool:
+    """Whether a loaded model's attention runs :func:`packed_attention` (:func:`route_attention`)."""
+    return getattr(model.config, "_attn_implementation", None) == ATTENTION
+
+
+def prepared_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A routed model's attention mask as its attention takes it, ``(n, 1, 1, longest)``, True where a token is real.
+
+    transformers takes a 4-d mask as it is: it then skips its own preparation, which
+    asks the device whether the mask has any padding at all (``mask.all()``, and for
+    packed position ids whether they are packed), a read that makes the host wait for
+    the device to finish the batch before, on every batch. The host knows already: a
+    padded batch without padding has no mask at all, and a packed one is told apart
+    by its lengths. None stays None.
+    """
+    return None if attention_mask is None else attention_mask[:, None, None, :].bool()
 
 
 def _padding_mask(*args, attention_mask=None, **kwargs):
@@ -274,6 +292,9 @@ def forward_packed(model, batch: PackedBatch, position_offset: int = 0, token_ty
     longest = int(batch.max_length)
     return model(
         input_ids=batch.ids,
+        # a 4-d mask that nothing reads (the windows are told apart by cu_seqlens), so that transformers does not
+        # ask the device whether the position ids are packed (a wait for the device on every batch)
+        attention_mask=torch.ones((1, 1, 1, 1), dtype=torch.bool, device=batch.ids.device),
         position_ids=batch.positions + position_offset if position_offset else batch.positions,
         token_type_ids=batch.token_types if token_types else None,
         output_hidden_states=True,

@@ -27,7 +27,7 @@ agree within float tolerance and share cache entries).
 from __future__ import annotations
 
 from ._batching import PaddedBatch, TokenizedText, Window, collate
-from ._packing import PackedBatch, UnpackedStates, forward_packed, pack, use_packed
+from ._packing import PackedBatch, UnpackedStates, forward_packed, pack, prepared_mask, routed, use_packed
 
 
 class TorchPadded:
@@ -76,9 +76,10 @@ class TorchPadded:
         each ``(n, longest, d)``. A batch without padding runs with no attention mask at all, which lets the
         attention kernels take their fast, unmasked path."""
         model = self.loaded.model if depth is None else self.loaded.view(depth)
+        mask = batch.attention_mask if batch.has_padding else None
         output = model(
             input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask if batch.has_padding else None,
+            attention_mask=prepared_mask(mask) if routed(self.loaded.model) else mask,
             # sentence pairs, where the model has token types; None: all type 0
             token_type_ids=batch.token_type_ids if self.loaded.has_token_types else None,
             output_hidden_states=True,

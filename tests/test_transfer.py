@@ -147,3 +147,39 @@ def test_token_vectors_through_late_copies(tiny_bert, monkeypatch):
     assert len(got) == len(want) == 6
     for a, b in zip(got, want):
         assert_allclose(a.vectors, b.vectors, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("pairs", [False, True])
+def test_a_batch_never_makes_the_host_wait_for_the_device(tiny_bert, monkeypatch, layout, pairs):
+    """Every batch's device work (forward, statistics of every kind and layer, pooler, the float16 check) runs on
+    the meta device, which has shapes and no numbers: any read of the device's numbers on the host (``item``,
+    ``bool``, ``tolist``, ``nonzero``, transformers' ``mask.all()``) fails there. On a GPU each such read makes the
+    host wait for the device to finish, every batch, so the next batch is not queued while this one runs. Only the
+    copies to the host read numbers (deferred by a batch on CUDA); here they hand back zeros of their shapes.
+    (The CPU reference for the GPU's packed kernel: a stand-in of its shape on meta.)"""
+    import skbert._packing as packing
+    from skbert._models import _load, resolve_source
+    from skbert._options import EncodingOptions
+    from skbert._runtimes import TorchPacked, TorchPadded
+    from skbert._transfer import PendingCopy
+
+    loaded = _load(resolve_source(tiny_bert), torch.device("meta"), torch.float32)
+    assert packing.routed(loaded.model)
+    monkeypatch.setattr(packing, "varlen_kernel", lambda: lambda query, *args, **kwargs: torch.empty_like(query))
+    shipped = []
+
+    def to_host(self, tensor):
+        assert tensor.device.type == "meta"
+        shipped.append(tuple(tensor.shape))
+        return PendingCopy(None, None, None, np.zeros(tensor.shape, dtype=str(tensor.dtype).removeprefix("torch.")))
+
+    monkeypatch.setattr(Transfers, "to_host", to_host)
+    runtime = (TorchPacked if layout == "packed" else TorchPadded)(loaded)
+    options = EncodingOptions(12, "chunk" if not pairs else "truncate", 4, "float16", 4, 2048, runtime)
+    words = ["the river bank", "money " * 30, "", "a muddy bank of the river was here", "bank", "the money"]
+    texts = list(zip(words, words[::-1])) if pairs else words
+    out = list(_encoding.iter_statistics(loaded, texts, layers=(0, 1, 3), with_pooler=True, options=options,
+                                         dtype="float16"))
+    assert sorted(np.concatenate([s.positions for s in out]).tolist()) == list(range(len(texts)))
+    assert len(shipped) >= 3 * 2  # several batches (4 rows at most), each values, extras and pooler
