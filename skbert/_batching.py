@@ -398,25 +398,37 @@ class BatchLimits:
     Attributes
     ----------
     token_budget : int or None
-        Most padded tokens (rows x longest) in one batch.
+        Most tokens in one batch: padded tokens (rows x longest), or with
+        ``packed`` the real tokens (a packed batch has no padding to pay for).
     max_rows : int or None
         Most windows in one batch.
+    packed : bool, default=False
+        Whether the budget counts real tokens.
     """
 
     token_budget: int | None = None
     max_rows: int | None = None
+    packed: bool = False
 
-    def rows(self, longest: int, available: int) -> int:
-        """How many windows (of at most ``longest`` tokens, ``available`` of them) one batch takes; at least one."""
-        cap = available if self.max_rows is None else self.max_rows
-        if self.token_budget is not None:
-            cap = min(cap, self.token_budget // max(longest, 1))
-        return max(1, min(cap, available))
+    def tokens(self, lengths: np.ndarray) -> int:
+        """What a batch of windows of these lengths (longest first) costs against the budget."""
+        return int(np.sum(lengths)) if self.packed else len(lengths) * int(lengths[0])
 
-    def lower(self, rows: int, longest: int) -> None:
-        """After a batch of ``rows`` x ``longest`` ran out of memory: half of it from now on."""
-        self.token_budget = max(1, min(self.token_budget or rows * longest, rows * longest) // 2)
-        self.max_rows = max(1, min(self.max_rows or rows, rows) // 2)
+    def rows(self, lengths: np.ndarray) -> int:
+        """How many of these windows (their lengths, longest first) one batch takes, from the first; at least one."""
+        cap = len(lengths) if self.max_rows is None else min(self.max_rows, len(lengths))
+        if self.token_budget is not None and cap > 1:
+            if self.packed:
+                cap = int(np.searchsorted(np.cumsum(lengths[:cap]), self.token_budget, side="right"))
+            else:
+                cap = min(cap, self.token_budget // max(int(lengths[0]), 1))
+        return max(1, cap)
+
+    def lower(self, lengths: np.ndarray) -> None:
+        """After a batch of windows of these lengths (longest first) ran out of memory: half of it from now on."""
+        tokens = self.tokens(lengths)
+        self.token_budget = max(1, min(self.token_budget or tokens, tokens) // 2)
+        self.max_rows = max(1, min(self.max_rows or len(lengths), len(lengths)) // 2)
 
 
 class BatchCeiling:
@@ -470,10 +482,12 @@ def length_sorted_batches(lengths: np.ndarray, limits: BatchLimits) -> Iterator[
     ndarray of int
         Positions into ``lengths``; together they cover every position once.
     """
-    order = np.argsort(-np.asarray(lengths), kind="stable")
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
     start = 0
     while start < len(order):
-        rows = limits.rows(int(lengths[order[start]]), len(order) - start)
+        ahead = len(order) - start if limits.max_rows is None else limits.max_rows  # at most these are looked at
+        rows = limits.rows(lengths[order[start : start + ahead]])
         yield order[start : start + rows]
         start += rows
 

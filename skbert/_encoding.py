@@ -156,7 +156,8 @@ def run_batches(
     pending = [windows]
     while pending:
         part = pending.pop(0)
-        rows = len(part) if limits is None else limits.rows(len(part[0].token_indices), len(part))
+        lengths = np.fromiter((len(w.token_indices) for w in part), np.int64, len(part))
+        rows = len(part) if limits is None else limits.rows(lengths)
         if rows < len(part):
             pending[:0] = [part[i : i + rows] for i in range(0, len(part), rows)]
             continue
@@ -175,7 +176,7 @@ def run_batches(
                 torch.cuda.empty_cache()
             _count(report, n_oom_splits=1)
             if limits is not None:
-                limits.lower(rows=len(part), longest=len(part[0].token_indices))
+                limits.lower(lengths)
                 loaded.batch_ceiling.lower(limits.token_budget)  # and for the model's later calls
             half = len(part) // 2
             pending[:0] = [part[:half], part[half:]]
@@ -234,7 +235,7 @@ def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *,
                      check_layout=True, offsets=False, depth=None):
     """Tokenise, window, batch and run texts; yield each finished batch with what it needs to regroup.
 
-    Batches hold at most ``batch_size`` rows and ``token_budget`` padded tokens, and
+    Batches hold at most ``batch_size`` rows and ``token_budget`` tokens (padded; real ones for packed batches), and
     what they hand back is at most ``OUTPUT_BYTES_PER_BATCH``: ``// row_bytes`` rows
     for an output per window (many short texts in a large GPU budget would otherwise
     make a huge output), ``// token_bytes`` padded tokens for one per token. After an
@@ -257,7 +258,9 @@ def _encoded_windows(loaded, texts, reduce, report, options: EncodingOptions, *,
     budget = options.token_budget
     if token_bytes:  # an output per token (token vectors): the budget also caps what a batch hands back
         budget = min(budget, max(1, OUTPUT_BYTES_PER_BATCH // token_bytes))
-    limits = BatchLimits(loaded.batch_ceiling.cap(budget), min(caps) if caps else None)
+    # a packed batch's budget counts its real tokens; not for token vectors, handed back padded per batch
+    limits = BatchLimits(loaded.batch_ceiling.cap(budget), min(caps) if caps else None,
+                         packed=runtime.packed and not token_bytes)
     transfers = Transfers.for_device(loaded.device)
 
     def started():

@@ -89,14 +89,22 @@ class TorchPadded:
 
 
 class TorchPacked(TorchPadded):
-    """torch eager on packed batches: each batch one row without padding, attention kept within each window."""
+    """torch eager on packed batches: each batch one row without padding, attention kept within each window.
+
+    A batch whose windows all have one length carries no padding: it runs padded, with no mask at all (packing
+    would take nothing out, and would add its index copies).
+    """
 
     packed = True
 
-    def batch(self, tokenized: list[TokenizedText], windows: list[Window]) -> PackedBatch:
+    def batch(self, tokenized: list[TokenizedText], windows: list[Window]) -> PackedBatch | PaddedBatch:
+        if len({len(window.token_indices) for window in windows}) == 1:
+            return collate(tokenized, windows, self.pad_token_id)
         return pack(tokenized, windows, self.pad_token_id)
 
-    def hidden_states(self, batch: PackedBatch, depth: int | None):
+    def hidden_states(self, batch: PackedBatch | PaddedBatch, depth: int | None):
+        if isinstance(batch, PaddedBatch):
+            return super().hidden_states(batch, depth)
         model = self.loaded.model if depth is None else self.loaded.view(depth)
         output = forward_packed(model, batch, self.loaded.position_offset, self.loaded.has_token_types)
         return UnpackedStates(output.hidden_states, batch)

@@ -38,7 +38,7 @@ def test_a_lowered_budget_applies_to_every_later_batch():
     limits = BatchLimits(token_budget=200)
     batches = length_sorted_batches(lengths, limits)
     assert len(next(batches)) == 20
-    limits.lower(rows=20, longest=10)  # that batch ran out of memory
+    limits.lower(np.full(20, 10))  # that batch ran out of memory
     assert (limits.token_budget, limits.max_rows) == (100, 10)
     rest = list(batches)
     assert [len(b) for b in rest] == [10, 10]  # the other 20 windows, at the lowered budget
@@ -204,3 +204,17 @@ def test_collate_of_a_pair_with_two_special_tokens_between_its_sides():
     assert batch.bounds.tolist() == [[[0, 3], [4, 7]], [[0, 2], [3, 4]]]
     assert batch.input_ids[1].tolist() == [20, 21, 22, 23, 24, 1, 1, 1]
     assert batch.content_mask.tolist() == _collate_one_window_at_a_time([text, short], windows, 1)[2]
+
+
+def test_a_packed_budget_counts_real_tokens():
+    """Packed batches pay for their tokens, not for padding: more rows fit, never more real tokens than the budget."""
+    lengths = np.array([100, 90, 60, 60, 55, 50, 10, 10, 10, 5])
+    padded = list(length_sorted_batches(lengths, BatchLimits(token_budget=200)))
+    packed = list(length_sorted_batches(lengths, BatchLimits(token_budget=200, packed=True)))
+    assert [len(b) for b in padded] == [2, 3, 4, 1]  # by the longest: 2 x 100, 3 x 60, 4 x 50, then the 5
+    assert [lengths[b].tolist() for b in packed] == [[100, 90], [60, 60, 55], [50, 10, 10, 10, 5]]
+    for batch in packed:
+        assert lengths[batch].sum() <= 200
+    limits = BatchLimits(token_budget=1000, packed=True)
+    limits.lower(np.array([300, 200, 100]))  # a batch of 600 real tokens ran out of memory
+    assert (limits.token_budget, limits.max_rows) == (300, 1)

@@ -171,13 +171,15 @@ def test_packed_batches_run_no_padding(tiny_bert, monkeypatch):
     real_forward, shapes = model.forward, []
 
     def forward(*args, **kwargs):
-        shapes.append((tuple(kwargs["input_ids"].shape), kwargs.get("cu_seq_lens_q")))
+        shapes.append((tuple(kwargs["input_ids"].shape), kwargs.get("cu_seq_lens_q"), kwargs["attention_mask"]))
         return real_forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", forward)
     embedder.transform(TEXTS)
-    assert all(shape[0] == 1 and cu is not None and cu[-1] == shape[1] for shape, cu in shapes)
-    real_tokens = sum(shape[1] for shape, _ in shapes)
+    packed = [(shape, cu) for shape, cu, _ in shapes if cu is not None]
+    assert all(shape[0] == 1 and cu[-1] == shape[1] for shape, cu in packed)
+    assert all(mask is None for _, cu, mask in shapes if cu is None)  # windows of one length: padded, no padding
+    real_tokens = sum(shape[0] * shape[1] for shape, _, _ in shapes)
     tokenized = TextTokenizer(embedder._load().tokenizer)(TEXTS)
     assert real_tokens == sum(min(len(t.ids), 64) for t in tokenized)  # every token once, no padding
 
@@ -211,3 +213,30 @@ def test_a_varlen_kernel_without_scale_counts_as_none_and_unpacked_states_refuse
     assert states[-1].shape == (2, 5, 4) and len(states) == 3
     with pytest.raises(IndexError):
         states[3]
+
+
+def test_a_batch_without_padding_runs_padded_with_no_mask(tiny_bert, monkeypatch):
+    """Packing takes nothing out of windows of one length: such a batch runs padded, with no mask, and gives what
+    the packed batch gives."""
+    from transformers import AutoTokenizer
+
+    from skbert._batching import PaddedBatch
+    from skbert._models import load_model
+    from skbert._packing import PackedBatch
+    from skbert._runtimes import TorchPacked
+
+    loaded = load_model(tiny_bert, None, torch.device("cpu"), torch.float32)
+    tokenized = TextTokenizer(AutoTokenizer.from_pretrained(tiny_bert))(["the bank", "a river", "a b c"])
+    windows = make_windows(tokenized, 64, "truncate", 0)
+    runtime = TorchPacked(loaded)
+    even, uneven = runtime.batch(tokenized, windows[:2]), runtime.batch(tokenized, windows)
+    assert isinstance(even, PaddedBatch) and not even.has_padding and isinstance(uneven, PackedBatch)
+    masks = []
+    forward = loaded.model.forward
+    monkeypatch.setattr(loaded.model, "forward", lambda **kw: masks.append(kw["attention_mask"]) or forward(**kw))
+    with torch.inference_mode():
+        alone = runtime.hidden_states(even, None)
+        packed = runtime.hidden_states(pack(tokenized, windows[:2]), None)
+    assert masks[0] is None
+    for a, b in zip(alone, packed):
+        assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
