@@ -51,3 +51,23 @@ def test_throughput_gpu_runner_set_runs_on_a_cpu(benchmarks):
     assert summary["default_time_over_none_time"] == pytest.approx(none / default)
     assert np.isfinite(summary["default_over_st_fastest"]) and summary["default_over_st_fastest"] > 0
     assert (benchmarks / "tiny-cpu.md").read_text().count("skbert") >= 3
+
+
+def test_gpu_busy_share_is_the_union_of_device_intervals_over_the_call(benchmarks):
+    """The busy share a GPU session measures: overlapping and out-of-call intervals counted once, gaps found."""
+    import gpu_busy
+
+    intervals = [(0, 4), (2, 6), (8, 9), (12, 30), (-5, 1)]
+    assert gpu_busy.union_seconds(intervals, 0, 20) == 6 + 1 + 8  # [0, 6], [8, 9], [12, 20]
+    assert gpu_busy.largest_gaps(intervals, 0, 20) == [3, 2]  # 9-12, 6-8
+    assert gpu_busy.union_seconds([], 0, 10) == 0 and gpu_busy.largest_gaps([], 0, 10) == [10]
+
+
+def test_gpu_busy_runs_on_a_cpu(benchmarks):
+    """The profiled call runs end to end on a CPU (no device intervals there: the share is not measured)."""
+    import gpu_busy
+
+    rows = gpu_busy.main(["--device", "cpu", "--models", "minilm", "--n", "40", "--name", "tiny_busy"])
+    assert [(row["cache"], row["texts"], row["rows_out"]) for row in rows] == [("'memory'", 40, 40), ("None", 40, 40)]
+    assert all(np.isnan(row["device_busy"]) and row["wall_s"] > 0 for row in rows)
+    assert "device_busy" in (benchmarks / "tiny_busy-cpu.md").read_text()
