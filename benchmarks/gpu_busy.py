@@ -66,7 +66,9 @@ def device_events(profiler) -> list:
     """The profiler's events that ran on the device (kernels, copies, memsets)."""
     from torch.autograd import DeviceType
 
-    return [e for e in profiler.events() if e.device_type == DeviceType.CUDA]
+    # a record_function range is also reported on the device (a user annotation spanning the call's work): not work
+    return [e for e in profiler.events()
+            if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
 
 
 def profile_call(embedder, texts: list[str], device: str) -> dict:
@@ -81,7 +83,9 @@ def profile_call(embedder, texts: list[str], device: str) -> dict:
             if device == "cuda":
                 torch.cuda.synchronize()
         wall = time.perf_counter() - start
-    (call,) = [e for e in profiler.events() if e.name == "skbert.transform"]
+    from torch.autograd import DeviceType
+
+    (call,) = [e for e in profiler.events() if e.name == "skbert.transform" and e.device_type == DeviceType.CPU]
     begin, finish = call.time_range.start, call.time_range.end  # microseconds on the profiler's clock
     kernels = device_events(profiler)
     intervals = [(e.time_range.start, e.time_range.end) for e in kernels]

@@ -391,6 +391,11 @@ def make_windows(tokenized: list[TokenizedText], max_length: int, strategy: str,
     return windows
 
 
+#: A packed batch's padded layout (rows x longest, what its hidden states are unpacked to for the statistics) is
+#: at most this many times its token budget: a few long windows among many short ones would otherwise make it huge.
+PACKED_PADDED_FACTOR = 2
+
+
 @dataclass
 class BatchLimits:
     """How large a forward pass may be; lowered for the rest of a call after an out-of-memory error.
@@ -399,7 +404,8 @@ class BatchLimits:
     ----------
     token_budget : int or None
         Most tokens in one batch: padded tokens (rows x longest), or with
-        ``packed`` the real tokens (a packed batch has no padding to pay for).
+        ``packed`` the real tokens (a packed batch has no padding to pay for), its
+        padded layout then at most :data:`PACKED_PADDED_FACTOR` times the budget.
     max_rows : int or None
         Most windows in one batch.
     packed : bool, default=False
@@ -418,8 +424,9 @@ class BatchLimits:
         """How many of these windows (their lengths, longest first) one batch takes, from the first; at least one."""
         cap = len(lengths) if self.max_rows is None else min(self.max_rows, len(lengths))
         if self.token_budget is not None and cap > 1:
-            if self.packed:
+            if self.packed:  # real tokens; its hidden states, unpacked for the statistics, are at most twice it
                 cap = int(np.searchsorted(np.cumsum(lengths[:cap]), self.token_budget, side="right"))
+                cap = min(cap, PACKED_PADDED_FACTOR * self.token_budget // max(int(lengths[0]), 1))
             else:
                 cap = min(cap, self.token_budget // max(int(lengths[0]), 1))
         return max(1, cap)

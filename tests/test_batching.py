@@ -171,7 +171,8 @@ def test_collate_gives_each_window_its_per_window_definition(tiny_bert, strategy
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     rng = np.random.default_rng(7)
     words = "the river bank money was muddy [SEP] a café naïve of".split()
-    single = [" ".join(rng.choice(words, size=rng.integers(0, 40))) for _ in range(60)] + ["", "[SEP]", "a [SEP] b [SEP] c"]
+    single = [" ".join(rng.choice(words, size=rng.integers(0, 40))) for _ in range(60)]
+    single += ["", "[SEP]", "a [SEP] b [SEP] c"]
     texts = [(a, b) for a, b in zip(single, single[::-1])] if pairs else single
     tokenized = TextTokenizer(tokenizer)(texts, 16)
     windows = make_windows(tokenized, 16, strategy, 4)
@@ -214,6 +215,10 @@ def test_a_packed_budget_counts_real_tokens():
     assert [lengths[b].tolist() for b in packed] == [[100, 90], [60, 60, 55], [50, 10, 10, 10, 5]]
     for batch in packed:
         assert lengths[batch].sum() <= 200
+    # one long window among many short ones: the unpacked padded layout stays within twice the budget
+    mixed = np.array([100] + [2] * 98)
+    (first, *rest) = length_sorted_batches(mixed, BatchLimits(token_budget=200, packed=True))
+    assert len(first) == 4 and len(first) * 100 <= 2 * 200 and mixed[first].sum() <= 200
     limits = BatchLimits(token_budget=1000, packed=True)
     limits.lower(np.array([300, 200, 100]))  # a batch of 600 real tokens ran out of memory
     assert (limits.token_budget, limits.max_rows) == (300, 1)

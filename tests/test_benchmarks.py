@@ -71,3 +71,18 @@ def test_gpu_busy_runs_on_a_cpu(benchmarks):
     assert [(row["cache"], row["texts"], row["rows_out"]) for row in rows] == [("'memory'", 40, 40), ("None", 40, 40)]
     assert all(np.isnan(row["device_busy"]) and row["wall_s"] > 0 for row in rows)
     assert "device_busy" in (benchmarks / "tiny_busy-cpu.md").read_text()
+
+
+def test_gpu_busy_leaves_the_calls_own_annotation_out_of_the_device_work(benchmarks):
+    """With CUDA profiling a record_function range comes back twice, once as a device-side user annotation that
+    spans all the call's work: counted as work it would read as a busy device."""
+    from types import SimpleNamespace
+
+    import gpu_busy
+    from torch.autograd import DeviceType
+
+    events = [SimpleNamespace(name="skbert.transform", device_type=DeviceType.CUDA, is_user_annotation=True),
+              SimpleNamespace(name="gemm", device_type=DeviceType.CUDA, is_user_annotation=False),
+              SimpleNamespace(name="aten::mm", device_type=DeviceType.CPU, is_user_annotation=False)]
+    kept = gpu_busy.device_events(SimpleNamespace(events=lambda: events))
+    assert [e.name for e in kept] == ["gemm"]
