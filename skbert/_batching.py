@@ -424,11 +424,10 @@ class BatchLimits:
         """How many of these windows (their lengths, longest first) one batch takes, from the first; at least one."""
         cap = len(lengths) if self.max_rows is None else min(self.max_rows, len(lengths))
         if self.token_budget is not None and cap > 1:
-            if self.packed:  # real tokens; its hidden states, unpacked for the statistics, are at most twice it
-                cap = int(np.searchsorted(np.cumsum(lengths[:cap]), self.token_budget, side="right"))
-                cap = min(cap, PACKED_PADDED_FACTOR * self.token_budget // max(int(lengths[0]), 1))
-            else:
-                cap = min(cap, self.token_budget // max(int(lengths[0]), 1))
+            padded_budget = self.token_budget * (PACKED_PADDED_FACTOR if self.packed else 1)
+            cap = min(cap, padded_budget // max(int(lengths[0]), 1))
+            if self.packed:  # real tokens
+                cap = min(cap, int(np.searchsorted(np.cumsum(lengths[:cap]), self.token_budget, side="right")))
         return max(1, cap)
 
     def lower(self, lengths: np.ndarray) -> None:

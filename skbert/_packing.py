@@ -14,11 +14,12 @@ it supports, and the family must pack exactly. ``attention="auto"`` packs only t
 an explicit ``"packed"`` where it cannot run warns and runs padded.
 
 The attention function is registered with transformers' ``AttentionInterface`` under
-:data:`ATTENTION`, together with the SDPA mask for it, and a model that can pack is
-routed through it once, when it is loaded (:func:`route_attention`). The function takes
-the cumulative lengths from the keyword arguments ``BertModel.forward`` hands down to
-every attention layer (``cu_seq_lens_q`` and friends); a padded call, without them,
-runs transformers' own SDPA attention with its usual padding mask. Nothing about the
+:data:`ATTENTION`, together with the SDPA mask for it, and every model of a family that
+packs exactly is routed through it once, when it is loaded (:func:`route_attention`),
+whether or not it packs here. The function takes the cumulative lengths from the keyword
+arguments ``BertModel.forward`` hands down to every attention layer (``cu_seq_lens_q``
+and friends); a padded call, without them, runs transformers' own SDPA attention with
+the padding mask skbert hands it ready-made (:func:`prepared_mask`). Nothing about the
 shared model changes per call, so padded and packed calls may run at once in threads.
 
 A packed batch carries its padded layout's masks too (:func:`pack` makes both from one pass,
