@@ -19,13 +19,20 @@ def reference(tiny_bert):
 
 
 def _windows_by_hand(reference, text, max_length, stride):
-    """Overlapping windows from the tokenizer's own overflow, and each token's best window."""
+    """Overlapping windows cut from the text's own tokens (each ``max_length - 2`` pieces wide, ``stride`` shared
+    with the previous one, between [CLS] and [SEP]), and each token's best window.
+
+    Cut here rather than taken from the tokenizer's ``return_overflowing_tokens``, whose windows some
+    transformers releases get wrong (5.17 returns two windows of a four-window text).
+    """
     tok = reference.tokenizer
-    enc = tok(text, max_length=max_length, truncation=True, stride=stride, return_overflowing_tokens=True)
-    windows = enc["input_ids"]
     full = tok(text)["input_ids"]
     body = len(full) - 2
-    step = max_length - 2 - stride
+    width, step = max_length - 2, max_length - 2 - stride
+    starts = [0]
+    while starts[-1] + width < body:
+        starts.append(starts[-1] + step)
+    windows = [[full[0], *full[1:-1][start : start + width], full[-1]] for start in starts]
     outputs = []
     for ids in windows:
         states, _, _ = reference.token_states(tok.decode(ids[1:-1]))  # re-run: same pieces
