@@ -12,7 +12,11 @@ On a CUDA device:
   pinned buffer, without waiting, and the host asks for it (:meth:`PendingCopy.result`)
   only after the next batch's work has been queued (:func:`one_batch_behind`), so the
   copy runs while the device computes the next batch, and the host's work on one batch
-  (pooling, the cache) overlaps the device's on the next.
+  (pooling, the cache) overlaps the device's on the next. The host's copy out of the
+  pinned buffer (into new memory: a cached batch's statistics are kept as they are
+  copied) runs over a few threads (:func:`host_copy`): writing memory for the first
+  time costs page faults as well as bandwidth, and one thread does neither at the
+  rate a GPU hands results back.
 
 Elsewhere both are plain copies and results are ready at once; the same code runs, so
 CPU tests exercise it, and a deferred stand-in for the device (``DeferredOps`` in the
@@ -22,7 +26,10 @@ read only after its event, and a buffer is refilled only after its result was re
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, replace
 
 import numpy as np
@@ -32,6 +39,55 @@ import torch
 #: The largest pinned staging buffer kept (bytes): a larger tensor is copied through pageable memory, at once.
 #: Pinned memory is taken from the host's RAM and never swapped, so it is bounded whatever a batch holds.
 PINNED_BYTES_MAX = 512 * 2**20
+
+
+#: The most threads that copy a large result out of its pinned buffer (:func:`host_copy`): a copy is
+#: memory-bound, and more threads than this add little.
+MAX_COPY_THREADS = 4
+
+#: Threads :func:`host_copy` uses by default: a quarter of the cores, at most :data:`MAX_COPY_THREADS` (so one,
+#: a plain copy, on a machine of fewer than 8 cores).
+COPY_THREADS = max(1, min(MAX_COPY_THREADS, (os.cpu_count() or 1) // 4))
+
+#: The smallest copy split over threads (bytes): below it, handing the parts to threads costs more than it saves.
+SPLIT_COPY_BYTES = 8 * 2**20
+
+_COPY_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (the process that made it, the pool)
+_COPY_POOL_LOCK = threading.Lock()
+
+
+def _copy_pool() -> ThreadPoolExecutor:
+    """This process's copy threads, started as needed (a forked child makes its own: its parent's threads did not
+    come along)."""
+    global _COPY_POOL
+    with _COPY_POOL_LOCK:
+        if _COPY_POOL is None or _COPY_POOL[0] != os.getpid():
+            pool = ThreadPoolExecutor(max_workers=MAX_COPY_THREADS - 1, thread_name_prefix="skbert-copy")
+            _COPY_POOL = (os.getpid(), pool)
+        return _COPY_POOL[1]
+
+
+def host_copy(source: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """A copy of ``source`` in new memory, made in contiguous parts by ``threads`` threads (this one and pool
+    threads; default :data:`COPY_THREADS`, at most :data:`MAX_COPY_THREADS`) where it is at least
+    :data:`SPLIT_COPY_BYTES` and contiguous; a plain copy otherwise.
+
+    numpy releases the GIL while it copies, so the parts run at once, and each
+    thread takes the page faults of the new memory it writes.
+    """
+    threads = min(MAX_COPY_THREADS, COPY_THREADS if threads is None else threads)
+    if threads <= 1 or source.nbytes < SPLIT_COPY_BYTES or not source.flags.c_contiguous:
+        return source.copy()
+    target = np.empty_like(source)
+    flat_source, flat_target = source.reshape(-1), target.reshape(-1)
+    bounds = np.linspace(0, flat_source.size, threads + 1).astype(np.int64)
+    parts = [(flat_target[start:end], flat_source[start:end]) for start, end in zip(bounds[:-1], bounds[1:])]
+    pool = _copy_pool()
+    others = [pool.submit(np.copyto, *part) for part in parts[1:]]
+    np.copyto(*parts[0])  # this thread copies the first part
+    for other in others:
+        other.result()
+    return target
 
 
 def _grown(numel: int, old: int, dtype: torch.dtype) -> int:
@@ -86,7 +142,7 @@ class PendingCopy:
         """The copied array (waits for the copy; the staging buffer is free again afterwards)."""
         if self._ready is None:
             self._event.synchronize()
-            self._ready = self._view.numpy().copy()  # out of the pinned buffer, which the next copies reuse
+            self._ready = host_copy(self._view.numpy())  # out of the pinned buffer, which the next copies reuse
             self._slot[1] = False
             self._view = self._slot = None
         return self._ready

@@ -138,6 +138,64 @@ def test_encoding_through_late_copies_gives_the_same_vectors(tiny_bert, monkeypa
     assert_allclose(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 4, 9])
+@pytest.mark.parametrize("shape, dtype", [((7, 3, 5), np.float16), ((1001,), np.float32), ((0, 4), np.float16),
+                                          ((13, 2), np.int64)])
+def test_host_copy_is_a_whole_copy_in_new_memory_whatever_the_split(monkeypatch, threads, shape, dtype):
+    from skbert import _transfer
+
+    monkeypatch.setattr(_transfer, "SPLIT_COPY_BYTES", 1)  # split even these small arrays
+    source = np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)
+    copied = _transfer.host_copy(source, threads)
+    assert copied.shape == source.shape and copied.dtype == source.dtype and np.array_equal(copied, source)
+    assert not np.shares_memory(copied, source)
+    source[...] = 0  # the source (a pinned buffer) is refilled by the next copy: the result must not change
+    assert np.array_equal(copied.reshape(-1), np.arange(copied.size, dtype=dtype))
+
+
+def test_host_copy_of_a_strided_view_copies_it_plainly():
+    from skbert import _transfer
+
+    source = np.arange(40, dtype=np.float32).reshape(8, 5)[:, ::2]
+    assert np.array_equal(_transfer.host_copy(source, 4), source)
+
+
+def test_copy_threads_split_a_large_result_and_a_forked_child_makes_its_own(monkeypatch):
+    from skbert import _transfer
+
+    used = set()
+    real = np.copyto
+
+    def copyto(target, source):
+        import threading
+
+        used.add(threading.current_thread().name)
+        real(target, source)
+
+    monkeypatch.setattr(_transfer.np, "copyto", copyto)
+    source = np.random.default_rng(0).standard_normal(_transfer.SPLIT_COPY_BYTES // 8 + 3)  # float64: just over
+    assert np.array_equal(_transfer.host_copy(source, 3), source)
+    assert len(used) == 3 and sum(name.startswith("skbert-copy") for name in used) == 2
+    pool = _transfer._copy_pool()
+    monkeypatch.setattr(_transfer.os, "getpid", lambda: -1)  # as a forked child sees it: another process
+    assert _transfer._copy_pool() is not pool
+
+
+def test_encoding_through_late_copies_split_over_threads(tiny_bert, monkeypatch):
+    """Results copied out of the (deferred) pinned buffers in parts, by threads, as on a many-core GPU machine."""
+    from skbert import _transfer
+
+    params = dict(pooling=("cls", "mean", "max"), layers="all", long_text="chunk", max_length=16, batch_size=8,
+                  precision="float32", device="cpu")  # DeferredOps's "device" tensors are CPU tensors
+    want = BertEmbedder(tiny_bert, cache=None, **params).fit(TEXTS).transform(TEXTS)
+    monkeypatch.setattr(_transfer, "COPY_THREADS", 3)
+    monkeypatch.setattr(_transfer, "SPLIT_COPY_BYTES", 1)
+    monkeypatch.setattr(_encoding.Transfers, "for_device", staticmethod(deferred_transfers))
+    for cache in (None, "memory"):
+        got = BertEmbedder(tiny_bert, cache=cache, **params).fit(TEXTS).transform(TEXTS)
+        assert_allclose(got, want, rtol=0, atol=0 if cache is None else 2e-3)
+
+
 def test_token_vectors_through_late_copies(tiny_bert, monkeypatch):
     embedder = BertEmbedder(tiny_bert, device="cpu", layers=(1, 2), max_length=16, long_text="chunk",
                             cache=None).fit(TEXTS)  # DeferredOps stands in for a device on the CPU
