@@ -86,3 +86,24 @@ def test_gpu_busy_leaves_the_calls_own_annotation_out_of_the_device_work(benchma
               SimpleNamespace(name="aten::mm", device_type=DeviceType.CPU, is_user_annotation=False)]
     kept = gpu_busy.device_events(SimpleNamespace(events=lambda: events))
     assert [e.name for e in kept] == ["gemm"]
+
+
+def test_layout_sweep_spreads_padding_as_asked_and_runs_on_a_cpu(tiny_bert, tmp_path, monkeypatch):
+    """The packed-or-padded sweep a GPU session runs: batches of the asked padding share, both layouts timed on the
+    same windows, and the share from which packing pays read off the rows."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import common
+    import layouts
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    for share in (0.0, 0.07, 0.3):
+        lengths = layouts.spread_lengths(64, share, 4096)
+        assert lengths.max() == 64 and abs(layouts.padding_share(lengths) - share) < 0.01
+        assert abs(lengths.sum() - 4096) < 64
+    layouts.main(["--device", "cpu", "--model-path", tiny_bert, "--lengths", "16", "--shares", "0", "0.3",
+                  "--tokens", "256", "--repeats", "1"])
+    text = (tmp_path / "layouts-cpu.md").read_text()
+    assert "packed_over_padded" in text and "Where packing pays" in text
+    rows = [{"model": "m", "longest": 16, "padding_share": p, "packed_over_padded": r}
+            for p, r in ((0.0, 1.1), (0.07, 0.97), (0.15, 1.01), (0.3, 0.8), (0.45, 0.7))]
+    assert layouts.crossover(rows) == [{"model": "m", "longest": 16, "packed_pays_from_share": 0.3}]
