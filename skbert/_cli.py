@@ -227,7 +227,7 @@ def embed_file(args, output: Path) -> int:
         if Path(args.input).is_dir() or any(ch in args.input for ch in "*?["):
             raise UserError(f"input {args.input!r} names several files: write a dataset (-o a directory)")
         raise UserError(f"input file {args.input!r} does not exist")
-    if args.workers or args.scheduler:
+    if args.workers is not None or args.scheduler or args.scheduler:
         raise UserError("--workers and --scheduler write a dataset: give -o a directory")
     frame = read_table(Path(args.input))
     columns = _text_columns(args)
@@ -284,6 +284,8 @@ def embed_dataset(args, output: Path) -> int:
 
     if args.chunk_rows < 1:
         raise UserError(f"--chunk-rows {args.chunk_rows}: at least 1")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers}: at least 1 (leave it out to run in this process)")
     columns = _text_columns(args)
     # Dask starts workers with OMP_NUM_THREADS=1: local workers get their share of the cores for torch
     threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None

@@ -133,7 +133,8 @@ class TextColumns:
                 raise ColumnError(f"{kind} {name!r} is not {where}; its columns are {_listed(available)}")
 
     def with_index_ids(self, frame):
-        """Without id columns, the table's index becomes the id column (named as the index is, else "row").
+        """Without id columns, the table's index becomes the id column (named as the index is, else "row"; where
+        the table has a column of that name, "row_index" or the first such name it lacks).
 
         Parameters
         ----------
@@ -149,6 +150,9 @@ class TextColumns:
         if self.ids:
             return frame, self
         name = frame.index.name or "row"
+        if name in frame.columns:  # a column of that name already: the index goes in beside it, named apart
+            candidates = (f"{name}_index", *(f"{name}_index_{k}" for k in range(1, len(frame.columns) + 2)))
+            name = next(candidate for candidate in candidates if candidate not in frame.columns)
         return frame.rename_axis(name).reset_index(), replace(self, ids=(name,))
 
     def with_made_ids(self, frame, available, *, first_row: int, file: str):

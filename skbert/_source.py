@@ -164,16 +164,19 @@ def _warn_non_finite(n: int, loaded: LoadedModel) -> None:
 
 
 def _handed_out(positions: np.ndarray, located: list) -> Iterator[Statistics]:
-    """Cached rows as statistics: a large block as it is, small ones joined (fewer, larger batches to pool)."""
+    """Cached rows as statistics: a large block as it is, small ones joined (fewer, larger batches to pool), those
+    of one shape together (entries of different depths, or a float32 block among float16 ones, are not joined)."""
     order, parts = gather(located)
-    small, small_rows, done = [], [], 0
+    small: dict[tuple, tuple[list, list]] = {}
+    done = 0
     for part in parts:
         rows = positions[order[done : done + len(part)]]
         done += len(part)
         if len(part) >= JOIN_BELOW:
             yield statistics_from_block(rows, part)
         else:
-            small.append(part)
-            small_rows.append(rows)
-    if small:
-        yield statistics_from_block(np.concatenate(small_rows), concatenate(small))
+            blocks, block_rows = small.setdefault(part.shape, ([], []))
+            blocks.append(part)
+            block_rows.append(rows)
+    for blocks, block_rows in small.values():
+        yield statistics_from_block(np.concatenate(block_rows), concatenate(blocks))

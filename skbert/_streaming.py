@@ -9,7 +9,9 @@ metadata, which chunk it came from, a digest of that chunk's ids and texts, and 
 settings it was made with; a re-run reads each chunk again and skips it when its part
 verifies (readable footer, same digest, same settings, same row count), so resuming
 needs no per-text cache. Parts that no chunk of this run produced are removed at the
-end, so the dataset never holds a row twice.
+end, so the dataset never holds a row twice: only parts skbert wrote (their record says
+so), never an input file nor another tool's file. A directory or pattern input leaves
+out the files under the output directory, which may lie inside it.
 
 With a Dask client the chunks are embedded and written by the workers (the output
 directory must be reachable from them); a worker lost mid-chunk has its task run
@@ -44,14 +46,18 @@ METADATA_KEY = b"skbert"
 EMBEDDING_COLUMN = "embedding"
 
 
-def input_files(spec: str) -> list[Path]:
+def input_files(spec: str, output: Path | None = None) -> list[Path]:
     """The input files a path, directory or glob names, sorted.
 
     Parameters
     ----------
     spec : str
         A file, a directory (every CSV/TSV/Parquet file under it, recursively) or a
-        glob pattern (``data/*.parquet``, ``data/**/*.csv``).
+        glob pattern (``data/*.parquet``, ``data/**/*.csv``). An existing file is
+        that file, whatever characters its name holds.
+    output : Path, optional
+        The dataset being written: a directory or pattern never takes files from it
+        (its parts are not input, also when it lies inside the input's folder).
 
     Returns
     -------
@@ -66,7 +72,7 @@ def input_files(spec: str) -> list[Path]:
     if path.is_dir():
         files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS]
         where = f"directory {spec!r}"
-    elif any(ch in spec for ch in "*?["):
+    elif not path.is_file() and any(ch in spec for ch in "*?["):
         files = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
         files = [p for p in files if p.suffix.lower() in READERS]
         where = f"pattern {spec!r}"
@@ -76,6 +82,10 @@ def input_files(spec: str) -> list[Path]:
         if path.suffix.lower() not in READERS:
             raise TableError(f"input file {spec!r}: expected one of {', '.join(READERS)}")
         return [path]
+    if output is not None:
+        written = output.resolve()
+        files = [p for p in files if not p.resolve().is_relative_to(written)]
+        where += f" (less the output {str(output)!r})"
     if not files:
         raise TableError(f"{where} holds no {', '.join(READERS)} files")
     return sorted(files)
@@ -117,6 +127,17 @@ def part_is_complete(path: Path, expected: dict) -> bool:
     except Exception:  # truncated, not Parquet, or without our record
         return False
     return recorded == expected and metadata.num_rows == expected["rows"]
+
+
+def written_by_skbert(path: Path) -> bool:
+    """Whether a file is a part skbert wrote (a readable Parquet footer holding skbert's record)."""
+    try:
+        import pyarrow.parquet as pq
+
+        metadata = pq.read_metadata(path).metadata or {}
+    except Exception:  # not Parquet, unreadable
+        return False
+    return METADATA_KEY in metadata
 
 
 def embedding_table(ids, X: np.ndarray, names: list[str], layout: str):
@@ -321,7 +342,7 @@ def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_r
     -------
     StreamSummary
     """
-    files = input_files(spec)
+    files = input_files(spec, output)
     columns = {path: file_columns(path) for path in files}  # every file readable before any work starts
     settings = part_settings(embedder, options) if settings is None else settings
     output.mkdir(parents=True, exist_ok=True)
@@ -352,8 +373,10 @@ def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_r
             account(future.result())
     if summary.rows == 0 and summary.null_rows == 0:  # before any clean-up: a wrong input removes nothing
         raise TableError(f"input {spec!r} has no rows")
+    inputs = {path.resolve() for path in files}
     for stale in output.glob("part-*.parquet"):  # parts no chunk of this run made: from other inputs
-        if stale.name not in expected:
+        # only skbert's own parts: never an input, nor a file another tool wrote there
+        if stale.name not in expected and stale.resolve() not in inputs and written_by_skbert(stale):
             stale.unlink()
             summary.removed += 1
     for leftover in output.glob(".part-*.tmp-*"):  # a killed writer's temporary file

@@ -97,7 +97,7 @@ def embed(data, embedder, column=None, threads=None):
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(embedder)
-    texts = texts_in(data, column)
+    texts = texts_in(_dask_frame(data), column)
     if embedder.pairs != (getattr(texts, "ndim", 1) == 2):
         raise ColumnError(
             "embedder reads sentence pairs (pairs=True): pass column=[A, B], two columns of the frame."
@@ -107,6 +107,16 @@ def embed(data, embedder, column=None, threads=None):
     names = [str(name) for name in embedder.get_feature_names_out()]
     meta = pd.DataFrame(np.empty((0, len(names)), np.float32), columns=names, index=texts._meta.index)
     return texts.map_partitions(_embed_partition, embedder, names, threads, meta=meta)
+
+
+def _dask_frame(data):
+    """``data`` if it is a Dask Series or DataFrame, else a TypeError saying what is taken."""
+    import dask.dataframe as dd
+
+    if not isinstance(data, (dd.Series, dd.DataFrame)):
+        raise TypeError(f"a dask.dataframe Series or DataFrame of texts was expected, got {type(data).__name__}; "
+                        "dask.dataframe.from_pandas (or from_dask_array, or a bag's to_dataframe) makes one")
+    return data
 
 
 def _predict_partition(part, pipeline, method, dtype, threads=None) -> pd.Series:
@@ -135,7 +145,8 @@ def predict(data, pipeline, column=None, method="predict", threads=None):
     dask.dataframe.Series
         One value per text, with the input's index and divisions.
     """
-    texts = texts_in(data, column)
-    dtype = getattr(pipeline, "classes_", np.array([0.0])).dtype
+    texts = texts_in(_dask_frame(data), column)
+    # predict gives labels (the classes' dtype); decision_function, predict_proba and the like give scores
+    dtype = getattr(pipeline, "classes_", np.array([0.0])).dtype if method == "predict" else np.dtype(np.float64)
     meta = pd.Series([], index=texts._meta.index, dtype=dtype, name=method)
     return texts.map_partitions(_predict_partition, pipeline, method, dtype, threads, meta=meta)

@@ -813,3 +813,20 @@ def test_a_text_that_overflows_float16_is_encoded_again_and_kept_in_float32(tiny
     again, report = embedder.transform_with_report(texts)
     assert report.n_cache_hits == 4 and report.n_encoded == 0
     assert_allclose(again, got, rtol=0, atol=0)
+
+
+def test_hits_on_entries_of_different_depths_in_one_call(tiny_bert):
+    """Shallow entries (a call that stopped the encoder at layer 1) and full-depth ones (with the pooler) are both
+    hits for a layer-1 call; small blocks of each are joined with their own kind only."""
+    from skbert._cache import clear_stores
+
+    clear_stores()
+    shallow, deep = ["the river bank", "a"], ["she paid the loan", "money money"]
+    params = dict(precision="float32", device="cpu", pooling="mean")
+    BertEmbedder(tiny_bert, layers=1, **params).fit(shallow).transform(shallow)
+    BertEmbedder(tiny_bert, layers=-1, **params).fit(deep).transform(deep)
+    embedder = BertEmbedder(tiny_bert, layers=1, **params).fit(shallow + deep)
+    got, report = embedder.transform_with_report(shallow + deep)
+    assert report.n_cache_hits == 4
+    want = BertEmbedder(tiny_bert, layers=1, cache=None, **params).fit(["a"]).transform(shallow + deep)
+    assert_allclose(got, want, rtol=1e-3, atol=1e-3)  # float16 entries

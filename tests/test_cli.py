@@ -90,6 +90,9 @@ def test_embed_to_npy_writes_the_ids_beside_it_and_a_rerun_hits_the_cache(tiny_b
         (["embed", "{table}", "--layers", "7", "-o", "{dir}/o.npy"], "layer 7 is out of range for a model with 3"),
         (["embed", "{table}", "--layers", "1,x", "-o", "{dir}/o.npy"], "a comma-separated list must hold integers"),
         (["embed", "{table}", "--pooling", "median", "-o", "{dir}/o.npy"], "Got 'median' instead"),
+        (["embed", "{table}", "--workers", "-1", "-o", "{dir}/ds"], "--workers -1: at least 1"),
+        (["embed", "{table}", "--workers", "0", "-o", "{dir}/ds"], "--workers 0: at least 1"),
+        (["embed", "{table}", "--workers", "2", "-o", "{dir}/o.npy"], "--workers and --scheduler write a dataset"),
     ],
 )
 def test_bad_input_gives_a_message_and_exit_status_2(tiny_bert, table, tmp_path, capsys, argv, message):
@@ -271,3 +274,12 @@ def test_truncation_is_said_in_the_summary_from_the_reports_not_warned(tiny_bert
     embedder = BertEmbedder(tiny_bert, max_length=8, precision="float32", cache=None).fit(["a"])
     with pytest.warns(UserWarning, match=f"{n_long} of {len(texts)} texts were longer than max_length=8"):
         embedder.transform(texts)  # the estimator itself still warns
+
+
+def test_a_table_with_a_row_column_keeps_it_and_takes_its_row_numbers_beside_it(tiny_bert, tmp_path, capsys):
+    (tmp_path / "in.csv").write_text("text,row\na river,b\nthe bank,a\n")
+    code, _ = _run(capsys, "embed", tmp_path / "in.csv", "--model", tiny_bert, "--precision", "float32", "--quiet",
+                   "-o", tmp_path / "o.parquet")
+    assert code == 0
+    got = pd.read_parquet(tmp_path / "o.parquet")
+    assert got["row_index"].tolist() == [0, 1] and got["row"].tolist() == ["b", "a"]

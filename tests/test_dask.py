@@ -133,6 +133,13 @@ def test_a_fitted_pipeline_predicts_partition_by_partition(client, tiny_bert):
     got = predict(dd.from_pandas(_series(), npartitions=3), pipe).compute()
     assert got.index.tolist() == _series().index.tolist()
     assert got.tolist() == pipe.predict(TEXTS).tolist()
+    for labels_of in (labels, np.where(labels == 1, "river", "other")):  # scores are floats whatever the labels
+        pipe.fit(TEXTS, labels_of)
+        lazy = predict(dd.from_pandas(_series(), npartitions=3), pipe, method="decision_function")
+        scores = lazy.compute()
+        assert lazy.dtype == scores.dtype == np.float64
+        assert_allclose(scores.to_numpy(), pipe.decision_function(TEXTS), rtol=1e-6)
+        assert predict(dd.from_pandas(_series(), npartitions=3), pipe).compute().tolist() == pipe.predict(TEXTS).tolist()
 
 
 def test_a_worker_killed_mid_computation_still_gives_the_complete_result(client, tiny_bert, tmp_path):
@@ -165,6 +172,11 @@ def test_bad_input_names_the_problem(tiny_bert):
 
     with pytest.raises(NotFittedError):
         embed(frame, BertEmbedder(tiny_bert), column="a")
+    import dask.bag as db
+
+    for wrong in (db.from_sequence(["x", "y"]), np.array(["x", "y"]), pd.Series(["x"])):
+        with pytest.raises(TypeError, match="a dask.dataframe Series or DataFrame of texts was expected, got"):
+            embed(wrong, embedder)
 
 
 def test_na_null_and_none_are_texts_on_dask_too(client, tiny_bert):

@@ -172,6 +172,48 @@ def test_bad_inputs_name_the_file_and_write_nothing(tiny_bert, parquet_dir, tmp_
     assert code == 2 and "or a directory (no suffix)" in err
 
 
+def test_clean_up_removes_only_skbert_parts_never_an_input_or_another_tools_file(tiny_bert, tmp_path, capsys):
+    """A Spark-style input named part-*.parquet inside the output directory, and another tool's part there: the
+    clean-up of stale parts must leave both (they are not skbert's), and remove skbert's own stale part."""
+    out = tmp_path / "out"
+    out.mkdir()
+    frame = pd.DataFrame({"text": _texts(12, 3)})
+    spark = out / "part-00000-abc.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), spark)
+    foreign = out / "part-0.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), foreign)
+    other_input = tmp_path / "other.csv"
+    other_input.write_text("text\na river\n")
+    base = ["embed", "--model", tiny_bert, "--precision", "float32", "--quiet", "-o", out]
+    assert _run(capsys, *base[:1], other_input, *base[1:])[0] == 0  # a skbert part that the next run makes stale
+    code, err = _run(capsys, *base[:1], spark, *base[1:])
+    assert code == 0 and "removed 1 stale part(s)" in err
+    assert spark.is_file() and foreign.is_file()
+    assert pq.read_table(spark).to_pandas().equals(frame)  # the input is untouched
+    made = [p for p in out.glob("part-*.parquet") if p not in (spark, foreign)]
+    assert len(made) == 1 and pq.read_table(made[0]).num_rows == 12
+
+
+def test_an_output_inside_the_input_directory_is_not_read_as_input(tiny_bert, parquet_dir, capsys):
+    out = parquet_dir / "embeddings"
+    argv = ["embed", parquet_dir, "--model", tiny_bert, "--chunk-rows", 50, "--precision", "float32", "--quiet",
+            "-o", out]
+    assert _run(capsys, *argv)[0] == 0
+    code, err = _run(capsys, *argv)  # the parts now lie under the input directory
+    assert code == 0 and "96 rows in 3 parts (3 already complete)" in err
+    assert len(_read(out)) == 96
+
+
+def test_an_existing_file_whose_name_looks_like_a_pattern_is_that_file(tiny_bert, tmp_path, capsys):
+    named = tmp_path / "data[1].csv"
+    named.write_text("text\na river\nthe bank\n")
+    code, err = _run(capsys, "embed", named, "--model", tiny_bert, "--precision", "float32", "--quiet",
+                     "-o", tmp_path / "out")
+    assert code == 0 and "2 rows" in err
+    assert_allclose(np.stack(_read(tmp_path / "out")["embedding"].to_numpy()),
+                    _embed(tiny_bert, ["a river", "the bank"]), rtol=1e-5, atol=1e-6)
+
+
 def test_pairs_stream_too(tiny_bert, tmp_path, capsys):
     path = tmp_path / "pairs.parquet"
     pd.DataFrame({"q": ["a river", "", "money"], "a": ["the bank", "a loan", ""]}).to_parquet(path)
