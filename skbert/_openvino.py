@@ -200,6 +200,15 @@ def network(loaded, depth: int | None):
         return compiled
 
 
+def converts_exactly(config) -> bool:
+    """Whether a model's OpenVINO network gives torch's numbers on padded batches: not for attention within local
+    windows (ModernBERT's ``local_attention``, a ``sliding_window``). There a padding position whose window holds
+    no real token gets NaN from the converted network (a softmax over nothing), and the next global layer spreads
+    it into the real tokens of the row (0 x NaN is NaN), so a short text batched with a much longer one came out
+    NaN. Such models run on torch, which keeps those positions finite."""
+    return not (getattr(config, "local_attention", None) or getattr(config, "sliding_window", None))
+
+
 def wanted(precision: str, attention: str, device_type: str) -> bool:
     """Whether a call with these settings asks for OpenVINO: ``precision="auto"`` on a CPU with OpenVINO
     preferred (:func:`preferred`), and not packed attention (a torch path). Nothing is converted to tell."""

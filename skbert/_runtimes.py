@@ -215,7 +215,8 @@ def choose_runtime(loaded, precision: str, attention: str, int8=None) -> TorchPa
     For ``precision="int8"`` with ``fit``'s check (``int8``): :class:`OpenVINOInt8`
     where it passed, else as ``precision="auto"`` would run the (float32) model.
     Otherwise OpenVINO where it is wanted (:func:`wanted_runtime`), the model is not
-    quantised, and its network converts (converted here, once per model; a failure
+    quantised nor one whose network OpenVINO gets wrong
+    (:func:`~skbert._openvino.converts_exactly`: local attention windows), and its network converts (converted here, once per model; a failure
     warns once) or has not failed while running; else torch, packed where the kernel
     runs for this model (:func:`~skbert._packing.use_packed`), padded otherwise.
 
@@ -231,13 +232,16 @@ def choose_runtime(loaded, precision: str, attention: str, int8=None) -> TorchPa
     -------
     TorchPadded, TorchPacked, OpenVINO or OpenVINOInt8
     """
-    if precision == "int8" and int8 is not None and not loaded.quantized and loaded.device.type == "cpu":
+    from ._openvino import converts_exactly
+
+    openvino_ok = not loaded.quantized and converts_exactly(loaded.model.config)
+    if precision == "int8" and int8 is not None and openvino_ok and loaded.device.type == "cpu":
         from ._int8 import available
 
         if int8.passed and available() and int8.calibration.digest not in loaded.derived.int8_failed:
             return OpenVINOInt8(loaded, int8)
         precision = "auto"  # the check failed, NNCF is missing here, or the network failed: as "auto" runs
-    if not loaded.quantized and wanted_runtime(precision, attention, loaded.device.type) == "openvino":
+    if openvino_ok and wanted_runtime(precision, attention, loaded.device.type) == "openvino":
         from ._openvino import network
 
         if network(loaded, None) is not None:

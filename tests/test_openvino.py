@@ -258,3 +258,24 @@ def test_batches_that_fell_back_to_torch_are_not_cached_under_openvinos_name(tin
         embedder.transform(TEXTS)
     stored = embedder.cache_info()["memory_entries"]
     assert stored <= 2 < len(set(TEXTS))  # at most the batch OpenVINO ran
+
+
+def test_local_attention_windows_run_on_torch_and_a_short_text_beside_a_long_one_stays_finite(tmp_path, openvino_on):
+    """ModernBERT attends within local windows in some layers. Its OpenVINO network gave NaN at padding positions
+    whose window held no real token, and the next global layer spread it into the real tokens: a short text in one
+    padded batch with a much longer one came out NaN. Such models run on torch."""
+    from families import FAMILIES, write_family
+
+    (family,) = [f for f in FAMILIES if f.name == "modernbert"]
+    path = write_family(tmp_path / "modernbert", family, layers=3)
+    texts = ["a b", "the river bank was muddy and the money was paid at the bank by the river and the fish"]
+    embedder = BertEmbedder(path, pooling="mean", layers=-1, cache=None).fit(texts)
+    assert embedder.runtime_ == "torch"
+    got = embedder.transform(texts)
+    assert np.isfinite(got).all()
+    alone = np.vstack([BertEmbedder(path, pooling="mean", layers=-1, precision="float32", cache=None,
+                                    device="cpu").fit(["a"]).transform([text]) for text in texts])
+    assert_allclose(got, alone, rtol=1e-4, atol=2e-5)  # "auto" is float32 here (the fixture)
+    from transformers import BertConfig, ModernBertConfig
+
+    assert not _openvino.converts_exactly(ModernBertConfig()) and _openvino.converts_exactly(BertConfig())
