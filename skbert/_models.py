@@ -271,7 +271,20 @@ class Derived:
 
 
 _REGISTRY: dict[tuple, LoadedModel] = {}
+_FILES_SEEN: dict[tuple, tuple] = {}  # per registry key: the model folder's files when it was loaded
 _REGISTRY_LOCK = threading.Lock()
+
+
+def folder_files(source: ModelSource) -> tuple:
+    """A local model folder's files as (name, size, modification time) (a hub id: empty): when they change, new
+    weights or a new tokenizer were written in place, and the folder is loaded again."""
+    if source.kind == "hub":
+        return ()
+    try:
+        return tuple(sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+                            for entry in os.scandir(source.location) if entry.is_file()))
+    except OSError:
+        return ()
 
 
 def _not_found_message(model_name: str, revision: str | None, error: Exception) -> str:
@@ -432,7 +445,8 @@ def load_model(
     dtype: torch.dtype,
     quantize: bool = False,
 ) -> LoadedModel:
-    """Load a model and tokenizer, or return the copy this process already holds.
+    """Load a model and tokenizer, or return the copy this process already holds (loaded again where its folder's
+    files changed since: new weights written in place).
 
     Parameters
     ----------
@@ -459,11 +473,12 @@ def load_model(
     one_thread_after_fork()
     source = resolve_source(model_name, revision)
     key = (source, str(device), str(dtype), quantize)
+    files = folder_files(source)
     with _REGISTRY_LOCK:
         loaded = _REGISTRY.get(key)
-        if loaded is None:
+        if loaded is None or _FILES_SEEN.get(key) != files:  # first use, or the folder was rewritten since
             loaded = _load(source, device, dtype, quantize)
-            _REGISTRY[key] = loaded
+            _REGISTRY[key], _FILES_SEEN[key] = loaded, files
     return loaded
 
 

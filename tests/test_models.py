@@ -58,3 +58,25 @@ def test_offline_package_resolves_without_network():
     loaded = load_model(MINILM_ID, None, torch.device("cpu"), torch.float32)
     assert (loaded.n_layers, loaded.hidden_size, loaded.max_positions) == (6, 384, 512)
     assert loaded.tokenizer.convert_ids_to_tokens(loaded.tokenizer("bank")["input_ids"]) == ["[CLS]", "bank", "[SEP]"]
+
+
+def test_new_weights_written_in_the_same_folder_are_loaded_in_the_same_process(tmp_path):
+    """A folder overwritten with other weights (a fine-tuning run saving over its output) is loaded again: the
+    vectors, the fingerprint and the numbers' digest are the new weights', checked against transformers."""
+    import numpy as np
+    from conftest import _write_tiny_bert
+    from transformers import AutoModel, AutoTokenizer
+
+    path = _write_tiny_bert(tmp_path / "model", seed=0)
+    params = dict(pooling="cls", precision="float32", device="cpu")
+    first = BertEmbedder(path, cache="memory", **params).fit(["a"])
+    before, digest = first.transform(["the river bank"]), first.numbers_digest()
+    _write_tiny_bert(tmp_path / "model", seed=1)
+    for cache in ("memory", None):
+        second = BertEmbedder(path, cache=cache, **params).fit(["a"])
+        got = second.transform(["the river bank"])
+        tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+        with torch.no_grad():
+            want = model(**tokenizer(["the river bank"], return_tensors="pt")).last_hidden_state[:, 0].numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(got, before) and second.numbers_digest() != digest
