@@ -247,7 +247,7 @@ class TextColumns:
         """``row 1 (id='008'), row 3 (id='010')``: rows by their input number and ids."""
         described = []
         for position in positions:
-            ids = ", ".join(f"{c}={frame[c].iloc[position]!r}" for c in self.ids if c in frame.columns)
+            ids = ", ".join(f"{c}={_plain(frame[c].iloc[position])!r}" for c in self.ids if c in frame.columns)
             described.append(f"row {first_row + int(position)}{f' ({ids})' if ids else ''}")
         return ", ".join(described)
 
@@ -270,6 +270,11 @@ class TextColumns:
         """The text column (a Series) or the two columns of pairs (a frame) of a pandas or Dask frame,
         index and all, for an estimator that reads them as they are."""
         return frame[list(self.texts)] if self.pairs else frame[self.texts[0]]
+
+
+def _plain(value):
+    """A numpy scalar as the Python value it holds (``3``, not ``np.int64(3)``, in a message)."""
+    return value.item() if hasattr(value, "item") and getattr(value, "ndim", None) == 0 else value
 
 
 def texts_in(data, column=None):

@@ -115,6 +115,13 @@ def test_empty_cells_are_reported_with_their_ids(tiny_bert, tmp_path, capsys):
         "row 1 (doc='d1'), row 3 (doc='d3'); --on-null empty" in err
 
 
+def test_numeric_ids_of_empty_cells_are_written_as_numbers(tiny_bert, tmp_path, capsys):
+    path = tmp_path / "gaps.csv"
+    path.write_text("text,n\na river,1\n,2\n")
+    code, err = _run(capsys, "embed", str(path), "--model", tiny_bert, "-o", str(tmp_path / "o.npy"))
+    assert code == 2 and "row 1 (row=1)" in err and "np." not in err
+
+
 def test_unknown_model_is_a_clean_error(table, tmp_path, capsys):
     code, err = _run(capsys, "embed", str(table), "--model", "no-such/model-xyz", "-o", str(tmp_path / "o.npy"))
     assert code == 2 and "Could not load model 'no-such/model-xyz'" in err and "Traceback" not in err
