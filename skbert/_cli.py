@@ -227,7 +227,7 @@ def embed_file(args, output: Path) -> int:
         if Path(args.input).is_dir() or any(ch in args.input for ch in "*?["):
             raise UserError(f"input {args.input!r} names several files: write a dataset (-o a directory)")
         raise UserError(f"input file {args.input!r} does not exist")
-    if args.workers is not None or args.scheduler or args.scheduler:
+    if args.workers is not None or args.scheduler:
         raise UserError("--workers and --scheduler write a dataset: give -o a directory")
     frame = read_table(Path(args.input))
     columns = _text_columns(args)

@@ -281,10 +281,10 @@ def folder_files(source: ModelSource) -> tuple:
     if source.kind == "hub":
         return ()
     try:
-        return tuple(sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
-                            for entry in os.scandir(source.location) if entry.is_file()))
+        stats = [(entry.name, entry.stat()) for entry in os.scandir(source.location) if entry.is_file()]
     except OSError:
         return ()
+    return tuple(sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats))
 
 
 def _not_found_message(model_name: str, revision: str | None, error: Exception) -> str:

@@ -216,8 +216,9 @@ def choose_runtime(loaded, precision: str, attention: str, int8=None) -> TorchPa
     where it passed, else as ``precision="auto"`` would run the (float32) model.
     Otherwise OpenVINO where it is wanted (:func:`wanted_runtime`), the model is not
     quantised nor one whose network OpenVINO gets wrong
-    (:func:`~skbert._openvino.converts_exactly`: local attention windows), and its network converts (converted here, once per model; a failure
-    warns once) or has not failed while running; else torch, packed where the kernel
+    (:func:`~skbert._openvino.converts_exactly`: local attention windows), and its
+    network converts (converted here, once per model; a failure warns once) or has
+    not failed while running; else torch, packed where the kernel
     runs for this model (:func:`~skbert._packing.use_packed`), padded otherwise.
 
     Parameters

@@ -117,27 +117,24 @@ def part_name(path: Path, root: Path, chunk: int) -> str:
 
 def part_is_complete(path: Path, expected: dict) -> bool:
     """Whether a part file is whole and was made from the same chunk with the same settings."""
-    if not path.is_file():
-        return False
-    try:
-        import pyarrow.parquet as pq
-
-        metadata = pq.read_metadata(path)
-        recorded = json.loads(metadata.metadata[METADATA_KEY])
-    except Exception:  # truncated, not Parquet, or without our record
-        return False
-    return recorded == expected and metadata.num_rows == expected["rows"]
+    return path.is_file() and _part_footer(path) == (expected, expected["rows"])
 
 
 def written_by_skbert(path: Path) -> bool:
     """Whether a file is a part skbert wrote (a readable Parquet footer holding skbert's record)."""
+    return _part_footer(path) is not None
+
+
+def _part_footer(path: Path) -> tuple[dict, int] | None:
+    """A part's record (what it was made from and with) and row count, from its Parquet footer; None for a file
+    that is truncated, not Parquet, or without skbert's record."""
     try:
         import pyarrow.parquet as pq
 
-        metadata = pq.read_metadata(path).metadata or {}
-    except Exception:  # not Parquet, unreadable
-        return False
-    return METADATA_KEY in metadata
+        metadata = pq.read_metadata(path)
+        return json.loads(metadata.metadata[METADATA_KEY]), metadata.num_rows
+    except Exception:
+        return None
 
 
 def embedding_table(ids, X: np.ndarray, names: list[str], layout: str):
