@@ -26,6 +26,7 @@ from ._device import cuda_lost_to_fork, resolve_device, resolve_dtype
 from ._encoding import TOTALS, EncodingReport
 from ._models import LoadedModel, load_model
 from ._options import EncodingOptions, encoding_options, numbers_fingerprint
+from ._openvino import converts_exactly
 from ._runtimes import choose_runtime, wanted_runtime
 from ._pooling import expand_pooling
 from ._report import call_report, progress_bar
@@ -265,6 +266,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                                            self._pooling().request if self.precision == "int8" else None)
         runtime = choose_runtime(loaded, self.precision, self.attention, self.int8_check_)  # converts and compiles, once
         self.runtime_ = runtime.name
+        self._openvino_exact = converts_exactly(loaded.model.config)  # what unpickling needs to name runtime_
         self.runtime_setup_s_ = time.perf_counter() - start
         if self.precision == "int8" and not loaded.quantized:  # what runs: int8, or what its failed check fell back to
             self.precision_ = "int8" if runtime.key.startswith("openvino-int8") else (
@@ -515,7 +517,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                     self.precision_ = str(resolve_dtype(self.precision, device)).removeprefix("torch.")
         if "runtime_" in state:
             on = self.device_.split(":")[0]  # "cpu", "cuda:1" -> its type
-            self.runtime_ = wanted_runtime(self.precision, self.attention, on)
+            exact = state.get("_openvino_exact", True)  # False: a family that runs on torch everywhere
+            self.runtime_ = wanted_runtime(self.precision, self.attention, on) if exact else "torch"
             if self.precision == "int8":
                 check = getattr(self, "int8_check_", None)
                 if check is None:  # fitted with torch's dynamic int8: it stays so
@@ -526,7 +529,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                                   "lacks OpenVINO or NNCF (or SKBERT_RUNTIME=torch asks for torch), so it runs as "
                                   "precision='auto' would (precision_ says what runs; its rows differ from the int8 "
                                   "ones by int8's rounding). pip install 'skbert[int8]' to run int8 here.")
-                    self.runtime_ = wanted_runtime("auto", self.attention, on)
+                    self.runtime_ = wanted_runtime("auto", self.attention, on) if exact else "torch"
                     self.precision_ = "bfloat16" if self.runtime_ == "openvino" and _device.cpu_has_native_bf16() else "float32"
 
     # -- what every method reaches the work through --------------------------------------

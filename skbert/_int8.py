@@ -348,12 +348,18 @@ def calibrate(loaded, calibration: Calibration, target: float | None = None, dep
     Returns
     -------
     Int8Check
-        Never raises for a failed quantisation: it says so (``passed=False``).
+        Never raises for a failed quantisation: it says so (``passed=False``), as for a
+        family that runs on torch everywhere (:func:`~skbert._openvino.converts_exactly`),
+        which is not quantised at all.
     """
-    from ._openvino import compile_for_cpu, network, to_openvino
+    from ._openvino import compile_for_cpu, converts_exactly, network, to_openvino
 
     start = time.perf_counter()
     target = TARGET_MIN_COSINE if target is None else target
+    if not converts_exactly(loaded.model.config):  # nothing to quantise: this family never runs on OpenVINO
+        return Int8Check(calibration, None, target, False,
+                         "OpenVINO does not run this model family exactly (attention within local windows), so "
+                         "it runs on torch", time.perf_counter() - start)
     try:
         _quiet()  # an NNCF that is installed but cannot be imported fails here
         converted = to_openvino(loaded.model, loaded.has_token_types)

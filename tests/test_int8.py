@@ -237,6 +237,25 @@ def test_an_int8_network_that_failed_makes_later_calls_run_as_auto_under_their_o
         loaded.derived.int8_failed.discard(embedder.int8_check_.calibration.digest)
 
 
+def test_int8_on_a_family_that_runs_on_torch_is_not_quantised_and_runs_as_auto(tmp_path, nncf_on, monkeypatch):
+    """ModernBERT (attention within local windows) never runs on OpenVINO: fit says int8 was not used without
+    spending a quantisation on it, runs as "auto" does (torch), and an unpickled copy names torch too."""
+    from families import FAMILIES, write_family
+
+    (family,) = [f for f in FAMILIES if f.name == "modernbert"]
+    path = write_family(tmp_path / "modernbert", family, layers=2)
+    called = []
+    monkeypatch.setattr(_int8, "quantize_model", lambda *args, **kwargs: called.append(1))
+    with pytest.warns(UserWarning, match="int8' was not used: OpenVINO does not run this model family exactly"):
+        embedder = BertEmbedder(path, precision="int8", cache=None).fit(TEXTS)
+    assert not called and not embedder.int8_check_.passed and embedder.int8_check_.min_cosine is None
+    auto = BertEmbedder(path, cache=None).fit(TEXTS)
+    assert (embedder.precision_, embedder.runtime_) == (auto.precision_, auto.runtime_) == ("float32", "torch")
+    np.testing.assert_allclose(embedder.transform(TEXTS), auto.transform(TEXTS), rtol=0, atol=0)
+    restored = pickle.loads(pickle.dumps(embedder))
+    assert (restored.precision_, restored.runtime_) == ("float32", "torch")
+
+
 def test_int8_cache_key_names_the_toolchain(tiny_bert, nncf_on):
     from skbert._runtimes import choose_runtime
 

@@ -276,6 +276,7 @@ def test_local_attention_windows_run_on_torch_and_a_short_text_beside_a_long_one
     alone = np.vstack([BertEmbedder(path, pooling="mean", layers=-1, precision="float32", cache=None,
                                     device="cpu").fit(["a"]).transform([text]) for text in texts])
     assert_allclose(got, alone, rtol=1e-4, atol=2e-5)  # "auto" is float32 here (the fixture)
+    assert pickle.loads(pickle.dumps(embedder)).runtime_ == "torch"  # unpickled, it names what runs
     from transformers import BertConfig, ModernBertConfig
 
     assert not _openvino.converts_exactly(ModernBertConfig()) and _openvino.converts_exactly(BertConfig())
