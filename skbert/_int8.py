@@ -28,9 +28,11 @@ Optional (``pip install skbert[int8]``: OpenVINO and NNCF) and imported only whe
 The quantised network is kept with the loaded model (:class:`~skbert._models.Derived`),
 keyed by a digest of its calibration texts, the :data:`MAX_NETWORKS` most recently used;
 an estimator unpickled, or a process that did not fit it, quantises again from the same
-texts (the same network, without the check). It always runs the whole model (no network
-cut at a shallower depth). Its runtime's cache key names the calibration digest, so its
-entries are never served to bfloat16, float32 or another calibration's calls.
+texts (the same network, without the check). A refit on the same texts in the same process
+(each candidate of a grid search on one fold) reuses the check made first, the
+:data:`MAX_CHECKS` most recently used. It always runs the whole model (no network cut at a
+shallower depth). Its runtime's cache key names the calibration digest, so its entries are
+never served to bfloat16, float32 or another calibration's calls.
 
 Without OpenVINO and NNCF, ``precision="int8"`` is torch's dynamic int8 of the Linear
 layers (:func:`~skbert._models.quantize_linear_layers`), with a warning at ``fit``.
@@ -73,6 +75,8 @@ KEPT_IN_BF16 = (
 )
 #: Quantised networks kept per loaded model.
 MAX_NETWORKS = 2
+#: Checks remembered per loaded model (a few numbers and the calibration's texts each).
+MAX_CHECKS = 16
 #: Where the shipped calibration sample is.
 SAMPLE = Path(__file__).resolve().parent / "_data" / "calibration.txt"
 #: Texts per calibration batch.
@@ -350,12 +354,33 @@ def calibrate(loaded, calibration: Calibration, target: float | None = None, dep
     Int8Check
         Never raises for a failed quantisation: it says so (``passed=False``), as for a
         family that runs on torch everywhere (:func:`~skbert._openvino.converts_exactly`),
-        which is not quantised at all.
+        which is not quantised at all. A check this process made before for the same
+        calibration and target is given again, as it was (its ``seconds`` and
+        ``speedup`` those of the first); one whose quantisation failed, or whose
+        network failed while running, is made again.
     """
-    from ._openvino import compile_for_cpu, converts_exactly, network, to_openvino
-
     start = time.perf_counter()
     target = TARGET_MIN_COSINE if target is None else target
+    key = (calibration.digest, target)
+    with loaded.derived.lock:
+        known = loaded.derived.int8_checks.get(key)
+        if known is not None and calibration.digest not in loaded.derived.int8_failed:
+            loaded.derived.int8_checks.move_to_end(key)
+            return known  # the same texts make the same network: nothing to learn from quantising again
+    check = _calibrate(loaded, calibration, target, depth, start)
+    if check.min_cosine is not None:  # a check that ran (not a failed quantisation: a refit tries again)
+        with loaded.derived.lock:
+            loaded.derived.int8_checks[key] = check
+            loaded.derived.int8_checks.move_to_end(key)
+            while len(loaded.derived.int8_checks) > MAX_CHECKS:
+                loaded.derived.int8_checks.popitem(last=False)
+    return check
+
+
+def _calibrate(loaded, calibration: Calibration, target: float, depth: int | None, start: float) -> Int8Check:
+    """:func:`calibrate`'s work, for a check not made before."""
+    from ._openvino import compile_for_cpu, converts_exactly, network, to_openvino
+
     if not converts_exactly(loaded.model.config):  # nothing to quantise: this family never runs on OpenVINO
         return Int8Check(calibration, None, target, False,
                          "OpenVINO does not run this model family exactly (attention within local windows), so "

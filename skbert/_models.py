@@ -256,6 +256,10 @@ class Derived:
         (:mod:`skbert._int8`), least recently used first.
     int8_failed : set
         Calibration digests whose quantised network could not be made or failed while running.
+    int8_checks : OrderedDict
+        (calibration digest, target) -> the check ``fit`` made (:func:`skbert._int8.calibrate`),
+        least recently used first: a refit on the same texts (the candidates of a grid
+        search on one fold) reuses it rather than quantising again.
     """
 
     def __init__(self):
@@ -268,6 +272,7 @@ class Derived:
         self.broken = False
         self.int8: OrderedDict = OrderedDict()
         self.int8_failed: set = set()
+        self.int8_checks: OrderedDict = OrderedDict()
 
 
 _REGISTRY: dict[tuple, LoadedModel] = {}

@@ -24,6 +24,14 @@ def _cosine(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
+def _forget_checks():
+    """Every loaded model's remembered int8 checks forgotten, so the next fit quantises and checks again."""
+    from skbert import _models
+
+    for loaded in list(_models._REGISTRY.values()):
+        loaded.derived.int8_checks.clear()
+
+
 def _many_texts(n=80):
     """``n`` distinct short texts (enough for fit to calibrate on them)."""
     rng = np.random.default_rng(0)
@@ -41,6 +49,7 @@ def nncf_on(monkeypatch):
     monkeypatch.setenv("SKBERT_RUNTIME", "openvino")
     monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: False)
     _int8.toolchain.cache_clear()  # it names bf16 or f32: worked out under this patch
+    _forget_checks()  # each test checks anew (a check is reused per model and calibration in a process)
     yield
     _int8.toolchain.cache_clear()
 
@@ -100,6 +109,7 @@ def test_a_passed_check_records_its_speedup_and_warns_where_int8_does_not_pay(ti
         fast = BertEmbedder(tiny_bert, precision="int8", cache=None).fit(TEXTS)
     assert fast.int8_check_.speedup == 1.5 and fast.precision_ == "int8"
     monkeypatch.setattr(_int8, "measured_speedup", lambda *args, **kwargs: 0.6)
+    _forget_checks()
     with pytest.warns(UserWarning, match=r"at 0\.60x the speed of precision='auto' at fit: int8 does not seem to pay"):
         slow = BertEmbedder(tiny_bert, precision="int8", cache=None).fit(TEXTS)
     assert slow.int8_check_.speedup == 0.6 and slow.precision_ == "int8"  # it still runs as asked
@@ -235,6 +245,29 @@ def test_an_int8_network_that_failed_makes_later_calls_run_as_auto_under_their_o
         assert again.n_encoded == 0  # the fallback's rows are kept, under their own key
     finally:
         loaded.derived.int8_failed.discard(embedder.int8_check_.calibration.digest)
+
+
+def test_a_refit_on_the_same_texts_reuses_the_check_and_other_texts_quantise_again(tiny_bert, nncf_on, monkeypatch):
+    """A grid search fits every candidate on each fold's texts: one quantisation per fold, not per candidate."""
+    made = []
+    quantize = _int8.quantize_model
+    monkeypatch.setattr(_int8, "quantize_model", lambda *args, **kwargs: made.append(1) or quantize(*args, **kwargs))
+    texts = _many_texts()
+    first = BertEmbedder(tiny_bert, precision="int8", cache=None).fit(texts)
+    assert len(made) == 1 and first.int8_check_.passed
+    second = BertEmbedder(tiny_bert, precision="int8", pooling="max", layers=-2, cache=None).fit(texts)
+    assert len(made) == 1 and second.int8_check_ == first.int8_check_ and second.precision_ == "int8"
+    before = second.transform(texts)
+    loaded = first._load()
+    loaded.derived.int8.clear()  # the network forgotten (as when more calibrations ran since)
+    np.testing.assert_allclose(clone(second).fit(texts).transform(texts), before, atol=1e-6)
+    assert len(made) == 2  # made again from the same texts, the check reused
+    BertEmbedder(tiny_bert, precision="int8", cache=None).fit(_many_texts(90))  # other texts: quantised
+    assert len(made) == 3
+    with pytest.warns(UserWarning, match="int8 network failed while running"):
+        _int8.give_up(loaded, first.int8_check_, RuntimeError("lost"))
+    BertEmbedder(tiny_bert, precision="int8", cache=None).fit(texts)  # a failed network is checked again
+    assert len(made) == 4 and first.int8_check_.calibration.digest not in loaded.derived.int8_failed
 
 
 def test_int8_on_a_family_that_runs_on_torch_is_not_quantised_and_runs_as_auto(tmp_path, nncf_on, monkeypatch):
