@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 
 import numpy as np
@@ -35,8 +36,13 @@ from ._source import StatisticsSource
 from ._spec import PoolingSpec
 from ._token_level import check_words, token_feature_names, token_records, word_vectors
 from ._tokens import TokenEmbeddings
-from ._validation import validate_pairs, validate_texts
+from ._validation import column_names, validate_pairs, validate_texts
 from ._warnings import warn_user
+
+
+#: Per thread: where ``transform`` leaves its report for :meth:`BertEmbedder.transform_with_report`, which calls
+#: it so that ``set_output`` wraps both alike.
+_REPORTS = threading.local()
 
 
 class BertEmbedder(TransformerMixin, BaseEstimator):
@@ -146,6 +152,12 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         The token limit and chunk overlap in force.
     device_, precision_, model_location_ : str
         Where the encoder runs, its compute dtype, where its weights came from.
+    n_features_in_ : int
+        With ``pairs=True``: 2, the columns of the pairs (absent for single texts).
+    feature_names_in_ : ndarray of str
+        With ``pairs=True`` and a frame with string column names at ``fit``: its two
+        columns, side A then B. Frames given later must have these columns, in this
+        order (others would encode other pairs).
     runtime_ : {"torch", "openvino"}
         What runs the model: OpenVINO for ``precision="auto"`` (and ``"int8"`` with
         NNCF) on a CPU where it is
@@ -252,7 +264,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         -------
         self : BertEmbedder
         """
-        texts = self._read(X)
+        texts = self._read(X, reset=True)
+        self._record_columns(X)
         check_cache_location(self.cache)
         modes = expand_pooling(self.pooling)
         params = self.get_params()
@@ -288,8 +301,11 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         ndarray of shape (n_texts, n_features), float32
         """
         self._validate_params()  # parameters first, as fit does
-        texts = pd.Series(self._read(X), index=X.index, dtype=object) if hasattr(X, "iloc") else self._read(X)
-        return self.fit(texts).transform(texts)  # checked once; pandas input keeps its index
+        texts = self._read(X, reset=True)
+        texts = pd.Series(texts, index=X.index, dtype=object) if hasattr(X, "iloc") else texts
+        self.fit(texts)  # checked once; pandas input keeps its index
+        self._record_columns(X)  # a pair's columns, as fit(X) records them
+        return self.transform(texts)
 
     def transform(self, X):
         """Embed texts.
@@ -307,7 +323,11 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
             One row per text, in input order. With ``set_output(transform="pandas")``
             a DataFrame that keeps the input's index.
         """
-        return self.transform_with_report(X)[0]
+        X_out, report = self._embed(X)
+        sink = getattr(_REPORTS, "sink", None)
+        if sink is not None:  # transform_with_report is waiting for it in this thread
+            sink.append(report)
+        return X_out
 
     def transform_with_report(self, X):
         """Embed texts, and say what the call did (``transform`` writes nothing on the estimator).
@@ -321,8 +341,18 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         Returns
         -------
         X_out : ndarray of shape (n_texts, n_features), float32
+            As ``transform`` gives it (a DataFrame under ``set_output(transform="pandas")``).
         report : TransformReport
         """
+        outer, _REPORTS.sink = getattr(_REPORTS, "sink", None), []
+        try:
+            X_out = self.transform(X)  # through set_output's wrapping, as a plain transform call
+            return X_out, _REPORTS.sink[-1]
+        finally:
+            _REPORTS.sink = outer
+
+    def _embed(self, X):
+        """The embeddings of ``X`` as an array, and the call's report."""
         check_is_fitted(self)
         texts = self._read(X)
         encoding = EncodingReport()
@@ -439,16 +469,19 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         """A digest of everything that decides this fitted estimator's numbers.
 
         Two estimators with the same digest turn a text into the same vector on this
-        machine: it covers the weights and tokenizer (their digest, not their path),
+        machine, within the rounding of the precision they compute in: it covers the weights and tokenizer (their digest, not their path),
         the device type and precision as resolved here, the window, the long-text
         strategy and stride, the runtime and the library versions (what the cache's
         keys are made under), then what pooling makes of the encoder's output:
         ``pooling``, ``layers``, ``layer_aggregation``, ``include_special_tokens``,
         ``segments``, ``pairs`` and ``normalize``. Batching (``batch_size``,
         ``token_budget``, packed or padded attention), the cache and the progress bar
-        do not enter it (``attention="packed"`` on a CPU does where it makes torch run
-        instead of OpenVINO: the runtime's numbers are its own). ``skbert embed`` records it with every part of a dataset, so a
-        re-run keeps a part only if it would come out the same.
+        do not enter it: they change only that rounding (under a 16-bit precision
+        the cache keeps its entries in 16 bits, about 1e-3 from ``cache=None``'s
+        rows; under float32 they are float32). ``attention="packed"`` on a CPU does
+        enter it where it makes torch run instead of OpenVINO: the runtime's numbers
+        are its own. ``skbert embed`` records it with every part of a dataset, so a
+        re-run keeps a part only if it would come out the same within that rounding.
 
         Returns
         -------
@@ -515,6 +548,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                 self.device_ = str(device)
                 if self.precision != "int8":
                     self.precision_ = str(resolve_dtype(self.precision, device)).removeprefix("torch.")
+        elif self.precision == "auto" and self.device_ == "cpu":  # a CPU of its own: bfloat16 where it has it
+            self.precision_ = str(resolve_dtype("auto", resolve_device("cpu", "auto"))).removeprefix("torch.")
         if "runtime_" in state:
             on = self.device_.split(":")[0]  # "cpu", "cuda:1" -> its type
             exact = state.get("_openvino_exact", True)  # False: a family that runs on torch everywhere
@@ -557,9 +592,30 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                       "the figure. It runs as asked.")
         return check
 
-    def _read(self, X) -> list:
-        """The input's texts (or, with ``pairs=True``, its (A, B) pairs), checked, in order."""
+    def _read(self, X, reset: bool = False) -> list:
+        """The input's texts (or, with ``pairs=True``, its (A, B) pairs), checked, in order; unless ``reset``
+        (``fit``), a frame of pairs must have the columns ``fit`` saw, in the same order."""
+        if self.pairs and not reset and hasattr(self, "feature_names_in_"):
+            names = column_names(X)
+            if names is not None and names != list(self.feature_names_in_):
+                raise ValueError(
+                    f"X's columns {names} are not those fit saw, {list(self.feature_names_in_)}: with pairs=True "
+                    "the first column is side A and the second side B, so other or reordered columns would "
+                    f"encode other pairs. Select them as at fit: X[{list(self.feature_names_in_)}]."
+                )
         return validate_pairs(X) if self.pairs else validate_texts(X)
+
+    def _record_columns(self, X) -> None:
+        """With ``pairs=True`` (two-column input), ``n_features_in_`` and, for a frame with string column names,
+        ``feature_names_in_``, as scikit-learn's estimators record them at ``fit``."""
+        self.__dict__.pop("feature_names_in_", None)
+        self.__dict__.pop("n_features_in_", None)
+        if not self.pairs:
+            return
+        self.n_features_in_ = 2
+        names = column_names(X)
+        if names is not None:
+            self.feature_names_in_ = np.asarray(names, dtype=object)
 
     def _load(self, refit: bool = False) -> LoadedModel:
         """The model for these parameters on this machine (loaded once per process, shared by clones).

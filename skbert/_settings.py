@@ -64,7 +64,8 @@ def fitted_settings(params: dict, modes: tuple[str, ...], loaded: LoadedModel) -
     ------
     ValueError
         For a layer the model lacks, ``"pooler"`` on another layer or on a model
-        without pooler weights, ``max_length`` beyond the model's positions, or a
+        without pooler weights, ``max_length`` beyond the model's positions or with no
+        room for text beside the special tokens, or a
         chunk stride that leaves no new tokens per window, a ``segments`` choice
         that does not fit the input or the pooling, or a long-text strategy other
         than truncation for sentence pairs.
@@ -97,6 +98,12 @@ def fitted_settings(params: dict, modes: tuple[str, ...], loaded: LoadedModel) -
             f"{model_name!r} accepts."
         )
     max_length = loaded.max_positions if params["max_length"] is None else int(params["max_length"])
+    specials = loaded.tokenizer.num_special_tokens_to_add(pair=bool(params["pairs"]))
+    if max_length <= specials:
+        raise ValueError(
+            f"max_length={max_length} leaves no room for text: model {model_name!r} adds {specials} special tokens "
+            f"to every {'pair' if params['pairs'] else 'text'}. Use at least max_length={specials + 1}."
+        )
     window = max_length - loaded.tokenizer.num_special_tokens_to_add(pair=False)
     stride = window // 4 if params["stride"] is None else int(params["stride"])
     if params["long_text"] == "chunk" and stride >= window:

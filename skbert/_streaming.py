@@ -246,6 +246,7 @@ def embed_part(embedder, job: PartJob, options: Options) -> dict:
     names = [str(name) for name in embedder.get_feature_names_out()]
     with caller_reports_truncation():  # counted in the report, and said once for the run, not per part
         X, report = embedder.transform_with_report(texts)
+        X = np.asarray(X)  # an array whatever set_output says
     counts = {"encoded": report.n_encoded, "cache_hits": report.n_cache_hits, "truncated": report.n_truncated}
     ids = pa.Table.from_arrays([pa.array(frame[c].tolist()) for c in options.id_columns], names=options.id_columns)
     table = embedding_table(ids, X, names, options.layout)

@@ -9,6 +9,15 @@ def _label(value) -> str:
     return str(value)
 
 
+def _labels(values) -> list:
+    """A searched parameter's values as text; None where a grid point does not set it (a masked entry of a search
+    over a list of grids)."""
+    import numpy as np
+
+    missing = np.ma.getmaskarray(values)
+    return [None if gone else _label(value) for value, gone in zip(np.ma.getdata(values), missing)]
+
+
 def search_table(search):
     """One row per parameter combination of a fitted search, best first.
 
@@ -23,7 +32,8 @@ def search_table(search):
     pandas.DataFrame
         A column per searched parameter, named without its pipeline-step prefix
         when that is unambiguous (``pooling``, ``layers``), with values as text so
-        that mixed values such as ``-1`` and ``"last_four"`` sort and pivot; then
+        that mixed values such as ``-1`` and ``"last_four"`` sort and pivot (missing
+        where a grid of a list of grids leaves the parameter at its default); then
         ``mean_score``, ``std_score``, ``rank`` and ``mean_fit_time`` (seconds).
         With several metrics, the scores are those of ``search.refit`` (or the
         first).
@@ -42,10 +52,7 @@ def search_table(search):
         metric = search.refit if isinstance(search.refit, str) and search.refit in metrics else metrics[0]
     names = [key[len("param_") :] for key in results if key.startswith("param_")]
     short = [name.rsplit("__", 1)[-1] for name in names]
-    columns = {
-        (s if short.count(s) == 1 else n): [_label(v) for v in results[f"param_{n}"]]
-        for n, s in zip(names, short)
-    }
+    columns = {(s if short.count(s) == 1 else n): _labels(results[f"param_{n}"]) for n, s in zip(names, short)}
     table = pd.DataFrame(columns)
     table["mean_score"] = results[f"mean_test_{metric}"]
     table["std_score"] = results[f"std_test_{metric}"]

@@ -56,9 +56,14 @@ def _container(X, width: int):
             f"X is a single {type(X).__name__} object; an iterable of texts (str) was expected "
             "(decode it first, e.g. [X.decode('utf-8')])."
         )
+    if _is_sparse(X):
+        raise TypeError(
+            f"X is a sparse matrix ({type(X).__name__}) of numbers; texts were expected (a list, array or Series "
+            "of str). BertEmbedder reads raw text: put it first in a pipeline, before any vectorizer."
+        )
     pair_hint = "; or set pairs=True to encode two columns as sentence pairs" if width == 1 else ""
     labels = columns = None
-    if hasattr(X, "iloc") and hasattr(X, "columns"):  # pandas DataFrame
+    if _is_frame(X):  # a pandas or polars DataFrame
         if X.shape[1] != width:
             wanted = "one text column was expected: select it, e.g. X['text']" if width == 1 else (
                 "sentence pairs need two text columns, A and B: select them, e.g. X[['question', 'answer']]")
@@ -67,8 +72,9 @@ def _container(X, width: int):
                 f"{pair_hint if X.shape[1] == 2 else ''}."
             )
         columns = list(X.columns)
-        labels = X.index
-        items = X.iloc[:, 0].tolist() if width == 1 else list(zip(X.iloc[:, 0].tolist(), X.iloc[:, 1].tolist()))
+        labels = getattr(X, "index", None)  # polars has no row labels
+        sides = [_column(X, k) for k in range(width)]
+        items = sides[0] if width == 1 else list(zip(*sides))
     elif hasattr(X, "iloc") and hasattr(X, "index"):  # pandas Series
         labels = X.index
         items = X.tolist()
@@ -94,6 +100,33 @@ def _container(X, width: int):
     return items, labels, columns
 
 
+def _is_frame(X) -> bool:
+    """Whether ``X`` is a data frame: pandas' (``iloc`` and ``columns``) or polars' (``get_column``), which
+    iterates over its columns, not its rows."""
+    return hasattr(X, "columns") and (hasattr(X, "iloc") or hasattr(X, "get_column")) and len(X.shape) == 2
+
+
+def _column(frame, k: int) -> list:
+    """Column ``k`` of a pandas or polars frame, as a list of its values."""
+    if hasattr(frame, "iloc"):
+        return frame.iloc[:, k].tolist()
+    return frame.get_column(frame.columns[k]).to_list()
+
+
+def _is_sparse(X) -> bool:
+    """Whether ``X`` is a SciPy sparse matrix or array (checked without importing SciPy)."""
+    return type(X).__module__.startswith("scipy.sparse")
+
+
+def column_names(X) -> list | None:
+    """The column names of a data frame whose names are all strings (what scikit-learn records as
+    ``feature_names_in_``), else None."""
+    if not _is_frame(X):
+        return None
+    names = list(X.columns)
+    return names if all(isinstance(name, str) for name in names) else None
+
+
 def _where(row: int, labels) -> str:
     return f"row {row}" if labels is None else f"row {row} (index {labels[row]!r})"
 
@@ -103,7 +136,7 @@ def validate_texts(X) -> list[str]:
 
     Parameters
     ----------
-    X : list, tuple, ndarray, pandas Series or one-column DataFrame of str
+    X : list, tuple, ndarray, pandas or polars Series, or one-column DataFrame of str
         Any ordered iterable of strings also works. Empty and whitespace-only
         strings are valid texts.
 
@@ -116,8 +149,8 @@ def validate_texts(X) -> list[str]:
     Raises
     ------
     TypeError
-        If ``X`` is a single string or bytes object, None, unordered (a set or dict)
-        or not iterable.
+        If ``X`` is a single string or bytes object, None, unordered (a set or dict),
+        a sparse matrix, or not iterable.
     ValueError
         If ``X`` is empty, is a frame with several columns or an array with more than
         one column, or holds an item that is not a string (the message names the
@@ -138,7 +171,7 @@ def validate_pairs(X) -> list[tuple[str, str]]:
 
     Parameters
     ----------
-    X : two-column DataFrame or (n, 2) array of str, or a sequence of (A, B) pairs
+    X : two-column DataFrame (pandas or polars) or (n, 2) array of str, or a sequence of (A, B) pairs
         A pandas Series of 2-tuples also works. Either side may be an empty string.
 
     Returns

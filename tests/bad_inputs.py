@@ -15,6 +15,18 @@ import warnings
 import numpy as np
 import pandas as pd
 
+def _sparse():
+    import scipy.sparse
+
+    return scipy.sparse.csr_matrix(np.eye(2))
+
+
+def _polars():
+    import polars
+
+    return polars
+
+
 CASES = [
     ("a bare string", lambda: "just one text", (TypeError, "single string; an iterable of texts was expected")),
     ("one bytes object", lambda: b"raw bytes", (TypeError, "single bytes object.*decode it first")),
@@ -36,8 +48,10 @@ CASES = [
     ("a 2-D array with two columns", lambda: np.array([["a", "b"], ["c", "d"]]),
      (ValueError, r"array of shape \(2, 2\)")),
     ("a numeric array", lambda: np.array([1.0, 2.0]), (ValueError, r"row 0 of X is a float")),
+    ("a sparse matrix (vectorised text)", lambda: _sparse(), (TypeError, r"X is a sparse matrix \(csr_matrix\)")),
     ("a generator of texts", lambda: (t for t in ["a", "b"]), ("ok", None)),
     ("a one-column DataFrame", lambda: pd.DataFrame({"text": ["a", "b"]}), ("ok", None)),
+    ("a one-column polars DataFrame", lambda: _polars().DataFrame({"text": ["a", "b"]}), ("ok", None)),
     ("an (n, 1) array", lambda: np.array([["a"], ["b"]], dtype=object), ("ok", None)),
     ("empty and whitespace-only texts", lambda: ["", "   ", "\n\t"], ("ok", None)),
     ("control characters", lambda: ["\x00\x07 bell", "a\x1bb"], ("ok", None)),
@@ -49,6 +63,8 @@ CASES = [
     ("a list of (A, B) tuples", lambda: [("a", "b")], (ValueError, r"row 0 of X is a tuple.*set pairs=True")),
     # with pairs=True (sentence pairs): every case's name starts with "pairs:"
     ("pairs: a two-column DataFrame", lambda: pd.DataFrame({"q": ["x", ""], "a": ["y", "z"]}), ("ok", None)),
+    ("pairs: a two-column polars DataFrame", lambda: _polars().DataFrame({"q": ["x", ""], "a": ["y", "z"]}),
+     ("ok", None)),
     ("pairs: an (n, 2) array", lambda: np.array([["a", "b"], ["c", ""]], dtype=object), ("ok", None)),
     ("pairs: (A, B) tuples and lists", lambda: [("a", "b"), ["c", "d"]], ("ok", None)),
     ("pairs: a one-column DataFrame", lambda: pd.DataFrame({"q": ["x"]}),

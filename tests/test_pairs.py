@@ -229,3 +229,41 @@ def test_pairs_match_transformers_on_the_real_minilm():
     reference = PairReference(embedder.model_location_)
     want = np.stack([reference.embed_pair(a, b, ("cls", "mean", "max"), (6,), max_length=512) for a, b in pairs])
     assert np.abs(got - want).max() <= 1e-5
+
+
+def test_a_frame_of_pairs_must_keep_the_columns_fit_saw_in_their_order(tiny_bert):
+    """Column A is read first, B second: reordered or other columns at transform would encode other pairs
+    silently; they are an error, as scikit-learn's estimators make them."""
+    frame = pd.DataFrame(PAIRS[:4], columns=["question", "answer"])
+    embedder = BertEmbedder(tiny_bert, pairs=True, precision="float32").fit(frame)
+    assert embedder.feature_names_in_.tolist() == ["question", "answer"] and embedder.n_features_in_ == 2
+    want = embedder.transform(frame)
+    for other in (frame[["answer", "question"]], frame.set_axis(["q", "a"], axis=1)):
+        with pytest.raises(ValueError, match=r"columns \[.*\] are not those fit saw, \['question', 'answer'\]"):
+            embedder.transform(other)
+    with pytest.raises(ValueError, match="not those fit saw"):
+        embedder.transform_tokens(frame[["answer", "question"]])
+    assert_allclose(embedder.transform(PAIRS[:4]), want, rtol=0, atol=0)  # pairs without names: as given
+    refit = embedder.fit(frame[["answer", "question"]])  # a refit records the new columns
+    assert refit.feature_names_in_.tolist() == ["answer", "question"]
+    assert not hasattr(clone(embedder), "feature_names_in_")
+    assert BertEmbedder(tiny_bert, pairs=True).fit_transform(frame) is not None
+    fitted = BertEmbedder(tiny_bert, pairs=True, precision="float32")
+    fitted.fit_transform(frame)
+    assert fitted.feature_names_in_.tolist() == ["question", "answer"]
+    assert not hasattr(fitted.fit(PAIRS[:4]), "feature_names_in_") and fitted.n_features_in_ == 2
+    single = BertEmbedder(tiny_bert).fit(frame[["question"]])  # single texts: no columns recorded
+    assert not hasattr(single, "feature_names_in_") and not hasattr(single, "n_features_in_")
+
+
+def test_pairs_from_polars_frames_and_through_a_column_transformer(tiny_bert):
+    polars = pytest.importorskip("polars")
+    frame = polars.DataFrame({"q": [a for a, _ in PAIRS[:4]], "a": [b for _, b in PAIRS[:4]], "n": list(range(4))})
+    want = BertEmbedder(tiny_bert, pairs=True, precision="float32").fit_transform(PAIRS[:4])
+    embedder = BertEmbedder(tiny_bert, pairs=True, precision="float32").fit(frame.select("q", "a"))
+    assert embedder.feature_names_in_.tolist() == ["q", "a"]
+    assert_allclose(embedder.transform(frame.select("q", "a")), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not those fit saw"):
+        embedder.transform(frame.select("a", "q"))
+    columns = ColumnTransformer([("pair", clone(embedder), ["q", "a"]), ("n", "passthrough", ["n"])])
+    assert_allclose(columns.fit_transform(frame)[:, :-1], want, rtol=0, atol=0)

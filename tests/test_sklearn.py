@@ -155,6 +155,41 @@ def test_a_pickle_made_on_a_gpu_machine_loads_on_a_cpu_one(tiny_bert, texts, mon
     assert_allclose(restored.transform(texts), expected, rtol=RTOL, atol=ATOL)
 
 
+def test_an_unpickled_cpu_estimator_names_the_precision_auto_runs_on_this_cpu(tiny_bert, texts, monkeypatch):
+    """device="cpu" is not chosen anew, but precision="auto" is: bfloat16 only on a CPU that has it natively."""
+    monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv("SKBERT_RUNTIME", "torch")
+    blob = pickle.dumps(BertEmbedder(tiny_bert, device="cpu", cache=None).fit(texts))
+    assert pickle.loads(blob).precision_ == "bfloat16"
+    explicit = pickle.dumps(BertEmbedder(tiny_bert, device="cpu", precision="bfloat16", cache=None).fit(texts))
+    monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: False)
+    restored = pickle.loads(blob)
+    assert restored.precision_ == "float32" == str(restored._load().dtype).removeprefix("torch.")
+    assert pickle.loads(explicit).precision_ == "bfloat16"  # asked for: it stays
+
+
+def test_transform_with_report_gives_what_set_output_asks_for(tiny_bert, texts):
+    embedder = BertEmbedder(tiny_bert, precision="float32").fit(texts)
+    series = pd.Series(texts, index=[f"t{i}" for i in range(len(texts))])
+    out, report = embedder.set_output(transform="pandas").transform_with_report(series)
+    assert isinstance(out, pd.DataFrame) and list(out.index) == list(series.index)
+    assert list(out.columns) == list(embedder.get_feature_names_out())
+    assert report.n_rows == len(texts)
+    assert_allclose(out.to_numpy(), embedder.set_output(transform="default").transform(series), rtol=0, atol=0)
+    array, again = embedder.transform_with_report(series)
+    assert isinstance(array, np.ndarray) and again is not report and again.n_cache_hits == again.n_unique
+
+
+@pytest.mark.parametrize(("pairs", "long_text"), [(False, "truncate"), (False, "chunk"), (True, "truncate")])
+def test_a_max_length_with_no_room_for_text_is_named_at_fit(tiny_bert, pairs, long_text):
+    """Not "stride=0 must be below the 0 text tokens" (a stride the user never set) under "chunk"."""
+    specials = 3 if pairs else 2
+    with pytest.raises(ValueError, match=rf"max_length={specials} leaves no room for text.*at least max_length="
+                                         rf"{specials + 1}"):
+        BertEmbedder(tiny_bert, max_length=specials, long_text=long_text, pairs=pairs).fit([("a", "b")] if pairs else ["a"])
+    BertEmbedder(tiny_bert, max_length=specials + 1, long_text=long_text, pairs=pairs).fit([("a", "b")] if pairs else ["a"])
+
+
 # ---- composition -------------------------------------------------------------------
 
 

@@ -64,3 +64,17 @@ def test_search_table_on_a_real_search(tiny_bert):
     table = search_table(search)
     assert isinstance(table, pd.DataFrame) and len(table) == 4
     assert set(table["layers"]) == {"-1", "all"} and table["rank"].iloc[0] == 1
+
+
+def test_a_parameter_a_grid_leaves_unset_is_missing_not_the_text_of_a_masked_value():
+    """A search over a list of grids masks the parameters a grid point does not set ("--" when printed)."""
+    layers = np.ma.masked_array([-1, 0, -1], mask=[False, False, True], dtype=object)
+    results = {
+        "param_bertembedder__pooling": np.ma.masked_array(["cls", "cls", "pooler"], dtype=object),
+        "param_bertembedder__layers": layers,
+        "mean_test_score": np.array([0.5, 0.9, 0.7]), "std_test_score": np.zeros(3),
+        "rank_test_score": np.array([3, 1, 2]), "mean_fit_time": np.ones(3),
+    }
+    table = search_table(FakeSearch(results))
+    assert table["layers"][[0, 2]].tolist() == ["0", "-1"] and pd.isna(table["layers"][1])
+    assert "--" not in table.pivot_table(index="layers", columns="pooling", values="mean_score").index
