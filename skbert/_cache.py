@@ -202,6 +202,23 @@ class Store:
             )
             return None
 
+    def _lose_disk(self, disk: DiskTier, error: Exception) -> None:
+        """The disk tier failed while being read (a damaged database): warn once, and go on with memory alone in
+        this process (its queued writes are let go)."""
+        with self._lock:
+            if self.disk is not disk:
+                return  # another thread has dropped it already
+            self.disk, self._disk_failed = None, True
+        warn_user(
+            f"skbert could not read its disk cache {str(disk.path)!r} ({type(error).__name__}: {error}); this process "
+            "goes on without it, keeping entries in memory only. Results are not affected. "
+            + ("Delete that file to start the cache afresh." if self.directory is not None else "")
+        )
+        try:
+            disk.close()
+        except (sqlite3.Error, OSError):
+            pass
+
     def _disk_for_spill(self) -> DiskTier | None:
         with self._lock:
             if self.disk is None and not self._disk_failed:
@@ -216,8 +233,13 @@ class Store:
         encoder below a layer asked for now is a miss)."""
         found = self.memory.get_many(keys, hidden)
         absent = [i for i, place in enumerate(found) if place is None]
-        if absent and self.disk is not None:
-            from_disk = self.disk.get_many([keys[i] for i in absent], hidden)
+        disk = self.disk
+        if absent and disk is not None:
+            try:
+                from_disk = disk.get_many([keys[i] for i in absent], hidden)
+            except sqlite3.Error as error:  # e.g. "database disk image is malformed": a miss, never a crash
+                self._lose_disk(disk, error)
+                from_disk = {}
             for i in absent:
                 found[i] = from_disk.get(keys[i])
             with self._lock:
@@ -235,8 +257,9 @@ class Store:
         """Store newly encoded entries: in memory, and on disk (all of them in a cache
         directory; in a spill directory, what memory evicts). An entry holding more hidden
         states replaces one of the same key holding fewer, in both tiers."""
-        if self.directory is not None and self.disk is not None:
-            self.disk.write(block)
+        disk = self.disk  # once: a thread may drop a damaged tier meanwhile
+        if self.directory is not None and disk is not None:
+            disk.write(block)
         self._keep_in_memory(block)
 
     def _keep_in_memory(self, block: Block) -> None:
@@ -274,7 +297,11 @@ class Store:
             )
         if disk.evictions and "disk" not in self._warned:
             self._warned.add("disk")
-            entries, nbytes = disk.totals()
+            try:
+                entries, nbytes = disk.totals()
+            except sqlite3.Error as error:
+                self._lose_disk(disk, error)
+                return
             per_entry = nbytes // max(entries, 1)
             warn_user(
                 f"skbert's cache is smaller than the texts it is asked to keep: its disk tier {str(disk.path)!r} "
@@ -292,12 +319,17 @@ class Store:
             memory_entries=len(self.memory), memory_bytes=self.memory.bytes,
             memory_max_bytes=self.memory.max_bytes, memory_evictions=self.memory.evictions,
         )
-        if self.disk is not None:
-            info.disk_entries, info.disk_bytes = self.disk.totals()
-            info.disk_max_bytes = self.disk.max_bytes
-            info.disk_file_bytes = database_files_bytes(self.disk.path)
-            info.disk_writes, info.disk_evictions = self.disk.writes, self.disk.evictions
-            info.corrupt, info.disk_path = self.disk.corrupt, str(self.disk.path)
+        disk = self.disk
+        if disk is not None:
+            try:
+                info.disk_entries, info.disk_bytes = disk.totals()
+            except sqlite3.Error as error:
+                self._lose_disk(disk, error)
+                return info
+            info.disk_max_bytes = disk.max_bytes
+            info.disk_file_bytes = database_files_bytes(disk.path)
+            info.disk_writes, info.disk_evictions = disk.writes, disk.evictions
+            info.corrupt, info.disk_path = disk.corrupt, str(disk.path)
         return info
 
     def close(self) -> None:
@@ -367,9 +399,10 @@ def store_for(cache, memory_bytes: int, disk_bytes: int | None) -> Store | None:
 
 
 def clear_stores() -> None:
-    """Close and forget every store of this process (spill directories are removed)."""
+    """Close and forget every store of this process (spill directories are removed); in a forked child, its
+    parent's stores are forgotten, not closed (their connections and spill directories are the parent's)."""
     with _STORES_LOCK:
-        stores = list(_STORES.values())
+        stores = [store for key, store in _STORES.items() if key[0] == os.getpid()]
         _STORES.clear()
     for store in stores:
         store.close()

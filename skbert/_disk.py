@@ -207,6 +207,16 @@ def _indexed(connection: sqlite3.Connection, keys: list[bytes], hidden: int = 0)
     return [found for found in _index_rows(connection, keys).values() if found[0] in wanted and found[3] >= hidden]
 
 
+def _roll_back(connection: sqlite3.Connection) -> None:
+    """End a failed transaction, if SQLite has not ended it already (it does on a full disk or an I/O error), so
+    that the error being raised is the one that failed, not the ROLLBACK's "no transaction is active"."""
+    if connection.in_transaction:
+        try:
+            connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
 def _add_depth_column(connection: sqlite3.Connection) -> None:
     """Give a database made before entries recorded their depth its ``hidden`` column: every entry
     of those held every hidden state, which the column's default says."""
@@ -219,7 +229,7 @@ def _add_depth_column(connection: sqlite3.Connection) -> None:
                     f"ALTER TABLE entries ADD COLUMN hidden INTEGER NOT NULL DEFAULT {_EVERY_HIDDEN_STATE}")
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            _roll_back(connection)
             raise
 
 
@@ -413,7 +423,7 @@ class DiskTier:
             evicted = self._evict(connection)
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            _roll_back(connection)
             raise
         self.writes += added
         self.evictions += evicted
@@ -460,7 +470,7 @@ def _delete(connection: sqlite3.Connection, block_ids: list[int], keys: list[byt
             deleted = _delete(connection, block_ids, keys)
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            _roll_back(connection)
             raise
         return deleted
     deleted = freed = 0
@@ -518,11 +528,15 @@ def spill_tier(max_bytes: int) -> DiskTier:
     sweep_spill_directories()
     directory = tempfile.mkdtemp(prefix=f"{_SPILL_PREFIX}{os.getpid()}-")
     tier = DiskTier(directory, max_bytes)
-    atexit.register(_remove_spill, weakref.ref(tier), directory)
+    atexit.register(_remove_spill, weakref.ref(tier), directory, os.getpid())
     return tier
 
 
-def _remove_spill(tier_ref, directory: str) -> None:
+def _remove_spill(tier_ref, directory: str, owner: int) -> None:
+    """At exit, close and remove a spill directory, in the process that made it only: a child forked from it
+    inherits this exit handler, and must leave its parent's cache alone."""
+    if os.getpid() != owner:
+        return
     tier = tier_ref()
     if tier is not None:
         try:

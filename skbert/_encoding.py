@@ -337,7 +337,8 @@ def iter_statistics(
         in. With ``"float16"`` (a 16-bit store) they are checked as they are
         narrowed (:attr:`~skbert._statistics.Statistics.checked`), and a text that
         would hold an infinity or a NaN in float16 is encoded again at the end and
-        handed out in float32, unchecked (counted twice in ``report``).
+        handed out in float32, unchecked (counted once in ``report``'s texts, twice
+        in its tokens: the model ran them twice).
 
     Yields
     ------
@@ -408,10 +409,17 @@ def iter_statistics(
                 del partial[position]
     if again:
         positions = np.array(sorted(again))
-        for batch in iter_statistics(loaded, [texts[p] for p in positions], layers=layers, kinds=kinds,
-                                     with_pooler=with_pooler, options=options, report=report):
-            batch.positions = positions[batch.positions]
-            yield batch
+        second = EncodingReport()  # these texts are counted once: their second pass adds only the work it did
+        try:
+            for batch in iter_statistics(loaded, [texts[p] for p in positions], layers=layers, kinds=kinds,
+                                         with_pooler=with_pooler, options=options, report=second):
+                batch.positions = positions[batch.positions]
+                yield batch
+        finally:
+            TOTALS.add(n_encoded=-second.n_encoded, n_long=-second.n_long)
+            report.n_tokens += second.n_tokens
+            report.n_oom_splits += second.n_oom_splits
+            report.runtime_setup_s += second.runtime_setup_s
 
 
 def iter_token_vectors(

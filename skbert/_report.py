@@ -30,7 +30,8 @@ class TransformReport:
         Rows that lost tokens (long rows under ``"truncate"`` or ``"head_tail"``).
     n_tokens_encoded : int, default=0
         Real (non-padding) tokens the model ran for this call: the work behind
-        ``n_encoded``, for tokens-per-second figures.
+        ``n_encoded``, for tokens-per-second figures (a text run again in float32
+        after its 16-bit cache entry would overflow counts its tokens twice).
     runtime_setup_s : float, default=0.0
         Seconds this call spent converting and compiling a network for the runtime
         (OpenVINO, a depth not run before in this process; ``fit`` reports the whole

@@ -21,6 +21,7 @@ from sklearn.pipeline import make_pipeline
 from skbert import BertEmbedder
 from skbert import _cache, _disk
 from skbert._cache import MemoryTier, Store
+from skbert._encoding import TOTALS
 from skbert._disk import BLOCK_BYTES, DATABASE, pack_block, split_block, sweep_spill_directories, unpack_block
 from skbert._entries import ROW_OVERHEAD, Block, block_from_statistics, concatenate, gather
 from skbert._statistics import KINDS, Statistics
@@ -486,6 +487,67 @@ def test_a_full_disk_warns_and_gives_correct_results(tiny_bert, tmp_path, monkey
     assert_allclose(got, BertEmbedder(tiny_bert, batch_size=2).fit_transform(MANY), rtol=0, atol=0)
 
 
+def test_a_full_disk_names_its_own_error_not_the_rollback_s(tiny_bert, tmp_path, monkeypatch):
+    """SQLite ends a transaction itself on a full disk or an I/O error; a ROLLBACK after it fails with "no
+    transaction is active", which must not hide the real error."""
+    def full(self, connection):
+        connection.execute("ROLLBACK")  # as SQLite does on SQLITE_FULL
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(_disk.DiskTier, "_evict", full)
+        embedder = BertEmbedder(tiny_bert, cache=tmp_path, batch_size=2).fit(MANY)
+        with pytest.warns(UserWarning, match="stopped writing its disk cache.*: database or disk is full") as caught:
+            embedder.transform(MANY)
+    assert not any("no transaction" in str(w.message) for w in caught)
+
+
+def test_a_damaged_database_page_warns_and_the_process_goes_on_from_memory(tiny_bert, tmp_path):
+    """A torn write or a bad sector in the index: SQLite opens the file, then reading it raises "database disk
+    image is malformed". The call warns once and gives the right rows; the process goes on without the tier."""
+    embedder = BertEmbedder(tiny_bert, cache=tmp_path, batch_size=2).fit(MANY)
+    want = embedder.transform(MANY)
+    _cache.clear_stores()
+    with sqlite3.connect(tmp_path / DATABASE) as db:
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'entries'").fetchone()[0]
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+    with open(tmp_path / DATABASE, "r+b") as file:  # the index's root page overwritten: no valid page type
+        file.seek((root - 1) * page)
+        file.write(bytes(8) + np.random.default_rng(0).bytes(page - 8))
+    again = BertEmbedder(tiny_bert, cache=tmp_path, batch_size=2).fit(MANY)
+    with pytest.warns(UserWarning, match="could not read its disk cache.*malformed.*Results are not affected"):
+        got, report = again.transform_with_report(MANY)
+    assert report.n_encoded == len(MANY)
+    assert_allclose(got, want, rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: later calls run from memory, quietly
+        got, report = again.transform_with_report(MANY)
+        info = again.cache_info()
+    assert report.n_cache_hits == len(MANY) and info["disk_entries"] == 0
+    assert_allclose(got, want, rtol=0, atol=0)
+
+
+def test_a_forked_child_that_exits_leaves_its_parent_s_spill_directory(tiny_bert):
+    """The exit handler that removes a spill directory is inherited by a child made with os.fork(); only the
+    process that made the directory removes it."""
+    code = """
+        import os, sys
+        from skbert import BertEmbedder
+        texts = [f"text number {i} about the river bank" for i in range(300)]
+        embedder = BertEmbedder(sys.argv[1], precision="float32", cache_memory_bytes=20_000).fit(texts)  # torch
+        embedder.transform(texts)  # spills to a temporary directory
+        path = embedder.cache_info()["disk_path"]
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)  # a normal exit: atexit handlers run in the child
+        os.waitpid(pid, 0)
+        print(os.path.exists(path), embedder.transform_with_report(texts)[1].n_encoded, flush=True)
+    """
+    result = _run(code, tiny_bert)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["True", "0"]
+
+
 def test_a_directory_of_an_older_format_warns_and_is_not_read(tiny_bert, tmp_path):
     (tmp_path / "ab").mkdir()
     (tmp_path / "ab" / ("ab" * 16 + ".skbc")).write_bytes(b"SKBC\x00\x01" + b"\x00" * 100)
@@ -803,9 +865,12 @@ def test_a_text_that_overflows_float16_is_encoded_again_and_kept_in_float32(tiny
     calls.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # finite in float32: nothing to warn about
+        before = TOTALS.n_encoded
         got, report = embedder.transform_with_report(texts)
     assert calls[0] == (torch.float16, 1) and calls[-1] == (torch.float32, 1)  # flagged, then encoded again
-    assert report.n_encoded == 5
+    assert report.n_encoded == 4 == TOTALS.n_encoded - before  # distinct texts, each once
+    lengths = [len(ids) for ids in embedder._load().tokenizer(texts)["input_ids"]]
+    assert report.n_tokens_encoded == sum(lengths) + 12  # the model ran the long text's 12 tokens twice
     assert sorted(str(b.values.dtype) for b in stored) == ["float16", "float32"]
     assert np.abs(got[2]).max() > 1e5
     scale = np.abs(want).max(axis=1, keepdims=True)  # float16 rounding is relative to each row's size
