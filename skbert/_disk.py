@@ -403,7 +403,10 @@ class DiskTier:
                         present[_row_id(key)] = (key, -1, row, block.hidden)  # taken: a copy later in the block is left out
                 if not new:
                     continue
-                for part in split_block(block if len(new) == len(block) else block.take(new)):
+                kept = block if len(new) == len(block) else block.take(new)
+                # blobs of at most a quarter of the budget: eviction goes by whole blobs, oldest first, so a budget
+                # smaller than one batch still keeps that batch's newest entries
+                for part in split_block(kept, min(BLOCK_BYTES, max(self.max_bytes // 4, 1))):
                     data = pack_block(part)
                     block_id = connection.execute(
                         "INSERT INTO blocks (data, checksum) VALUES (?, ?)", (data, checksum(data))).lastrowid

@@ -440,6 +440,26 @@ def test_the_disk_budget_evicts_the_oldest_and_warns_once_with_the_numbers(tiny_
     assert_allclose(got, BertEmbedder(tiny_bert, batch_size=2).fit_transform(MANY), rtol=0, atol=0)
 
 
+def test_a_disk_budget_smaller_than_one_batch_keeps_its_newest_entries(tiny_bert, tmp_path):
+    """Eviction deletes whole blobs, oldest first, down to 90% of the budget: one batch stored as one blob larger
+    than that was evicted whole, leaving the tier empty. Blobs are at most a quarter of the budget."""
+    probe = BertEmbedder(tiny_bert, cache=tmp_path / "probe").fit(MANY)
+    probe.transform(MANY[:1])
+    budget = 4 * probe.cache_info()["disk_bytes"]
+    embedder = BertEmbedder(tiny_bert, cache=tmp_path / "small", cache_disk_bytes=budget).fit(MANY)
+    with pytest.warns(UserWarning, match="reached its budget"):
+        want = embedder.transform(MANY)  # one batch: every text
+    info = embedder.cache_info()
+    assert 0 < info["disk_entries"] < len(MANY) and info["disk_bytes"] <= budget
+    _cache.clear_stores()  # a new process's view: the disk tier alone
+    again = BertEmbedder(tiny_bert, cache=tmp_path / "small", cache_disk_bytes=budget).fit(MANY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got, report = again.transform_with_report(MANY)
+    assert report.n_cache_hits == info["disk_entries"]
+    assert_allclose(got, want, rtol=0, atol=0)
+
+
 def test_writes_happen_off_the_encoding_thread_and_are_readable_while_queued(tiny_bert, tmp_path, monkeypatch):
     release = threading.Event()
     real_commit = _disk.DiskTier._commit
