@@ -469,8 +469,9 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         """A digest of everything that decides this fitted estimator's numbers.
 
         Two estimators with the same digest turn a text into the same vector on this
-        machine, within the rounding of the precision they compute in: it covers the weights and tokenizer (their digest, not their path),
-        the device type and precision as resolved here, the window, the long-text
+        machine, within the rounding of the precision they compute in: it covers the
+        weights and tokenizer (their digest, not their path), the device type and
+        precision as resolved here, the window, the long-text
         strategy and stride, the runtime and the library versions (what the cache's
         keys are made under), then what pooling makes of the encoder's output:
         ``pooling``, ``layers``, ``layer_aggregation``, ``include_special_tokens``,
