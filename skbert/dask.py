@@ -62,7 +62,7 @@ def _embed_partition(part, embedder, names, threads=None) -> pd.DataFrame:
     use_torch_threads(threads)
     if len(part) == 0:
         return pd.DataFrame(np.empty((0, len(names)), np.float32), index=part.index, columns=names)
-    X = np.asarray(embedder.transform_with_report(part)[0])  # an array whatever set_output says
+    X = np.asarray(embedder.transform(part))  # an array whatever set_output says
     return pd.DataFrame(X, index=part.index, columns=names)
 
 
