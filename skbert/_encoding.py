@@ -68,6 +68,15 @@ class EncodingReport:
     runtime_setup_s: float = 0.0
 
 
+class SecondPass(EncodingReport):
+    """The report of texts encoded again (in float32, after a float16 overflow): the model's work counts, the
+    texts do not (they were counted on their first pass)."""
+
+
+#: What a second pass does not add to the process's totals.
+_COUNTED_ONCE = frozenset({"n_encoded", "n_long"})
+
+
 class Totals:
     """What the model has encoded in this process, over every call and thread.
 
@@ -96,9 +105,12 @@ TOTALS = Totals()
 
 
 def _count(report: EncodingReport, **increments: int) -> None:
-    """Add to a call's report and to the process's totals alike."""
+    """Add to a call's report and to the process's totals alike (a :class:`SecondPass` adds no texts to the
+    totals)."""
     for name, value in increments.items():
         setattr(report, name, getattr(report, name) + value)
+    if isinstance(report, SecondPass):
+        increments = {name: value for name, value in increments.items() if name not in _COUNTED_ONCE}
     TOTALS.add(**increments)
 
 
@@ -409,14 +421,13 @@ def iter_statistics(
                 del partial[position]
     if again:
         positions = np.array(sorted(again))
-        second = EncodingReport()  # these texts are counted once: their second pass adds only the work it did
+        second = SecondPass()  # these texts are counted once: their second pass adds only the work it did
         try:
             for batch in iter_statistics(loaded, [texts[p] for p in positions], layers=layers, kinds=kinds,
                                          with_pooler=with_pooler, options=options, report=second):
                 batch.positions = positions[batch.positions]
                 yield batch
         finally:
-            TOTALS.add(n_encoded=-second.n_encoded, n_long=-second.n_long)
             report.n_tokens += second.n_tokens
             report.n_oom_splits += second.n_oom_splits
             report.runtime_setup_s += second.runtime_setup_s
