@@ -264,7 +264,11 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         -------
         self : BertEmbedder
         """
-        texts = self._read(X, reset=True)
+        return self._fit(X, self._read(X, reset=True))
+
+    def _fit(self, X, texts: list):
+        """``fit``'s work on ``texts``, what ``_read`` made of ``X`` (read once: ``X`` may be an iterator), with
+        ``X``'s columns recorded."""
         self._record_columns(X)
         check_cache_location(self.cache)
         modes = expand_pooling(self.pooling)
@@ -302,10 +306,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         """
         self._validate_params()  # parameters first, as fit does
         texts = self._read(X, reset=True)
-        texts = pd.Series(texts, index=X.index, dtype=object) if hasattr(X, "iloc") else texts
-        self.fit(texts)  # checked once; pandas input keeps its index
-        self._record_columns(X)  # a pair's columns, as fit(X) records them
-        return self.transform(texts)
+        self._fit(X, texts)  # checked once
+        return self.transform(pd.Series(texts, index=X.index, dtype=object) if hasattr(X, "iloc") else texts)
 
     def transform(self, X):
         """Embed texts.
