@@ -6,6 +6,8 @@ the whole study costs about one encoding pass; a TF-IDF + LogisticRegression
 baseline runs on the same folds. Prints a table, and saves a heatmap to
 examples/layer_pooling_study.png.
 
+Needs the ``examples`` extra (``pip install -e ".[examples]"``: MiniLM, matplotlib, pyarrow).
+
 Run:  python examples/layer_pooling_study.py [--model sentence-transformers/all-MiniLM-L6-v2] [--precision float32]
 """
 

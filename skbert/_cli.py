@@ -61,7 +61,7 @@ ESTIMATOR_OPTIONS = {
     "attention": "packed: batches without padding; padded; auto: packed where the kernel for it runs "
                  "(default: %(default)s)",
     "device": "auto (CUDA, else MPS, else the CPU), cpu, cuda, cuda:N or mps (default: %(default)s)",
-    "precision": "auto: bfloat16 where the hardware multiplies it natively, else float32 (default: %(default)s)",
+    "precision": "auto: bfloat16 where the hardware multiplies it natively, float16 on older GPUs and MPS, else float32 (default: %(default)s)",
     "revision": "the hub revision of --model: a branch, tag or commit (default: the newest)",
 }
 #: Options not named after their parameter, and the command's own defaults.

@@ -1,4 +1,4 @@
-"""What runs the model: three runtimes behind one interface, chosen in one place.
+"""What runs the model: four runtimes behind one interface, chosen in one place.
 
 A runtime makes a batch of windows (:meth:`TorchPadded.batch`), and runs the model on
 it, once it is on the device, up to a depth (:meth:`TorchPadded.hidden_states`),

@@ -23,8 +23,8 @@ worker process per GPU and keep ``device="auto"``: a worker that sees only its o
 (``CUDA_VISIBLE_DEVICES`` set per worker, as ``dask_cuda.LocalCUDACluster`` does) uses
 it, and a numbered worker that sees them all (``LocalCluster(n_workers=n_gpus,
 threads_per_worker=1)``, or ``dask worker --name 0`` ... on other machines) takes GPU
-``number % n_gpus``; so each GPU gets one worker, and N GPUs give up to N times the
-throughput. Sentence pairs: ``embed(frame, BertEmbedder(..., pairs=True), column=["a", "b"])``.
+``number % n_gpus``; so each GPU gets one worker (how the throughput grows with N GPUs has not been
+measured). Sentence pairs: ``embed(frame, BertEmbedder(..., pairs=True), column=["a", "b"])``.
 """
 
 from __future__ import annotations
