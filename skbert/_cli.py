@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import warnings
 from numbers import Integral
 from pathlib import Path
 
@@ -33,10 +35,16 @@ from ._columns import MADE_IDS, ON_NULL, ColumnError, TextColumns
 from ._embedder import BertEmbedder
 from ._pooling import SEGMENT_CHOICES
 from ._report import caller_reports_truncation
-from ._streaming import LAYOUTS, embedding_table
-from ._tables import TableError, read_table
+from ._streaming import LAYOUTS, check_output_columns, embedding_table, id_table
+from ._tables import TableError, column_types, read_table
 
 WRITERS = (".parquet", ".npy")
+#: Rows per part of a dataset output, unless --chunk-rows says otherwise.
+CHUNK_ROWS = 10_000
+#: The options whose value may be a comma list of negative integers (``--layers -2,-1``), which argparse
+#: would otherwise take for an option.
+_LIST_OPTIONS = ("--layers", "--pooling", "--segments")
+_NEGATIVE_LIST = re.compile(r"-\d+(\s*,\s*-?\d+)+")
 
 #: The estimator's parameters the command takes, each with a line of help. What an option accepts
 #: and its default are the estimator's own, read off ``BertEmbedder._parameter_constraints`` and
@@ -150,15 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skbert", description="Contextual BERT embeddings from the command line.")
     commands = parser.add_subparsers(dest="command", required=True)
     embed = commands.add_parser("embed", help="embed a text column of a CSV or Parquet file")
-    embed.add_argument("input", help="a .csv, .tsv or .parquet file; for a dataset output also a directory of "
-                       "them or a glob (quote it)")
+    embed.add_argument("input", help="a .csv, .tsv, .parquet or .pq file (CSV and TSV also compressed, "
+                       ".csv.gz...); for a dataset output also a directory of them or a glob (quote it)")
     embed.add_argument("-o", "--output", required=True, help="a directory (no suffix): a Parquet dataset streamed "
                        "part by part, resumable; or a .parquet or .npy file, written at once")
     embed.add_argument("--column", default="text", help="the text column (default: text)")
     embed.add_argument("--pair-column", help="a second text column: embed (column, pair column) as sentence pairs, "
                        "as the model's tokenizer lays a pair out")
-    embed.add_argument("--chunk-rows", type=int, default=10_000,
-                       help="dataset output: rows read, embedded and written per part (default: 10000)")
+    embed.add_argument("--chunk-rows", type=int,
+                       help=f"dataset output: rows read, embedded and written per part (default: {CHUNK_ROWS})")
     embed.add_argument("--layout", choices=LAYOUTS,
                        help="the embedding as one fixed-size list column 'embedding' (default for a dataset), "
                        "one column per feature (default for a .parquet file), or both")
@@ -172,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: the row number, and for a dataset the file too)")
     embed.add_argument("--cache", help="disk cache folder (file output: default .skbert-cache beside it; a dataset "
                        "resumes from its parts and caches only with --cache)")
-    embed.add_argument("--no-cache", action="store_true", help="do not cache (a re-run starts over)")
+    embed.add_argument("--no-cache", action="store_true", help="do not cache (a file output's re-run starts over; "
+                       "a dataset still resumes from its parts)")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     estimator = embed.add_argument_group("the embedder", "BertEmbedder's parameters (its docstring says more)")
     defaults = {**BertEmbedder().get_params(), **COMMAND_DEFAULTS}
@@ -197,12 +206,15 @@ def _notes(n_null: int, on_null: str, n_truncated: int) -> str:
     return "".join(f"; {note}" for note in notes)
 
 
-def write_output(path: Path, X, names, ids, layout: str) -> list[Path]:
+def write_output(path: Path, X, names, ids, layout: str, id_types=None) -> list[Path]:
+    """Write a file output: ``.npy`` (the array, with the ids in a CSV file beside it) or Parquet (the ids, each of
+    its type in ``id_types`` where given, then the embedding)."""
     import numpy as np
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".npy":
-        np.save(path, X)
+    if path.suffix.lower() == ".npy":
+        with open(path, "wb") as file:  # np.save(path) would add ".npy" to a name ending ".NPY"
+            np.save(file, X)
         id_path = path.with_suffix(".ids.csv")
         ids.to_csv(id_path, index=False)
         return [path, id_path]
@@ -211,7 +223,7 @@ def write_output(path: Path, X, names, ids, layout: str) -> list[Path]:
         import pyarrow.parquet as pq
     except ImportError as error:
         raise UserError(f"writing Parquet needs pyarrow (pip install pyarrow): {error}") from None
-    ids_table = pa.Table.from_pandas(ids.reset_index(drop=True), preserve_index=False)
+    ids_table = id_table(ids.reset_index(drop=True), list(ids.columns), id_types or {})
     pq.write_table(embedding_table(ids_table, X, [str(n) for n in names], layout), path)
     return [path]
 
@@ -227,12 +239,16 @@ def embed_file(args, output: Path) -> int:
         if Path(args.input).is_dir() or any(ch in args.input for ch in "*?["):
             raise UserError(f"input {args.input!r} names several files: write a dataset (-o a directory)")
         raise UserError(f"input file {args.input!r} does not exist")
-    if args.workers is not None or args.scheduler:
-        raise UserError("--workers and --scheduler write a dataset: give -o a directory")
-    frame = read_table(Path(args.input))
+    if args.workers is not None or args.scheduler or args.chunk_rows is not None:
+        raise UserError("--workers, --scheduler and --chunk-rows are for a dataset output: give -o a directory")
+    npy = output.suffix.lower() == ".npy"
+    if npy and args.layout is not None:
+        raise UserError("--layout is for Parquet outputs: a .npy file holds the embedding array alone")
     columns = _text_columns(args)
+    frame = read_table(Path(args.input), columns=columns.texts + columns.ids)
     columns.check_in(frame.columns, "in the input")
     frame, columns = columns.with_index_ids(frame)  # no --id-column: the table's index, or the row number
+    layout = "array" if npy else args.layout or "columns"
     frame, n_null = columns.apply_null_policy(frame, args.on_null, repr(args.input))
     texts, ids = columns.texts_of(frame), frame[list(columns.ids)]
     if not texts:
@@ -241,12 +257,15 @@ def embed_file(args, output: Path) -> int:
     embedder = _embedder(args, cache).set_params(show_progress=not args.quiet)
     try:
         with caller_reports_truncation():  # counted in the report, said in the summary
-            X, report = embedder.fit(texts[:1]).transform_with_report(texts)
+            embedder.fit(texts[:1])
+            check_output_columns(columns.ids, embedder.get_feature_names_out(), layout)  # before the work
+            X, report = embedder.transform_with_report(texts)
     except KeyboardInterrupt:
         hint = " re-run the same command to resume from the cache" if cache else ""
         print(f"skbert: interrupted;{hint}", file=sys.stderr)
         return 130
-    written = write_output(output, X, embedder.get_feature_names_out(), ids, args.layout or "columns")
+    written = write_output(output, X, embedder.get_feature_names_out(), ids, layout,
+                           column_types(Path(args.input), columns.ids))
     print(
         f"skbert: {len(texts)} texts -> {X.shape[1]} features; encoded {report.n_encoded}, "
         f"from cache {report.n_cache_hits}{_notes(n_null, args.on_null, report.n_truncated)}; "
@@ -282,21 +301,26 @@ def embed_dataset(args, output: Path) -> int:
 
     from ._streaming import Options, stream_embed
 
-    if args.chunk_rows < 1:
-        raise UserError(f"--chunk-rows {args.chunk_rows}: at least 1")
+    chunk_rows = CHUNK_ROWS if args.chunk_rows is None else args.chunk_rows
+    if chunk_rows < 1:
+        raise UserError(f"--chunk-rows {chunk_rows}: at least 1")
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: at least 1 (leave it out to run in this process)")
     columns = _text_columns(args)
     # Dask starts workers with OMP_NUM_THREADS=1: local workers get their share of the cores for torch
     threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None
-    options = Options(list(columns.texts), list(columns.ids or MADE_IDS), args.layout or "list", threads)
+    if not columns.ids and set(columns.texts) & set(MADE_IDS):
+        raise UserError(f"--column {columns.texts[0]!r}: the default id columns are {list(MADE_IDS)} (made: the "
+                        "file and the row number); name the id columns with --id-column")
+    made = () if columns.ids else MADE_IDS  # the default ids: made, whatever columns the input holds
+    options = Options(list(columns.texts), list(columns.ids or MADE_IDS), args.layout or "list", threads, made)
     cache = Path(args.cache) if args.cache and not args.no_cache else None  # the parts are what resumes
     embedder = _embedder(args, cache, cache_memory_bytes=256 * 2**20)
     embedder.fit([("a", "b")] if columns.pairs else ["a"])
     client = _client(args)
     try:
         with tqdm(unit="row", desc="skbert", disable=args.quiet, delay=1.0) as bar:
-            summary = stream_embed(embedder, args.input, output, options, chunk_rows=args.chunk_rows,
+            summary = stream_embed(embedder, args.input, output, options, chunk_rows=chunk_rows,
                                    on_null=args.on_null, client=client, progress=bar.update)
     except KeyboardInterrupt:
         print("skbert: interrupted; re-run the same command to resume (finished parts are kept)", file=sys.stderr)
@@ -318,6 +342,8 @@ def embed_dataset(args, output: Path) -> int:
 
 
 def embed(args) -> int:
+    if args.cache and args.no_cache:
+        raise UserError("--cache and --no-cache: give one of them")
     output = Path(args.output)
     suffix = output.suffix.lower()
     if suffix in WRITERS:
@@ -328,11 +354,32 @@ def embed(args) -> int:
     return embed_dataset(args, output)
 
 
+def _joined_lists(argv: list[str]) -> list[str]:
+    """``--layers -2,-1`` as ``--layers=-2,-1``: argparse takes a value that starts with "-" for an option."""
+    out = []
+    for token in argv:
+        if out and out[-1] in _LIST_OPTIONS and _NEGATIVE_LIST.fullmatch(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning as one line of the command's output (the line of code it points at means nothing here)."""
+    print(f"skbert: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_joined_lists(sys.argv[1:] if argv is None else list(argv)))
     try:
-        return embed(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return embed(args)
+    except KeyboardInterrupt:  # before the run's own handler (loading the model, reading the input)
+        print("skbert: interrupted", file=sys.stderr)
+        return 130
     except (UserError, TableError, ColumnError) as error:
         print(f"skbert: error: {error}", file=sys.stderr)
         return 2

@@ -26,8 +26,9 @@ from ._validation import describe, is_missing
 
 #: What a row without text becomes: an error naming it, the empty text, or no row (counted).
 ON_NULL = ("error", "empty", "skip")
-#: The id columns a dataset output makes where its input has no column of that name: the file a
-#: row came from (its path below the inputs' common folder) and the row's number in that file.
+#: The id columns a dataset output makes: the file a row came from (its path below the inputs' common
+#: folder) and the row's number in that file. By default always; where ``--id-column`` names one, only
+#: where the input has no column of that name.
 MADE_IDS = ("file", "row")
 #: How many of a table's columns an error lists.
 _LISTED = 20
@@ -155,8 +156,8 @@ class TextColumns:
             name = next(candidate for candidate in candidates if candidate not in frame.columns)
         return frame.rename_axis(name).reset_index(), replace(self, ids=(name,))
 
-    def with_made_ids(self, frame, available, *, first_row: int, file: str):
-        """A chunk with the :data:`MADE_IDS` columns the ids name and its file lacks.
+    def with_made_ids(self, frame, available, *, first_row: int, file: str, always=()):
+        """A chunk with the :data:`MADE_IDS` columns the ids name and its file lacks (or that ``always`` names).
 
         Parameters
         ----------
@@ -168,6 +169,9 @@ class TextColumns:
             The row number, in its file, of the chunk's first row.
         file : str
             The file, as the ``file`` column names it.
+        always : sequence of str, default=()
+            Made ids made whatever the file holds (the default ids: a column of the
+            input named "row" is not the row's number).
 
         Returns
         -------
@@ -175,9 +179,9 @@ class TextColumns:
         """
         import pandas as pd
 
-        if "row" in self.ids and "row" not in available:
+        if "row" in self.ids and ("row" not in available or "row" in always):
             frame["row"] = np.arange(first_row, first_row + len(frame), dtype=np.int64)
-        if "file" in self.ids and "file" not in available:
+        if "file" in self.ids and ("file" not in available or "file" in always):
             frame["file"] = pd.Series([file] * len(frame), dtype=object)
         return frame
 

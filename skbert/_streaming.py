@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._columns import MADE_IDS, TextColumns
+from ._columns import MADE_IDS, ColumnError, TextColumns
 from ._device import use_torch_threads
 from ._report import caller_reports_truncation
-from ._tables import READERS, TableError, file_columns, iter_chunks
+from ._tables import TableError, accepted, column_types, file_columns, iter_chunks, table_kind
 
 #: How the embedding is laid out in the output: a list column, a column per feature, or both.
 LAYOUTS = ("list", "columns", "both")
@@ -70,24 +70,24 @@ def input_files(spec: str, output: Path | None = None) -> list[Path]:
     """
     path = Path(spec)
     if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS]
+        files = [p for p in path.rglob("*") if p.is_file() and table_kind(p)]
         where = f"directory {spec!r}"
     elif not path.is_file() and any(ch in spec for ch in "*?["):
         files = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
-        files = [p for p in files if p.suffix.lower() in READERS]
+        files = [p for p in files if table_kind(p)]
         where = f"pattern {spec!r}"
     else:
         if not path.is_file():
             raise TableError(f"input file {spec!r} does not exist")
-        if path.suffix.lower() not in READERS:
-            raise TableError(f"input file {spec!r}: expected one of {', '.join(READERS)}")
+        if not table_kind(path):
+            raise TableError(f"input file {spec!r}: expected one of {accepted()}")
         return [path]
     if output is not None:
         written = output.resolve()
         files = [p for p in files if not p.resolve().is_relative_to(written)]
         where += f" (less the output {str(output)!r})"
     if not files:
-        raise TableError(f"{where} holds no {', '.join(READERS)} files")
+        raise TableError(f"{where} holds no {accepted()} files")
     return sorted(files)
 
 
@@ -137,6 +137,49 @@ def _part_footer(path: Path) -> tuple[dict, int] | None:
         return None
 
 
+def id_table(frame, names: list[str], types: dict):
+    """The id columns of a frame as an Arrow table, each of the type ``types`` gives it (its input's), else
+    inferred.
+
+    A chunk's values alone would give other types in other chunks (no type for a chunk
+    whose ids are all null); an integer id stays an integer.
+    """
+    import pyarrow as pa
+
+    arrays = []
+    for name in names:
+        values, wanted = frame[name].tolist(), types.get(name)
+        try:
+            arrays.append(pa.array(values, type=wanted))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # a type pa.array does not build from Python values
+            arrays.append(pa.array(values).cast(wanted))
+    return pa.Table.from_arrays(arrays, names=list(names))
+
+
+def check_output_columns(ids, feature_names, layout: str) -> None:
+    """Check that an output's columns have distinct names: the ids, then the embedding's list column and/or
+    its feature columns.
+
+    Raises
+    ------
+    ColumnError
+        Naming the repeated column (pandas and pyarrow cannot read a table that holds one twice).
+    """
+    names = list(ids)
+    if layout in ("list", "both"):
+        names.append(EMBEDDING_COLUMN)
+    if layout in ("columns", "both"):
+        names.extend(str(name) for name in feature_names)
+    seen = set()
+    for name in names:
+        if name in seen:
+            what = "an id column" if list(ids).count(name) > 1 else "an id column and the embedding's"
+            raise ColumnError(f"the output would hold the column {name!r} twice ({what}): readers refuse such a "
+                              "table; name each id column once, and rename a column that clashes with the "
+                              f"embedding's ({EMBEDDING_COLUMN!r}, or the feature names with --layout columns)")
+        seen.add(name)
+
+
 def embedding_table(ids, X: np.ndarray, names: list[str], layout: str):
     """An Arrow table of the id columns, then the embedding as a fixed-size list column and/or a column per feature.
 
@@ -173,11 +216,14 @@ class PartJob:
         The part's final path.
     record : dict
         What the part's metadata records (source, chunk, rows, digest, settings).
+    id_types : dict
+        The Arrow type of each id column (:func:`id_table`).
     """
 
     frame: object
     destination: str
     record: dict
+    id_types: dict
 
 
 @dataclass
@@ -190,6 +236,9 @@ class Options:
         One column, or two (A, B) for sentence pairs.
     id_columns : list of str
         Kept in the output before the embedding.
+    made_ids : tuple of str, default=()
+        Of :data:`~skbert._columns.MADE_IDS`, those made whatever the input holds (the
+        default ids); the others in ``id_columns`` are made only where a file lacks them.
     layout : {"list", "columns", "both"}
         The embedding as one fixed-size list column, one column per feature, or both.
     threads : int or None
@@ -200,6 +249,7 @@ class Options:
     id_columns: list
     layout: str = "list"
     threads: int | None = None
+    made_ids: tuple = ()
 
     @property
     def columns(self) -> TextColumns:
@@ -237,7 +287,6 @@ def embed_part(embedder, job: PartJob, options: Options) -> dict:
     Runs in this process or on a Dask worker: the embedder arrives fitted and
     without weights, and the model loads once per process.
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     use_torch_threads(options.threads)
@@ -248,8 +297,7 @@ def embed_part(embedder, job: PartJob, options: Options) -> dict:
         X, report = embedder.transform_with_report(texts)
         X = np.asarray(X)  # an array whatever set_output says
     counts = {"encoded": report.n_encoded, "cache_hits": report.n_cache_hits, "truncated": report.n_truncated}
-    ids = pa.Table.from_arrays([pa.array(frame[c].tolist()) for c in options.id_columns], names=options.id_columns)
-    table = embedding_table(ids, X, names, options.layout)
+    table = embedding_table(id_table(frame, options.id_columns, job.id_types), X, names, options.layout)
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(job.record).encode()})
     destination = Path(job.destination)
     temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
@@ -280,18 +328,47 @@ class StreamSummary:
     removed: int = 0
 
 
+def _made(options: Options, available) -> list[str]:
+    """The id columns made for a file (:data:`~skbert._columns.MADE_IDS`) rather than read from it."""
+    return [c for c in options.id_columns if c in MADE_IDS and (c in options.made_ids or c not in available)]
+
+
+def _id_types(columns: dict, options: Options) -> dict:
+    """Each input file's id column types (file -> {column: Arrow type}), the same in every file.
+
+    Raises
+    ------
+    ColumnError
+        For an id column of another type in another file (the parts would not read back as one table).
+    """
+    import pyarrow as pa
+
+    made = {"file": pa.string(), "row": pa.int64()}
+    types, first = {}, {}
+    for path, available in columns.items():
+        built = {c: made[c] for c in _made(options, available)}
+        types[path] = {**column_types(path, [c for c in options.id_columns if c not in built]), **built}
+        for name, kind in types[path].items():
+            seen_in, seen = first.setdefault(name, (path, kind))
+            if seen != kind:
+                raise ColumnError(f"id column {name!r} is {seen} in {str(seen_in)!r} but {kind} in {str(path)!r}: "
+                                  "the parts would not read back as one table; give inputs whose id columns agree")
+    return types
+
+
 def _jobs(columns: dict, output: Path, root: Path, options: Options, chunk_rows: int, on_null: str, settings: str,
           summary: StreamSummary, expected: set):
-    """Read every chunk of every file (``columns``: file -> its columns); yield the jobs whose parts are not
-    already complete."""
+    """Read every chunk of every file (``columns``: file -> its columns, each checked); yield the jobs whose parts
+    are not already complete."""
     reader = options.columns
+    types = _id_types(columns, options)
     for path, available in columns.items():
-        reader.check_in(available, f"in {str(path)!r}", made=MADE_IDS)
-        read = [c for c in reader.texts + reader.ids if c in available]  # the others are made
+        made = _made(options, available)
+        read = [c for c in reader.texts + reader.ids if c not in made]
         start = 0
         for index, frame in enumerate(iter_chunks(path, list(dict.fromkeys(read)), chunk_rows)):
             frame = reader.with_made_ids(frame.reset_index(drop=True), available, first_row=start,
-                                         file=relative_name(path, root))
+                                         file=relative_name(path, root), always=options.made_ids)
             n_read = len(frame)
             frame, nulls = reader.apply_null_policy(frame, on_null, repr(str(path)), first_row=start)
             start += n_read
@@ -307,7 +384,7 @@ def _jobs(columns: dict, output: Path, root: Path, options: Options, chunk_rows:
             if part_is_complete(output / name, record):
                 summary.parts_skipped += 1
                 continue
-            yield PartJob(frame, str(output / name), record)
+            yield PartJob(frame, str(output / name), record, types[path])
 
 
 def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_rows: int = 10_000,
@@ -342,8 +419,23 @@ def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_r
     """
     files = input_files(spec, output)
     columns = {path: file_columns(path) for path in files}  # every file readable before any work starts
+    for path, available in columns.items():  # and holding the columns, before any work starts
+        options.columns.check_in(available, f"in {str(path)!r}", made=MADE_IDS)
+    check_output_columns(options.id_columns, embedder.get_feature_names_out(), options.layout)
     settings = part_settings(embedder, options) if settings is None else settings
+    made_output = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
+    try:
+        return _stream(embedder, spec, output, options, files, columns, chunk_rows, on_null, settings, client,
+                       progress)
+    except (TableError, ColumnError):  # a run that wrote nothing leaves no folder behind
+        if made_output and not any(output.iterdir()):
+            output.rmdir()
+        raise
+
+
+def _stream(embedder, spec, output, options, files, columns, chunk_rows, on_null, settings, client, progress):
+    """:func:`stream_embed`'s work, once the inputs and the output folder are checked."""
     root = Path(os.path.commonpath([str(p.resolve().parent) for p in files]))
     summary, expected = StreamSummary(), set()
     jobs = _jobs(columns, output, root, options, chunk_rows, on_null, settings, summary, expected)
@@ -369,8 +461,8 @@ def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_r
                 account(next(running).result())
         for future in running:
             account(future.result())
-    if summary.rows == 0 and summary.null_rows == 0:  # before any clean-up: a wrong input removes nothing
-        raise TableError(f"input {spec!r} has no rows")
+    if summary.rows == 0:  # before any clean-up: a wrong input removes nothing
+        raise TableError(f"input {spec!r} has no rows" + (" with text" if summary.null_rows else ""))
     inputs = {path.resolve() for path in files}
     for stale in output.glob("part-*.parquet"):  # parts no chunk of this run made: from other inputs
         # only skbert's own parts: never an input, nor a file another tool wrote there

@@ -3,18 +3,25 @@
 A file output (``-o FILE.parquet``, ``.npy``) reads a table whole, a dataset output
 (``-o DIRECTORY``) reads it in chunks: both go through :func:`read_table` /
 :func:`iter_chunks`, which read CSV and TSV the same way (every column as text:
-"NA", "null" and "None" are texts, and only an empty field is missing) and Parquet
-through pyarrow (a null is missing). Which of a table's columns are texts and ids,
-and what a row without text becomes, is :mod:`skbert._columns`' job, for both.
+"NA", "null" and "None" are texts, and only an empty field is missing; in TSV a
+quote is a character like any other) and Parquet through pyarrow (a null is missing;
+an integer column with nulls stays integers, not floats). CSV and TSV may be
+compressed (``.csv.gz``, ``.tsv.bz2``...: pandas reads them as they are). Which of a
+table's columns are texts and ids, and what a row without text becomes, is
+:mod:`skbert._columns`' job, for both; :func:`column_types` says what type each id
+column keeps in the output.
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from pathlib import Path
 
 #: File suffixes read, and how.
 READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+#: Compression a CSV or TSV file may carry, after its suffix (pandas infers it from the name).
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
 #: CSV cells are text as written; only an empty field is a null.
 _CSV_OPTIONS = {"dtype": str, "keep_default_na": False, "na_values": [""]}
 
@@ -24,15 +31,30 @@ class TableError(Exception):
     without a traceback. A problem with its columns is a :class:`~skbert._columns.ColumnError`."""
 
 
+def table_kind(path: Path) -> str | None:
+    """How a file is read ("csv", "tsv" or "parquet"), from its suffix; None for a file of another kind."""
+    suffixes = [suffix.lower() for suffix in path.suffixes[-2:]]
+    if len(suffixes) == 2 and suffixes[1] in COMPRESSED and READERS.get(suffixes[0]) in ("csv", "tsv"):
+        return READERS[suffixes[0]]
+    return READERS.get(suffixes[-1]) if suffixes else None
+
+
+def accepted() -> str:
+    """The suffixes read, for messages."""
+    return f"{', '.join(READERS)} (CSV and TSV also compressed: {', '.join(COMPRESSED)})"
+
+
 def _kind(path: Path) -> str:
-    kind = READERS.get(path.suffix.lower())
+    kind = table_kind(path)
     if kind is None:
-        raise TableError(f"input file {str(path)!r}: expected one of {', '.join(READERS)}")
+        raise TableError(f"input file {str(path)!r}: expected one of {accepted()}")
     return kind
 
 
-def _csv_separator(kind: str) -> str:
-    return "\t" if kind == "tsv" else ","
+def _text_options(kind: str) -> dict:
+    """pandas' reading options for a CSV or TSV file: the separator, and for TSV no quoting (its cells are text as
+    written, a quote included)."""
+    return {"sep": ",", **_CSV_OPTIONS} if kind == "csv" else {"sep": "\t", "quoting": csv.QUOTE_NONE, **_CSV_OPTIONS}
 
 
 def _nulls_as_none(frame):
@@ -51,15 +73,34 @@ def file_columns(path: Path) -> list[str]:
             return list(pq.ParquetFile(path).schema_arrow.names)
         import pandas as pd
 
-        return list(pd.read_csv(path, sep=_csv_separator(kind), nrows=0).columns)
+        return list(pd.read_csv(path, nrows=0, **_text_options(kind)).columns)
     except ImportError as error:
         raise TableError(f"reading Parquet needs pyarrow (pip install pyarrow): {error}") from None
     except Exception as error:  # a malformed or unreadable file
-        raise TableError(f"could not read {str(path)!r}: {error}") from None
+        raise TableError(f"could not read {str(path)!r}: {str(error).strip()}") from None
 
 
-def read_table(path: Path):
-    """A whole table as a pandas frame (a Parquet file's stored pandas index is kept).
+def column_types(path: Path, columns) -> dict:
+    """The Arrow type of each of ``columns`` the file holds, for the output to keep (CSV and TSV: text); a column
+    it does not hold (an id the caller makes) is left out.
+
+    An id column keeps its input's type in every part, whatever one chunk's values
+    would suggest (a chunk whose ids are all null, an integer column with a null).
+    """
+    import pyarrow as pa
+
+    if _kind(path) != "parquet":
+        held = set(file_columns(path))
+        return {name: pa.string() for name in columns if name in held}
+    import pyarrow.parquet as pq
+
+    schema = pq.ParquetFile(path).schema_arrow
+    return {name: schema.field(name).type for name in columns if name in schema.names}
+
+
+def read_table(path: Path, columns=()):
+    """A whole table as a pandas frame (a Parquet file's stored pandas index is kept, unless ``columns`` names it:
+    then it is a column, as the file holds it).
 
     Raises
     ------
@@ -75,13 +116,16 @@ def read_table(path: Path):
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            frame = pq.read_table(path).to_pandas()
+            frame = pq.read_table(path).to_pandas(integer_object_nulls=True)  # ints with nulls: not floats
+            named = [name for name in frame.index.names if name is not None and name in columns]
+            if named:
+                frame = frame.reset_index(level=named)
         else:
-            frame = _nulls_as_none(pd.read_csv(path, sep=_csv_separator(kind), **_CSV_OPTIONS))
+            frame = _nulls_as_none(pd.read_csv(path, **_text_options(kind)))
     except ImportError as error:
         raise TableError(f"reading Parquet needs pyarrow (pip install pyarrow): {error}") from None
     except Exception as error:  # a malformed file
-        raise TableError(f"could not read {str(path)!r}: {error}") from None
+        raise TableError(f"could not read {str(path)!r}: {str(error).strip()}") from None
     return frame
 
 
@@ -89,7 +133,9 @@ def iter_chunks(path: Path, columns: list[str], chunk_rows: int) -> Iterator:
     """Read the given columns of a file, at most ``chunk_rows`` rows at a time, as pandas frames.
 
     Read as :func:`read_table` reads the whole file, so a chunk's texts and ids are
-    the same values a file output sees; every chunk of a CSV file has the same types.
+    the same values a file output sees (a malformed CSV row is an error in both; a
+    Parquet file's stored pandas index is a column like the others); every chunk of
+    a CSV file has the same types.
     """
     import pandas as pd
 
@@ -99,10 +145,10 @@ def iter_chunks(path: Path, columns: list[str], chunk_rows: int) -> Iterator:
             import pyarrow.parquet as pq
 
             for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
-                yield batch.to_pandas()
+                yield batch.to_pandas(integer_object_nulls=True, ignore_metadata=True)
             return
-        reader = pd.read_csv(path, sep=_csv_separator(kind), usecols=columns, chunksize=chunk_rows, **_CSV_OPTIONS)
-        for frame in reader:
-            yield _nulls_as_none(frame)
+        # every column read (pandas' usecols would drop a malformed row's extra fields without a word)
+        for frame in pd.read_csv(path, chunksize=chunk_rows, **_text_options(kind)):
+            yield _nulls_as_none(frame[columns])
     except Exception as error:  # the file went bad part way
-        raise TableError(f"could not read {str(path)!r}: {error}") from None
+        raise TableError(f"could not read {str(path)!r}: {str(error).strip()}") from None

@@ -92,7 +92,15 @@ def test_embed_to_npy_writes_the_ids_beside_it_and_a_rerun_hits_the_cache(tiny_b
         (["embed", "{table}", "--pooling", "median", "-o", "{dir}/o.npy"], "Got 'median' instead"),
         (["embed", "{table}", "--workers", "-1", "-o", "{dir}/ds"], "--workers -1: at least 1"),
         (["embed", "{table}", "--workers", "0", "-o", "{dir}/ds"], "--workers 0: at least 1"),
-        (["embed", "{table}", "--workers", "2", "-o", "{dir}/o.npy"], "--workers and --scheduler write a dataset"),
+        (["embed", "{table}", "--workers", "2", "-o", "{dir}/o.npy"], "--workers, --scheduler and --chunk-rows are for"),
+        (["embed", "{table}", "--chunk-rows", "5", "-o", "{dir}/o.npy"], "--chunk-rows are for a dataset output"),
+        (["embed", "{table}", "--layout", "both", "-o", "{dir}/o.npy"], "a .npy file holds the embedding array alone"),
+        (["embed", "{table}", "--cache", "{dir}/c", "--no-cache", "-o", "{dir}/o.npy"], "give one of them"),
+        (["embed", "{table}", "--id-column", "doc", "--id-column", "doc", "-o", "{dir}/o.parquet"],
+         "the column 'doc' twice (an id column)"),
+        (["embed", "{table}", "--id-column", "doc", "--id-column", "doc", "-o", "{dir}/ds"],
+         "the column 'doc' twice (an id column)"),
+        (["embed", "{table}", "--column", "row", "-o", "{dir}/ds"], "the default id columns are ['file', 'row']"),
     ],
 )
 def test_bad_input_gives_a_message_and_exit_status_2(tiny_bert, table, tmp_path, capsys, argv, message):
@@ -268,13 +276,14 @@ def test_truncation_is_said_in_the_summary_from_the_reports_not_warned(tiny_bert
     pd.DataFrame({"text": texts}).to_csv(path, index=False)
     base = ["embed", str(path), "--model", tiny_bert, "--max-length", "8", "--precision", "float32", "--no-cache",
             "--quiet"]
-    for output in ("o.npy", "dataset"):
+    for output, chunks in (("o.npy", []), ("dataset", ["--chunk-rows", "2"])):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            code, err = _run(capsys, *base, "--chunk-rows", "2", "-o", str(tmp_path / output))
+            code, err = _run(capsys, *base, *chunks, "-o", str(tmp_path / output))
         assert code == 0, err
         assert f"; {n_long} truncated to --max-length" in err
         assert not [w for w in caught if "truncated" in str(w.message)]
+        assert "warning" not in err  # the command writes a warning as a line of its own
     code, err = _run(capsys, *base[:4], "--precision", "float32", "--no-cache", "--quiet", "-o",
                      str(tmp_path / "whole.npy"))
     assert code == 0 and "truncated" not in err
@@ -292,3 +301,91 @@ def test_a_table_with_a_row_column_gets_its_row_numbers_under_another_name(tiny_
     assert got["row_index"].tolist() == [0, 1]  # the row numbers, not the column named "row"
     assert_allclose(got.drop(columns="row_index").to_numpy(), BertEmbedder(
         tiny_bert, precision="float32", cache=None).fit(["a"]).transform(["a river", "the bank"]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_negative_comma_list_is_a_value_not_an_option(tiny_bert, table, tmp_path, capsys):
+    """argparse takes "-2,-1" for an option unless told otherwise; the README writes --layers 0,-1."""
+    out = tmp_path / "o.parquet"
+    code, err = _run(capsys, "embed", str(table), "--model", tiny_bert, "--layers", "-2,-1", "--no-cache", "--quiet",
+                     "--precision", "float32", "-o", str(out))
+    assert code == 0, err
+    want = BertEmbedder(tiny_bert, layers=(-2, -1), precision="float32", cache=None).fit(["a"]).transform(TEXTS)
+    assert_allclose(pd.read_parquet(out).iloc[:, 1:].to_numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_upper_case_npy_suffix_is_an_npy_file(tiny_bert, table, tmp_path, capsys):
+    out = tmp_path / "emb.NPY"
+    code, err = _run(capsys, "embed", str(table), "--model", tiny_bert, "--no-cache", "--quiet", "-o", str(out))
+    assert code == 0, err
+    assert np.load(out).shape == (len(TEXTS), 32) and (tmp_path / "emb.ids.csv").is_file()
+    assert not (tmp_path / "emb.NPY.npy").exists()
+
+
+def test_a_parquet_files_named_pandas_index_can_be_the_id_column(tiny_bert, tmp_path, capsys):
+    path = tmp_path / "keyed.parquet"
+    pd.DataFrame({"text": ["a river", "a bank"]}, index=pd.Index([7, 9], name="key")).to_parquet(path)
+    for out in (tmp_path / "o.parquet", tmp_path / "ds"):
+        code, err = _run(capsys, "embed", str(path), "--model", tiny_bert, "--id-column", "key", "--no-cache",
+                         "--quiet", "-o", str(out))
+        assert code == 0 and "Traceback" not in err, err
+        assert pd.read_parquet(out)["key"].tolist() == [7, 9]
+
+
+def test_integer_ids_with_a_null_stay_integers_in_every_part(tiny_bert, tmp_path, capsys):
+    """An int64 id column with a null is read by pandas as floats (2**60 + 1 no longer exact) and a chunk of
+    only null ids has no type: each part keeps the input's type, so the dataset reads back as one table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = [2**60 + 1, 2**60 + 2, None, None, 2**60 + 5, 2**60 + 6]
+    path = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": TEXTS}), path)
+    csv = tmp_path / "csv" / "ids.csv"
+    csv.parent.mkdir()
+    pd.DataFrame({"id": ["", "", "x3", "x4", "", "x6"], "text": TEXTS}).to_csv(csv, index=False)
+    base = ["--model", tiny_bert, "--id-column", "id", "--no-cache", "--quiet"]
+    for source, out in ((path, tmp_path / "ds"), (path, tmp_path / "o.parquet"), (csv, tmp_path / "csv_ds")):
+        code, err = _run(capsys, "embed", str(source), *base, "--chunk-rows", "2", "-o", str(out)) \
+            if out.suffix == "" else _run(capsys, "embed", str(source), *base, "-o", str(out))
+        assert code == 0, err
+        got = pd.read_parquet(out)  # every part of one type: readable as one table
+        assert len(got) == len(TEXTS)
+    table = pq.read_table(tmp_path / "o.parquet")
+    assert table.schema.field("id").type == pa.int64() and table.column("id").to_pylist() == ids
+    dataset = pq.read_table(tmp_path / "ds")
+    assert dataset.schema.field("id").type == pa.int64() and sorted(dataset.column("id").to_pylist(),
+                                                                     key=str) == sorted(ids, key=str)
+    assert pq.read_table(tmp_path / "csv_ds").schema.field("id").type == pa.string()
+
+
+def test_a_warning_is_one_line_of_the_commands_output(tiny_bert, tmp_path, capsys):
+    path = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["a river", "a bank"]}).to_csv(path, index=False)
+    code, err = _run(capsys, "embed", str(path), "--model", tiny_bert, "--no-cache", "--quiet", "--pooling", "cls",
+                     "--include-special-tokens", "-o", str(tmp_path / "o.npy"))
+    assert code == 0, err
+    assert "skbert: warning: include_special_tokens=True has no effect with pooling='cls'" in err
+    assert "UserWarning" not in err and ".py:" not in err
+
+
+def test_an_interrupt_before_the_run_starts_is_said_in_one_line(tiny_bert, table, tmp_path, capsys, monkeypatch):
+    from skbert import _cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli, "read_table", interrupted)
+    code, err = _run(capsys, "embed", str(table), "--model", tiny_bert, "-o", str(tmp_path / "o.npy"))
+    assert code == 130 and err.strip() == "skbert: interrupted"
+
+
+@pytest.mark.parametrize("column, layout, out", [("embedding", "list", "ds"), ("mean_layer3_0", "columns", "o.parquet"),
+                                                 ("mean_layer3_0", "both", "ds")])
+def test_an_id_column_named_as_the_embedding_is_an_error_before_any_work(tiny_bert, tmp_path, capsys, column, layout,
+                                                                          out):
+    path = tmp_path / "in.csv"
+    pd.DataFrame({column: ["x", "y"], "text": ["a river", "a bank"]}).to_csv(path, index=False)
+    code, err = _run(capsys, "embed", str(path), "--model", tiny_bert, "--id-column", column, "--layout", layout,
+                     "--no-cache", "--quiet", "-o", str(tmp_path / out))
+    assert code == 2 and f"the column {column!r} twice (an id column and the embedding's)" in err
+    assert not (tmp_path / out).exists()

@@ -336,3 +336,86 @@ def test_an_empty_id_cell_is_a_null_id_in_both_outputs(tiny_bert, tmp_path, caps
     code, err = _run(capsys, *base, "-o", tmp_path / "file.parquet")
     assert code == 0, err
     assert pq.read_table(tmp_path / "file.parquet").column("id").to_pylist() == ["007", None]
+
+
+def test_a_malformed_csv_row_is_an_error_in_a_dataset_as_in_a_file_output(tiny_bert, tmp_path, capsys):
+    """A row with an unquoted comma has a field too many: pandas' usecols would drop it without a word."""
+    path = tmp_path / "in.csv"
+    path.write_text("id,text\n1,a river\n2,a river, with a bank\n")
+    for out in ("o.parquet", "ds"):
+        code, err = _run(capsys, "embed", path, "--model", tiny_bert, "--id-column", "id", "--no-cache", "--quiet",
+                         "-o", tmp_path / out)
+        assert code == 2 and "Expected 2 fields in line 3, saw 3" in err
+    assert not (tmp_path / "ds").exists()  # a run that wrote nothing leaves no folder
+
+
+def test_tsv_cells_are_text_as_written_quotes_included(tiny_bert, tmp_path, capsys):
+    path = tmp_path / "in.tsv"
+    texts = ['"quoted start of a text', "second text", 'a 5" screen', "fourth"]
+    path.write_text("id\ttext\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(texts)))
+    code, err = _run(capsys, "embed", path, "--model", tiny_bert, "--id-column", "id", "--precision", "float32",
+                     "--no-cache", "--quiet", "-o", tmp_path / "ds")
+    assert code == 0, err
+    got = _read(tmp_path / "ds")
+    assert got["id"].tolist() == ["0", "1", "2", "3"]
+    assert_allclose(np.stack(got["embedding"].to_numpy()), _embed(tiny_bert, texts), rtol=1e-5, atol=1e-6)
+
+
+def test_a_compressed_csv_is_read_as_it_is(tiny_bert, tmp_path, capsys):
+    """The project's own data file, data/debian_descriptions.csv.gz, is an input as shipped."""
+    import gzip
+    from pathlib import Path
+
+    shipped = Path(__file__).parent.parent / "data" / "debian_descriptions.csv.gz"
+    frame = pd.read_csv(shipped, keep_default_na=False).head(30)
+    code, err = _run(capsys, "embed", shipped, "--model", tiny_bert, "--id-column", "package", "--max-length", "16",
+                     "--no-cache", "--quiet", "-o", tmp_path / "all.npy")
+    assert code == 0 and "2318 texts" in err, err
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with gzip.open(folder / "few.csv.gz", "wt") as file:
+        frame.to_csv(file, index=False)
+    code, err = _run(capsys, "embed", folder, "--model", tiny_bert, "--precision", "float32", "--max-length", "16",
+                     "--no-cache", "--quiet", "-o", tmp_path / "ds")
+    assert code == 0 and "30 rows" in err, err  # a directory's compressed files are inputs too
+    got = _read(tmp_path / "ds")
+    assert got["file"].tolist() == ["few.csv.gz"] * 30 and got["row"].tolist() == list(range(30))
+    assert_allclose(np.stack(got["embedding"].to_numpy()), _embed(tiny_bert, frame["text"].tolist(), max_length=16),
+                    rtol=1e-5, atol=1e-6)
+
+
+def test_the_default_ids_are_made_even_where_the_input_has_such_a_column(tiny_bert, tmp_path, capsys):
+    (tmp_path / "in.csv").write_text("text,row\na river,r\nthe bank,r\n")
+    code, err = _run(capsys, "embed", tmp_path / "in.csv", "--model", tiny_bert, "--no-cache", "--quiet",
+                     "-o", tmp_path / "ds")
+    assert code == 0, err
+    got = _read(tmp_path / "ds")
+    assert got["row"].tolist() == [0, 1] and got["file"].tolist() == ["in.csv", "in.csv"]  # the README's promise
+    code, err = _run(capsys, "embed", tmp_path / "in.csv", "--model", tiny_bert, "--id-column", "row", "--no-cache",
+                     "--quiet", "-o", tmp_path / "named")
+    assert code == 0 and _read(tmp_path / "named")["row"].tolist() == ["r", "r"]  # named: the input's own column
+
+
+def test_inputs_are_checked_whole_before_any_part_is_written(tiny_bert, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": pa.array([1, 2], pa.int64()), "text": ["a", "b"]}), folder / "a.parquet")
+    (folder / "b.csv").write_text("id,text\nx,c\n")
+    code, err = _run(capsys, "embed", folder, "--model", tiny_bert, "--id-column", "id", "--no-cache", "--quiet",
+                     "-o", tmp_path / "mixed")
+    assert code == 2 and "id column 'id' is int64 in" in err and "but string in" in err
+    assert not (tmp_path / "mixed").exists()
+    (folder / "b.csv").write_text("key,text\nx,c\n")  # a later file without the id column
+    code, err = _run(capsys, "embed", folder, "--model", tiny_bert, "--id-column", "id", "--no-cache", "--quiet",
+                     "-o", tmp_path / "late")
+    assert code == 2 and "id column 'id' is not in" in err and "b.csv" in err
+    assert not (tmp_path / "late").exists()  # found before a.parquet's part was written
+
+
+def test_a_dataset_of_only_rows_without_text_is_an_error_as_for_a_file(tiny_bert, tmp_path, capsys):
+    (tmp_path / "in.csv").write_text("id,text\n1,\n2,\n")
+    for out in ("ds", "o.parquet"):
+        code, err = _run(capsys, "embed", tmp_path / "in.csv", "--model", tiny_bert, "--on-null", "skip",
+                         "--no-cache", "--quiet", "-o", tmp_path / out)
+        assert code == 2 and "has no rows with text" in err
+    assert not (tmp_path / "ds").exists()
