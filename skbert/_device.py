@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
+from numbers import Integral
 
 import torch
 
@@ -23,14 +25,30 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-def use_torch_threads(threads: int | None) -> None:
-    """Give torch ``threads`` threads in the calling thread (None: leave it).
+@contextmanager
+def torch_threads(threads: int | None):
+    """Give torch ``threads`` threads in the calling thread while the block runs (None: leave it), then what it
+    had before.
 
     Dask starts worker processes with ``OMP_NUM_THREADS=1`` and runs tasks in their
-    own thread, where this is the setting that reaches torch.
+    own thread, where this is the setting that reaches torch; under Dask's local
+    schedulers the task runs in the caller's process, whose setting is given back.
     """
-    if threads:
-        torch.set_num_threads(int(threads))
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_threads(threads) -> None:
+    """``threads`` is None or a positive int (a ValueError otherwise)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, Integral) or threads < 1):
+        raise ValueError(f"threads={threads!r}: a positive int, or None to leave torch's setting as it is.")
 
 
 _FORKED = False

@@ -31,7 +31,7 @@ from ._openvino import converts_exactly
 from ._runtimes import choose_runtime, wanted_runtime
 from ._pooling import expand_pooling
 from ._report import call_report, progress_bar
-from ._settings import PARAMETER_CONSTRAINTS, fitted_settings, unused_parameters
+from ._settings import PARAMETER_CONSTRAINTS, check_no_booleans, fitted_settings, unused_parameters
 from ._source import StatisticsSource
 from ._spec import PoolingSpec
 from ._token_level import check_words, token_feature_names, token_records, word_vectors
@@ -273,6 +273,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         check_cache_location(self.cache)
         modes = expand_pooling(self.pooling)
         params = self.get_params()
+        check_no_booleans(params)
         for message in unused_parameters(params, modes):
             warn_user(message)
         loaded = self._load(refit=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from numbers import Integral
 
+import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import InvalidParameterError, Interval, StrOptions
 
 from ._batching import LONG_TEXT_STRATEGIES
 from ._device import PRECISIONS
@@ -40,6 +41,28 @@ PARAMETER_CONSTRAINTS: dict = {
     "cache_memory_bytes": [Interval(Integral, 0, None, closed="left")],
     "cache_disk_bytes": [Interval(Integral, 0, None, closed="left"), None],
 }
+
+
+#: The parameters that take integers, for which True and False are not numbers (Python counts a bool as an int,
+#: and so do the constraints: ``stride=True`` would be a stride of 1).
+INTEGER_PARAMETERS = tuple(
+    name for name, constraints in PARAMETER_CONSTRAINTS.items()
+    if any(c is Integral or (isinstance(c, Interval) and c.type is Integral) for c in constraints)
+)
+
+
+def check_no_booleans(params: dict) -> None:
+    """Refuse True or False for a parameter that takes an integer (``fit``, after scikit-learn's own checks).
+
+    Raises
+    ------
+    InvalidParameterError
+        A ``ValueError`` and a ``TypeError``, as scikit-learn's parameter errors are.
+    """
+    for name in INTEGER_PARAMETERS:
+        if isinstance(params[name], (bool, np.bool_)):
+            raise InvalidParameterError(f"The {name!r} parameter of BertEmbedder must be an int, not a bool; got "
+                                        f"{params[name]!r}.")
 
 
 def fitted_settings(params: dict, modes: tuple[str, ...], loaded: LoadedModel) -> dict:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ._columns import MADE_IDS, ColumnError, TextColumns
-from ._device import use_torch_threads
+from ._device import torch_threads
 from ._report import caller_reports_truncation
 from ._tables import TableError, accepted, column_types, file_columns, iter_chunks, table_kind
 
@@ -289,11 +289,10 @@ def embed_part(embedder, job: PartJob, options: Options) -> dict:
     """
     import pyarrow.parquet as pq
 
-    use_torch_threads(options.threads)
     frame = job.frame
     texts = options.columns.texts_of(frame)
     names = [str(name) for name in embedder.get_feature_names_out()]
-    with caller_reports_truncation():  # counted in the report, and said once for the run, not per part
+    with caller_reports_truncation(), torch_threads(options.threads):  # truncation: said once for the run
         X, report = embedder.transform_with_report(texts)
         X = np.asarray(X)  # an array whatever set_output says
     counts = {"encoded": report.n_encoded, "cache_hits": report.n_cache_hits, "truncated": report.n_truncated}

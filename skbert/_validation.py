@@ -23,7 +23,7 @@ def is_missing(item) -> bool:
     "NA", "null" or "None", is a text."""
     if item is None:
         return True
-    if isinstance(item, float):
+    if isinstance(item, (float, np.floating)):  # numpy's float32 NaN too
         return math.isnan(item)
     return type(item).__name__ in ("NAType", "NaTType")
 
@@ -32,7 +32,7 @@ def describe(item) -> str:
     """A value in an error message: ``missing (None)``, ``missing (NaN)``, ``an int (3)``..."""
     if item is None:
         return "missing (None)"
-    if isinstance(item, float) and math.isnan(item):
+    if isinstance(item, (float, np.floating)) and math.isnan(item):
         return "missing (NaN)"
     if is_missing(item):
         return f"missing ({item!r})"

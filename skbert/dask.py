@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ._columns import ColumnError, texts_in
-from ._device import use_torch_threads
+from ._device import check_threads, torch_threads
 
 
 def worker_environ() -> dict:
@@ -59,11 +59,27 @@ def worker_environ() -> dict:
 
 
 def _embed_partition(part, embedder, names, threads=None) -> pd.DataFrame:
-    use_torch_threads(threads)
     if len(part) == 0:
         return pd.DataFrame(np.empty((0, len(names)), np.float32), index=part.index, columns=names)
-    X = np.asarray(embedder.transform(part))  # an array whatever set_output says
+    with torch_threads(threads):
+        X = np.asarray(embedder.transform(part))  # an array whatever set_output says
     return pd.DataFrame(X, index=part.index, columns=names)
+
+
+def _empty_index(texts):
+    """The index of an empty partition like ``texts``' (a bag's ``to_dataframe`` makes a meta of one row)."""
+    return texts._meta.index[:0]
+
+
+def _check_pair_columns(texts, embedder) -> None:
+    """With ``pairs=True`` and a ``fit`` on a frame, the columns ``column=`` names must be those ``fit`` saw, in
+    order (said here, not by every task)."""
+    fitted = getattr(embedder, "feature_names_in_", None)
+    if getattr(texts, "ndim", 1) != 2 or fitted is None or list(texts.columns) == list(fitted):
+        return
+    raise ColumnError(f"column={list(texts.columns)!r} are not the columns fit saw, {list(fitted)!r}: the first is "
+                      f"side A and the second side B, so other or reordered columns would embed other pairs; pass "
+                      f"column={list(fitted)!r}.")
 
 
 def embed(data, embedder, column=None, threads=None):
@@ -98,6 +114,7 @@ def embed(data, embedder, column=None, threads=None):
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(embedder)
+    check_threads(threads)
     texts = texts_in(_dask_frame(data), column)
     if embedder.pairs != (getattr(texts, "ndim", 1) == 2):
         raise ColumnError(
@@ -105,8 +122,9 @@ def embed(data, embedder, column=None, threads=None):
             if embedder.pairs else
             f"column={column!r} names two columns (a sentence pair); the embedder needs pairs=True for that."
         )
+    _check_pair_columns(texts, embedder)
     names = [str(name) for name in embedder.get_feature_names_out()]
-    meta = pd.DataFrame(np.empty((0, len(names)), np.float32), columns=names, index=texts._meta.index)
+    meta = pd.DataFrame(np.empty((0, len(names)), np.float32), columns=names, index=_empty_index(texts))
     return texts.map_partitions(_embed_partition, embedder, names, threads, meta=meta)
 
 
@@ -120,10 +138,40 @@ def _dask_frame(data):
     return data
 
 
-def _predict_partition(part, pipeline, method, dtype, threads=None) -> pd.Series:
-    use_torch_threads(threads)
-    values = getattr(pipeline, method)(part) if len(part) else np.empty(0, dtype)
+def _predict_partition(part, pipeline, method, dtype, columns, threads=None):
+    if len(part) == 0:
+        values = np.empty((0,) if columns is None else (0, len(columns)), dtype)
+    else:
+        with torch_threads(threads):
+            values = np.asarray(getattr(pipeline, method)(part))
+    if columns is not None:
+        return pd.DataFrame(values, index=part.index, columns=columns, dtype=dtype)
+    if values.ndim != 1:
+        raise ValueError(f"the pipeline's {method} gave {values.shape[1:]} values per text, where "
+                         "skbert.dask.predict expected one for this method")
     return pd.Series(values, index=part.index, dtype=dtype, name=method)
+
+
+#: Methods that give a score per class: one column per class in ``classes_`` (decision_function only for more
+#: than two classes; for two it gives one score).
+_PER_CLASS = ("predict_proba", "predict_log_proba", "decision_function")
+
+
+def _class_columns(pipeline, method) -> list | None:
+    """The columns of a method that gives a value per class (the classes), or None for one value per text."""
+    if method not in _PER_CLASS:
+        return None
+    classes = getattr(pipeline, "classes_", None)
+    if classes is None:
+        raise ValueError(f"method={method!r} gives a value per class, but the pipeline has no classes_ to name them")
+    if method == "decision_function" and len(classes) == 2:
+        return None
+    return list(classes)
+
+
+def _first_step(pipeline):
+    steps = getattr(pipeline, "steps", None)
+    return steps[0][1] if steps else pipeline
 
 
 def predict(data, pipeline, column=None, method="predict", threads=None):
@@ -137,17 +185,38 @@ def predict(data, pipeline, column=None, method="predict", threads=None):
     column : str or list of two str, optional
         The text column of a frame, or its two columns (A, B) of sentence pairs.
     method : str, default="predict"
-        The pipeline's method giving one value per text.
+        The pipeline's method: ``"predict"`` (labels), or one that gives scores:
+        ``"predict_proba"``, ``"predict_log_proba"`` and ``"decision_function"``
+        give one column per class (``decision_function`` of two classes, one
+        score), any other one value per text.
     threads : int, optional
         Threads torch uses in each task, as for :func:`embed`.
 
     Returns
     -------
-    dask.dataframe.Series
-        One value per text, with the input's index and divisions.
+    dask.dataframe.Series or dask.dataframe.DataFrame
+        One value per text (a Series named after ``method``), or a frame of a
+        column per class, with the input's index and divisions.
+
+    Raises
+    ------
+    NotFittedError
+        For a pipeline that is not fitted (here, not in the tasks).
+    AttributeError
+        For a method the pipeline does not have.
     """
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(pipeline)
+    check_threads(threads)
     texts = texts_in(_dask_frame(data), column)
-    # predict gives labels (the classes' dtype); decision_function, predict_proba and the like give scores
+    if not hasattr(pipeline, method):
+        raise AttributeError(f"the pipeline has no method {method!r}")
+    _check_pair_columns(texts, _first_step(pipeline))
+    columns = _class_columns(pipeline, method)
+    # predict gives labels (the classes' dtype); the other methods give scores
     dtype = getattr(pipeline, "classes_", np.array([0.0])).dtype if method == "predict" else np.dtype(np.float64)
-    meta = pd.Series([], index=texts._meta.index, dtype=dtype, name=method)
-    return texts.map_partitions(_predict_partition, pipeline, method, dtype, threads, meta=meta)
+    index = _empty_index(texts)
+    meta = (pd.Series([], index=index, dtype=dtype, name=method) if columns is None else
+            pd.DataFrame(np.empty((0, len(columns)), dtype), index=index, columns=columns))
+    return texts.map_partitions(_predict_partition, pipeline, method, dtype, columns, threads, meta=meta)

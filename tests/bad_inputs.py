@@ -37,6 +37,8 @@ CASES = [
     ("an empty list", lambda: [], (ValueError, "holds no texts")),
     ("None among texts", lambda: ["ok", None], (ValueError, r"row 1 of X is missing \(None\)")),
     ("NaN among texts", lambda: ["ok", float("nan")], (ValueError, r"row 1 of X is missing \(NaN\)")),
+    ("numpy's float32 NaN among texts", lambda: ["ok", np.float32("nan")],
+     (ValueError, r"row 1 of X is missing \(NaN\)")),
     ("a number among texts", lambda: ["ok", 3], (ValueError, r"row 1 of X is an int \(3\)")),
     ("bytes among texts", lambda: ["ok", b"raw"], (ValueError, r"row 1 of X is a bytes")),
     ("a Series with None", lambda: pd.Series(["a", None], index=["x", "y"]),

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -264,8 +265,6 @@ def test_the_command_reaches_no_private_method_of_the_estimator():
 
 
 def test_truncation_is_said_in_the_summary_from_the_reports_not_warned(tiny_bert, tmp_path, capsys):
-    import warnings
-
     from transformers import AutoTokenizer
 
     texts = ["a river", "the river bank was muddy and the water ran", "money", "we sat at the bank of the river"]
@@ -361,8 +360,10 @@ def test_integer_ids_with_a_null_stay_integers_in_every_part(tiny_bert, tmp_path
 def test_a_warning_is_one_line_of_the_commands_output(tiny_bert, tmp_path, capsys):
     path = tmp_path / "in.csv"
     pd.DataFrame({"text": ["a river", "a bank"]}).to_csv(path, index=False)
-    code, err = _run(capsys, "embed", str(path), "--model", tiny_bert, "--no-cache", "--quiet", "--pooling", "cls",
-                     "--include-special-tokens", "-o", str(tmp_path / "o.npy"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # as a fresh process shows it, whatever ran before in this one
+        code, err = _run(capsys, "embed", str(path), "--model", tiny_bert, "--no-cache", "--quiet", "--pooling",
+                         "cls", "--include-special-tokens", "-o", str(tmp_path / "o.npy"))
     assert code == 0, err
     assert "skbert: warning: include_special_tokens=True has no effect with pooling='cls'" in err
     assert "UserWarning" not in err and ".py:" not in err

@@ -72,20 +72,33 @@ def test_two_columns_are_embedded_as_sentence_pairs(client, tiny_bert):
 
 
 def test_threads_gives_torch_its_share_of_cores_on_the_workers(client, tiny_bert):
-    """Dask starts workers with OMP_NUM_THREADS=1; threads= sets torch's threads in the tasks' thread."""
-    import torch
+    """Dask starts workers with OMP_NUM_THREADS=1; threads= sets torch's threads in the tasks' thread while a
+    partition is embedded."""
 
     def task_threads():
         return __import__("torch").get_num_threads()
 
+    def inside_a_task(threads):  # what torch has while a partition is embedded, and after
+        import numpy as np
+        import pandas as pd
+        import torch
+
+        from skbert.dask import _embed_partition
+
+        class Probe:
+            def transform(self, part):
+                return np.full((len(part), 1), torch.get_num_threads(), np.float32)
+
+        during = _embed_partition(pd.Series(["x"]), Probe(), ["n"], threads)
+        return int(during.iloc[0, 0]), torch.get_num_threads()
+
     addresses = list(client.scheduler_info()["workers"])
     assert {client.submit(task_threads, workers=[a], pure=False).result() for a in addresses} == {1}
+    assert {client.submit(inside_a_task, 2, workers=[a], pure=False).result() for a in addresses} == {(2, 1)}
     embedder = BertEmbedder(tiny_bert, device="cpu", precision="float32").fit(["a"])
     got = embed(dd.from_pandas(_series(), npartitions=4), embedder, threads=2).compute()
-    assert {client.submit(task_threads, workers=[a], pure=False).result() for a in addresses} == {2}
     assert_allclose(got.to_numpy(), embedder.transform(TEXTS), rtol=1e-5, atol=1e-6)
-    for address in addresses:  # leave the workers as found: one thread
-        client.submit(torch.set_num_threads, 1, workers=[address], pure=False).result()
+    assert {client.submit(task_threads, workers=[a], pure=False).result() for a in addresses} == {1}
 
 
 def test_each_worker_picks_its_own_gpu(client):
@@ -220,3 +233,83 @@ def test_dask_reads_a_frames_columns_as_the_command_reads_a_files(client, tiny_b
         embed(lazy, single, column=["q", "a"])
     with pytest.raises(ColumnError, match="column 'nope' is not among"):
         predict(lazy, single, column="nope")
+
+
+def test_a_bags_frame_is_embedded_and_predicted(tiny_bert):
+    """The TypeError for a bag says to_dataframe makes a frame; its meta is a row of the data, not empty."""
+    import dask.bag as db
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    texts = TEXTS[:8]
+    frame = db.from_sequence([{"text": t} for t in texts], npartitions=3).to_dataframe()
+    embedder = BertEmbedder(tiny_bert, device="cpu", precision="float32").fit(["a"])
+    want = BertEmbedder(tiny_bert, device="cpu", precision="float32", cache=None).fit_transform(texts)
+    for data, column in ((frame, "text"), (frame["text"], None)):
+        got = embed(data, embedder, column=column).compute(scheduler="sync")
+        assert_allclose(got.to_numpy(), want, rtol=1e-6, atol=1e-6)
+    pipe = make_pipeline(BertEmbedder(tiny_bert, device="cpu", precision="float32"), LogisticRegression(max_iter=200))
+    pipe.fit(texts, [i % 2 for i in range(len(texts))])
+    assert predict(frame, pipe, column="text").compute(scheduler="sync").tolist() == pipe.predict(texts).tolist()
+
+
+def test_scores_per_class_come_as_a_frame_of_a_column_per_class(tiny_bert):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    labels = np.array(["river", "money", "other"])[np.arange(len(TEXTS)) % 3]
+    pipe = make_pipeline(BertEmbedder(tiny_bert, device="cpu", precision="float32"), LogisticRegression(max_iter=200))
+    pipe.fit(TEXTS, labels)
+    data = dd.from_pandas(_series(), npartitions=3)
+    for method in ("predict_proba", "predict_log_proba", "decision_function"):
+        lazy = predict(data, pipe, method=method)
+        got = lazy.compute(scheduler="sync")
+        assert list(lazy.columns) == list(got.columns) == list(pipe.classes_)
+        assert got.index.tolist() == _series().index.tolist()
+        assert_allclose(got.to_numpy(), getattr(pipe, method)(TEXTS), rtol=1e-6, atol=1e-9)
+    pipe.fit(TEXTS, labels == "river")  # two classes: a probability per class, one decision score
+    assert predict(data, pipe, method="predict_proba").compute(scheduler="sync").shape == (len(TEXTS), 2)
+    assert predict(data, pipe, method="decision_function").compute(scheduler="sync").shape == (len(TEXTS),)
+
+
+def test_mistakes_are_found_before_any_task_runs(tiny_bert):
+    from sklearn.exceptions import NotFittedError
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    data = dd.from_pandas(_series(), npartitions=2)
+    pipe = make_pipeline(BertEmbedder(tiny_bert), LogisticRegression())
+    with pytest.raises(NotFittedError):
+        predict(data, pipe)
+    pipe.fit(TEXTS, np.arange(len(TEXTS)) % 2)
+    with pytest.raises(AttributeError, match="no method 'transform_all'"):
+        predict(data, pipe, method="transform_all")
+    for threads in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads="):
+            predict(data, pipe, threads=threads)
+        with pytest.raises(ValueError, match="threads="):
+            embed(data, pipe[0], threads=threads)
+    pairs = pd.DataFrame({"q": ["a river", "money"], "a": ["the bank", "a loan"]})
+    embedder = BertEmbedder(tiny_bert, pairs=True).fit(pairs)
+    with pytest.raises(ValueError, match=r"column=\['a', 'q'\] are not the columns fit saw, \['q', 'a'\]"):
+        embed(dd.from_pandas(pairs, npartitions=1), embedder, column=["a", "q"])
+
+
+def test_threads_under_a_local_scheduler_leave_the_callers_setting_as_it_was(tiny_bert):
+    import torch
+
+    before = torch.get_num_threads()
+    embedder = BertEmbedder(tiny_bert, device="cpu", precision="float32").fit(["a"])
+    seen = []
+    real = BertEmbedder.transform
+
+    def noting(self, X):
+        seen.append(torch.get_num_threads())
+        return real(self, X)
+
+    BertEmbedder.transform = noting
+    try:
+        embed(dd.from_pandas(_series(), npartitions=2), embedder, threads=before + 1).compute(scheduler="sync")
+    finally:
+        BertEmbedder.transform = real
+    assert seen == [before + 1, before + 1] and torch.get_num_threads() == before

@@ -42,3 +42,19 @@ def test_valid_inputs_come_back_as_lists_of_str():
     assert validate_texts(pd.DataFrame({"t": ["x", " "]})) == ["x", " "]
     assert validate_texts(np.array([["x"], ["y"]], dtype=object)) == ["x", "y"]
     assert validate_texts(iter(["a"])) == ["a"]
+
+
+@pytest.mark.parametrize("name, value", [("stride", True), ("stride", False), ("batch_size", True),
+                                         ("token_budget", True), ("layers", True), ("cache_memory_bytes", False),
+                                         ("cache_disk_bytes", True)])
+def test_a_bool_is_not_a_number_for_an_integer_parameter(tiny_bert, name, value):
+    """Python counts True as 1, and so do scikit-learn's interval constraints: stride=True was a stride of 1."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from skbert._settings import INTEGER_PARAMETERS
+
+    assert name in INTEGER_PARAMETERS
+    with pytest.raises(InvalidParameterError, match=f"The '{name}' parameter of BertEmbedder must be an int, not a "
+                       f"bool; got {value}"):
+        BertEmbedder(tiny_bert, long_text="chunk", **{name: value}).fit(["a"])
+    BertEmbedder(tiny_bert, long_text="chunk", **{name: 1 if name != "layers" else -1}).fit(["a"])  # an int is
