@@ -26,8 +26,8 @@ from ._validation import describe, is_missing
 
 #: What a row without text becomes: an error naming it, the empty text, or no row (counted).
 ON_NULL = ("error", "empty", "skip")
-#: The id columns a dataset output makes: the file a row came from (its path below the inputs' common
-#: folder) and the row's number in that file. By default always; where ``--id-column`` names one, only
+#: The id columns a dataset output makes: the file a row came from (its path below the input's folder:
+#: the directory given, a pattern's folder, a file's own) and the row's number in that file. By default always; where ``--id-column`` names one, only
 #: where the input has no column of that name.
 MADE_IDS = ("file", "row")
 #: How many of a table's columns an error lists.

@@ -102,8 +102,34 @@ def chunk_digest(frame, columns: list[str]) -> str:
     return digest.hexdigest()
 
 
+def input_root(spec: str, files: list[Path]) -> Path:
+    """The folder the ``file`` ids and part names are relative to: the directory an input names, a pattern's
+    folder (its part before the first wildcard), a file's own folder.
+
+    It depends on the input as given, not on the files found, so files added to a
+    corpus later leave the ids, and the parts, of the others as they were. Where a
+    file lies outside it (a pattern with ``..`` after a wildcard), the files' common folder.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        root = path
+    elif path.is_file():
+        root = path.parent
+    else:
+        fixed = []
+        for part in path.parts:
+            if any(ch in part for ch in "*?["):
+                break
+            fixed.append(part)
+        root = Path(*fixed) if fixed else Path(".")
+    root = root.resolve()
+    if all(p.resolve().is_relative_to(root) for p in files):
+        return root
+    return Path(os.path.commonpath([str(p.resolve().parent) for p in files]))
+
+
 def relative_name(path: Path, root: Path) -> str:
-    """A file's path below the inputs' common folder (the same however the input was spelt)."""
+    """A file's path below the input's folder (:func:`input_root`; the same however the input was spelt)."""
     resolved = path.resolve()
     return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else resolved.as_posix()
 
@@ -435,7 +461,7 @@ def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_r
 
 def _stream(embedder, spec, output, options, files, columns, chunk_rows, on_null, settings, client, progress):
     """:func:`stream_embed`'s work, once the inputs and the output folder are checked."""
-    root = Path(os.path.commonpath([str(p.resolve().parent) for p in files]))
+    root = input_root(spec, files)
     summary, expected = StreamSummary(), set()
     jobs = _jobs(columns, output, root, options, chunk_rows, on_null, settings, summary, expected)
 

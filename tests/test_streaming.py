@@ -419,3 +419,21 @@ def test_a_dataset_of_only_rows_without_text_is_an_error_as_for_a_file(tiny_bert
                          "--no-cache", "--quiet", "-o", tmp_path / out)
         assert code == 2 and "has no rows with text" in err
     assert not (tmp_path / "ds").exists()
+
+
+def test_files_added_to_a_corpus_leave_the_other_files_ids_and_parts_alone(tiny_bert, tmp_path, capsys):
+    """The file ids are relative to the folder given, not to the files found: a new subfolder redoes nothing."""
+    corpus = tmp_path / "corpus"
+    (corpus / "2025").mkdir(parents=True)
+    pq.write_table(pa.table({"text": ["a river", "a bank"]}), corpus / "2025" / "a.parquet")
+    base = ["--model", tiny_bert, "--no-cache", "--quiet", "-o", tmp_path / "ds"]
+    code, err = _run(capsys, "embed", corpus, *base)
+    assert code == 0 and "(0 already complete)" in err
+    assert _read(tmp_path / "ds")["file"].tolist() == ["2025/a.parquet"] * 2
+    (corpus / "2026").mkdir()
+    pq.write_table(pa.table({"text": ["money"]}), corpus / "2026" / "b.parquet")
+    code, err = _run(capsys, "embed", corpus, *base)
+    assert code == 0 and "3 rows in 2 parts (1 already complete)" in err and "removed" not in err
+    assert sorted(_read(tmp_path / "ds")["file"]) == ["2025/a.parquet", "2025/a.parquet", "2026/b.parquet"]
+    code, err = _run(capsys, "embed", str(corpus / "*" / "*.parquet"), *base)  # the same files by a pattern
+    assert code == 0 and "(2 already complete)" in err  # whose folder is corpus/ too: the same ids and parts
