@@ -309,9 +309,10 @@ def embed_dataset(args, output: Path) -> int:
     columns = _text_columns(args)
     # Dask starts workers with OMP_NUM_THREADS=1: local workers get their share of the cores for torch
     threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None
-    if not columns.ids and set(columns.texts) & set(MADE_IDS):
-        raise UserError(f"--column {columns.texts[0]!r}: the default id columns are {list(MADE_IDS)} (made: the "
-                        "file and the row number); name the id columns with --id-column")
+    for option, name in zip(("--column", "--pair-column"), columns.texts):
+        if not columns.ids and name in MADE_IDS:
+            raise UserError(f"{option} {name!r}: the default id columns are {list(MADE_IDS)} (made: the file and "
+                            "the row number); name the id columns with --id-column")
     made = () if columns.ids else MADE_IDS  # the default ids: made, whatever columns the input holds
     options = Options(list(columns.texts), list(columns.ids or MADE_IDS), args.layout or "list", threads, made)
     cache = Path(args.cache) if args.cache and not args.no_cache else None  # the parts are what resumes

@@ -27,8 +27,8 @@ from ._validation import describe, is_missing
 #: What a row without text becomes: an error naming it, the empty text, or no row (counted).
 ON_NULL = ("error", "empty", "skip")
 #: The id columns a dataset output makes: the file a row came from (its path below the input's folder:
-#: the directory given, a pattern's folder, a file's own) and the row's number in that file. By default always; where ``--id-column`` names one, only
-#: where the input has no column of that name.
+#: the directory given, a pattern's folder, a file's own) and the row's number in that file. By default
+#: always; where ``--id-column`` names one, only where the input has no column of that name.
 MADE_IDS = ("file", "row")
 #: How many of a table's columns an error lists.
 _LISTED = 20
@@ -156,22 +156,21 @@ class TextColumns:
             name = next(candidate for candidate in candidates if candidate not in frame.columns)
         return frame.rename_axis(name).reset_index(), replace(self, ids=(name,))
 
-    def with_made_ids(self, frame, available, *, first_row: int, file: str, always=()):
-        """A chunk with the :data:`MADE_IDS` columns the ids name and its file lacks (or that ``always`` names).
+    def with_made_ids(self, frame, made, *, first_row: int, file: str):
+        """A chunk with the :data:`MADE_IDS` columns ``made`` names (which ones a caller makes, rather than reads
+        from the file, is its own decision: :func:`skbert._streaming.made_for`).
 
         Parameters
         ----------
         frame : pandas.DataFrame
             A chunk of a file, indexed from 0.
-        available : sequence of str
-            The file's columns.
+        made : sequence of str
+            Of :data:`MADE_IDS`: ``"row"``, the row's number in its file, and
+            ``"file"``, ``file``.
         first_row : int
             The row number, in its file, of the chunk's first row.
         file : str
             The file, as the ``file`` column names it.
-        always : sequence of str, default=()
-            Made ids made whatever the file holds (the default ids: a column of the
-            input named "row" is not the row's number).
 
         Returns
         -------
@@ -179,9 +178,9 @@ class TextColumns:
         """
         import pandas as pd
 
-        if "row" in self.ids and ("row" not in available or "row" in always):
+        if "row" in made:
             frame["row"] = np.arange(first_row, first_row + len(frame), dtype=np.int64)
-        if "file" in self.ids and ("file" not in available or "file" in always):
+        if "file" in made:
             frame["file"] = pd.Series([file] * len(frame), dtype=object)
         return frame
 

@@ -249,6 +249,12 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         self.cache_memory_bytes = cache_memory_bytes
         self.cache_disk_bytes = cache_disk_bytes
 
+    def _validate_params(self):
+        """scikit-learn's checks of the parameters, then True and False refused where an integer is taken (``fit``
+        and ``fit_transform`` make them before they read X)."""
+        super()._validate_params()
+        check_no_booleans(self.get_params())
+
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Check the texts and parameters and load the model (nothing is learnt).
@@ -273,7 +279,6 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         check_cache_location(self.cache)
         modes = expand_pooling(self.pooling)
         params = self.get_params()
-        check_no_booleans(params)
         for message in unused_parameters(params, modes):
             warn_user(message)
         loaded = self._load(refit=True)

@@ -24,6 +24,7 @@ as one table.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -175,10 +176,10 @@ def id_table(frame, names: list[str], types: dict):
     arrays = []
     for name in names:
         values, wanted = frame[name].tolist(), types.get(name)
-        try:
-            arrays.append(pa.array(values, type=wanted))
+        try:  # from_pandas: a NaN is a null, as in pandas
+            arrays.append(pa.array(values, type=wanted, from_pandas=True))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # a type pa.array does not build from Python values
-            arrays.append(pa.array(values).cast(wanted))
+            arrays.append(pa.array(values, from_pandas=True).cast(wanted))
     return pa.Table.from_arrays(arrays, names=list(names))
 
 
@@ -283,27 +284,34 @@ class Options:
         return TextColumns(tuple(self.text_columns), tuple(self.id_columns))
 
 
-def part_settings(embedder, options: Options) -> str:
+#: How parts are written; a part written otherwise (before id columns kept their input's types: 2) is redone.
+PART_FORMAT = 2
+
+
+def part_settings(embedder, options: Options, types: dict | None = None) -> str:
     """What a part is made with: everything that changes its numbers or its columns.
 
     The estimator's :meth:`~skbert.BertEmbedder.numbers_digest` (the weights themselves,
     the device type and precision as resolved on this machine, the window, pooling...),
     so new weights in the same folder, or "auto" resolving to another precision, redo
-    every part; then which columns a part holds and how.
+    every part; then which columns a part holds and how (the id columns' types
+    included), and :data:`PART_FORMAT`.
 
     Parameters
     ----------
     embedder : BertEmbedder
         Fitted.
     options : Options
+    types : dict, optional
+        The id columns' Arrow types (:func:`id_types`).
 
     Returns
     -------
     str
         32 hexadecimal digits.
     """
-    described = json.dumps([embedder.numbers_digest(), options.text_columns, options.id_columns, options.layout],
-                           default=str)
+    described = json.dumps([PART_FORMAT, embedder.numbers_digest(), options.text_columns, options.id_columns,
+                            options.layout, {name: str(kind) for name, kind in (types or {}).items()}], default=str)
     return hashlib.blake2b(described.encode(), digest_size=16).hexdigest()
 
 
@@ -353,47 +361,57 @@ class StreamSummary:
     removed: int = 0
 
 
-def _made(options: Options, available) -> list[str]:
-    """The id columns made for a file (:data:`~skbert._columns.MADE_IDS`) rather than read from it."""
+def made_for(options: Options, available) -> list[str]:
+    """The id columns made for a file (of :data:`~skbert._columns.MADE_IDS`) rather than read from it: the default
+    ids always, a named one where the file has no column of that name."""
     return [c for c in options.id_columns if c in MADE_IDS and (c in options.made_ids or c not in available)]
 
 
-def _id_types(columns: dict, options: Options) -> dict:
-    """Each input file's id column types (file -> {column: Arrow type}), the same in every file.
+def id_types(columns: dict, options: Options) -> dict:
+    """The Arrow type of each id column (``columns``: input file -> its columns), one for every part: the input
+    files' types, unified as pyarrow reads such files back as one table (a string and a large string, an int32
+    and an int64).
 
     Raises
     ------
     ColumnError
-        For an id column of another type in another file (the parts would not read back as one table).
+        For id columns whose types do not unify (an integer in one file, a text in another).
     """
     import pyarrow as pa
 
     made = {"file": pa.string(), "row": pa.int64()}
-    types, first = {}, {}
+    schemas = []
     for path, available in columns.items():
-        built = {c: made[c] for c in _made(options, available)}
-        types[path] = {**column_types(path, [c for c in options.id_columns if c not in built]), **built}
-        for name, kind in types[path].items():
-            seen_in, seen = first.setdefault(name, (path, kind))
-            if seen != kind:
-                raise ColumnError(f"id column {name!r} is {seen} in {str(seen_in)!r} but {kind} in {str(path)!r}: "
-                                  "the parts would not read back as one table; give inputs whose id columns agree")
-    return types
+        built = made_for(options, available)
+        held = column_types(path, [c for c in options.id_columns if c not in built])
+        schemas.append((path, pa.schema([(c, held[c] if c in held else made[c]) for c in options.id_columns])))
+    try:
+        unified = pa.unify_schemas([schema for _, schema in schemas], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        for name in options.id_columns:  # name the column and two files that disagree
+            kinds = {}
+            for path, schema in schemas:
+                kinds.setdefault(str(schema.field(name).type), path)
+            if len(kinds) > 1:
+                (first, a), (second, b) = list(kinds.items())[:2]
+                raise ColumnError(f"id column {name!r} is {first} in {str(a)!r} but {second} in {str(b)!r}: the "
+                                  "parts would not read back as one table; give inputs whose id columns agree") from None
+        raise
+    return {name: unified.field(name).type for name in options.id_columns}
 
 
-def _jobs(columns: dict, output: Path, root: Path, options: Options, chunk_rows: int, on_null: str, settings: str,
-          summary: StreamSummary, expected: set):
+def _jobs(columns: dict, output: Path, root: Path, options: Options, types: dict, chunk_rows: int, on_null: str,
+          settings: str, summary: StreamSummary, expected: set):
     """Read every chunk of every file (``columns``: file -> its columns, each checked); yield the jobs whose parts
     are not already complete."""
     reader = options.columns
-    types = _id_types(columns, options)
     for path, available in columns.items():
-        made = _made(options, available)
+        made = made_for(options, available)
         read = [c for c in reader.texts + reader.ids if c not in made]
         start = 0
         for index, frame in enumerate(iter_chunks(path, list(dict.fromkeys(read)), chunk_rows)):
-            frame = reader.with_made_ids(frame.reset_index(drop=True), available, first_row=start,
-                                         file=relative_name(path, root), always=options.made_ids)
+            frame = reader.with_made_ids(frame.reset_index(drop=True), made, first_row=start,
+                                         file=relative_name(path, root))
             n_read = len(frame)
             frame, nulls = reader.apply_null_policy(frame, on_null, repr(str(path)), first_row=start)
             start += n_read
@@ -409,7 +427,7 @@ def _jobs(columns: dict, output: Path, root: Path, options: Options, chunk_rows:
             if part_is_complete(output / name, record):
                 summary.parts_skipped += 1
                 continue
-            yield PartJob(frame, str(output / name), record, types[path])
+            yield PartJob(frame, str(output / name), record, types)
 
 
 def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_rows: int = 10_000,
@@ -447,23 +465,26 @@ def stream_embed(embedder, spec: str, output: Path, options: Options, *, chunk_r
     for path, available in columns.items():  # and holding the columns, before any work starts
         options.columns.check_in(available, f"in {str(path)!r}", made=MADE_IDS)
     check_output_columns(options.id_columns, embedder.get_feature_names_out(), options.layout)
-    settings = part_settings(embedder, options) if settings is None else settings
+    types = id_types(columns, options)
+    settings = part_settings(embedder, options, types) if settings is None else settings
     made_output = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     try:
-        return _stream(embedder, spec, output, options, files, columns, chunk_rows, on_null, settings, client,
+        return _stream(embedder, spec, output, options, files, columns, types, chunk_rows, on_null, settings, client,
                        progress)
-    except (TableError, ColumnError):  # a run that wrote nothing leaves no folder behind
-        if made_output and not any(output.iterdir()):
-            output.rmdir()
+    except BaseException:  # a run that wrote nothing (an error, Ctrl-C) leaves no folder of its own behind
+        if made_output:
+            with contextlib.suppress(OSError):  # not empty (a part, a worker's file): kept
+                output.rmdir()
         raise
 
 
-def _stream(embedder, spec, output, options, files, columns, chunk_rows, on_null, settings, client, progress):
+def _stream(embedder, spec, output, options, files, columns, types, chunk_rows, on_null, settings, client,
+            progress):
     """:func:`stream_embed`'s work, once the inputs and the output folder are checked."""
     root = input_root(spec, files)
     summary, expected = StreamSummary(), set()
-    jobs = _jobs(columns, output, root, options, chunk_rows, on_null, settings, summary, expected)
+    jobs = _jobs(columns, output, root, options, types, chunk_rows, on_null, settings, summary, expected)
 
     def account(counts):
         summary.encoded += counts["encoded"]

@@ -3,8 +3,9 @@
 A file output (``-o FILE.parquet``, ``.npy``) reads a table whole, a dataset output
 (``-o DIRECTORY``) reads it in chunks: both go through :func:`read_table` /
 :func:`iter_chunks`, which read CSV and TSV the same way (every column as text:
-"NA", "null" and "None" are texts, and only an empty field is missing; in TSV a
-quote is a character like any other) and Parquet through pyarrow (a null is missing;
+"NA", "null" and "None" are texts, and only an empty field is missing; TSV quotes
+as CSV does, as pandas and spreadsheets write it: a field that opens with a quote
+runs to its closing quote) and Parquet through pyarrow (a null is missing;
 an integer column with nulls stays integers, not floats). CSV and TSV may be
 compressed (``.csv.gz``, ``.tsv.bz2``...: pandas reads them as they are). Which of a
 table's columns are texts and ids, and what a row without text becomes, is
@@ -14,7 +15,6 @@ column keeps in the output.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,9 +52,9 @@ def _kind(path: Path) -> str:
 
 
 def _text_options(kind: str) -> dict:
-    """pandas' reading options for a CSV or TSV file: the separator, and for TSV no quoting (its cells are text as
-    written, a quote included)."""
-    return {"sep": ",", **_CSV_OPTIONS} if kind == "csv" else {"sep": "\t", "quoting": csv.QUOTE_NONE, **_CSV_OPTIONS}
+    """pandas' reading options for a CSV or TSV file (TSV quotes as CSV does: pandas and spreadsheets quote a TSV
+    field that holds a tab, a line break or a leading quote)."""
+    return {"sep": "," if kind == "csv" else "\t", **_CSV_OPTIONS}
 
 
 def _nulls_as_none(frame):

@@ -101,7 +101,8 @@ def test_embed_to_npy_writes_the_ids_beside_it_and_a_rerun_hits_the_cache(tiny_b
          "the column 'doc' twice (an id column)"),
         (["embed", "{table}", "--id-column", "doc", "--id-column", "doc", "-o", "{dir}/ds"],
          "the column 'doc' twice (an id column)"),
-        (["embed", "{table}", "--column", "row", "-o", "{dir}/ds"], "the default id columns are ['file', 'row']"),
+        (["embed", "{table}", "--column", "row", "-o", "{dir}/ds"], "--column 'row': the default id columns are"),
+        (["embed", "{table}", "--pair-column", "file", "-o", "{dir}/ds"], "--pair-column 'file': the default id"),
     ],
 )
 def test_bad_input_gives_a_message_and_exit_status_2(tiny_bert, table, tmp_path, capsys, argv, message):
@@ -382,10 +383,15 @@ def test_an_interrupt_before_the_run_starts_is_said_in_one_line(tiny_bert, table
 
 @pytest.mark.parametrize("column, layout, out", [("embedding", "list", "ds"), ("mean_layer3_0", "columns", "o.parquet"),
                                                  ("mean_layer3_0", "both", "ds")])
-def test_an_id_column_named_as_the_embedding_is_an_error_before_any_work(tiny_bert, tmp_path, capsys, column, layout,
-                                                                          out):
+def test_an_id_column_named_as_the_embedding_is_an_error_before_any_work(tiny_bert, tmp_path, capsys, monkeypatch,
+                                                                          column, layout, out):
     path = tmp_path / "in.csv"
     pd.DataFrame({column: ["x", "y"], "text": ["a river", "a bank"]}).to_csv(path, index=False)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("texts were embedded before the columns were checked")
+
+    monkeypatch.setattr(BertEmbedder, "transform_with_report", no_work)
     code, err = _run(capsys, "embed", str(path), "--model", tiny_bert, "--id-column", column, "--layout", layout,
                      "--no-cache", "--quiet", "-o", str(tmp_path / out))
     assert code == 2 and f"the column {column!r} twice (an id column and the embedding's)" in err

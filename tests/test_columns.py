@@ -112,12 +112,18 @@ def test_the_index_becomes_the_id_where_no_id_column_is_named():
 
 
 def test_made_ids_number_rows_within_their_file():
+    from skbert._streaming import Options, made_for
+
     chunk = pd.DataFrame({"text": ["a", "b", "c"]})
-    got = TextColumns.named("text", ids=MADE_IDS).with_made_ids(chunk.copy(), ["text"], first_row=40, file="x/a.csv")
+    got = TextColumns.named("text", ids=MADE_IDS).with_made_ids(chunk.copy(), MADE_IDS, first_row=40, file="x/a.csv")
     assert got["row"].tolist() == [40, 41, 42] and got["file"].tolist() == ["x/a.csv"] * 3
     own = chunk.assign(row=["r1", "r2", "r3"])
-    got = TextColumns.named("text", ids=MADE_IDS).with_made_ids(own.copy(), ["text", "row"], first_row=40, file="f")
-    assert got["row"].tolist() == ["r1", "r2", "r3"]  # the file's own column is kept
+    named = Options(["text"], list(MADE_IDS))  # --id-column file --id-column row
+    assert made_for(named, ["text", "row"]) == ["file"]  # the file's own "row" column is read
+    got = TextColumns.named("text", ids=MADE_IDS).with_made_ids(own.copy(), ["file"], first_row=40, file="f")
+    assert got["row"].tolist() == ["r1", "r2", "r3"] and got["file"].tolist() == ["f"] * 3
+    default = Options(["text"], list(MADE_IDS), made_ids=MADE_IDS)  # no --id-column: both made, whatever the file has
+    assert made_for(default, ["text", "row", "file"]) == ["file", "row"]
 
 
 def test_texts_in_a_pandas_collection():

@@ -349,10 +349,11 @@ def test_a_malformed_csv_row_is_an_error_in_a_dataset_as_in_a_file_output(tiny_b
     assert not (tmp_path / "ds").exists()  # a run that wrote nothing leaves no folder
 
 
-def test_tsv_cells_are_text_as_written_quotes_included(tiny_bert, tmp_path, capsys):
+def test_a_tsv_written_by_pandas_reads_back_as_written(tiny_bert, tmp_path, capsys):
+    """pandas (and spreadsheets) quote a TSV field that holds a quote, a tab or a line break."""
     path = tmp_path / "in.tsv"
-    texts = ['"quoted start of a text', "second text", 'a 5" screen', "fourth"]
-    path.write_text("id\ttext\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(texts)))
+    texts = ['"quoted start" of a text', "a tab\there", 'a 5" screen', "two\nlines"]
+    pd.DataFrame({"id": ["0", "1", "2", "3"], "text": texts}).to_csv(path, sep="\t", index=False)
     code, err = _run(capsys, "embed", path, "--model", tiny_bert, "--id-column", "id", "--precision", "float32",
                      "--no-cache", "--quiet", "-o", tmp_path / "ds")
     assert code == 0, err
@@ -437,3 +438,37 @@ def test_files_added_to_a_corpus_leave_the_other_files_ids_and_parts_alone(tiny_
     assert sorted(_read(tmp_path / "ds")["file"]) == ["2025/a.parquet", "2025/a.parquet", "2026/b.parquet"]
     code, err = _run(capsys, "embed", str(corpus / "*" / "*.parquet"), *base)  # the same files by a pattern
     assert code == 0 and "(2 already complete)" in err  # whose folder is corpus/ too: the same ids and parts
+
+
+def test_id_types_that_pyarrow_unifies_are_one_type_and_a_null_float_id_is_null(tiny_bert, tmp_path, capsys):
+    """A string and a large string (pandas' and polars' Parquet) read back as one table: they are not refused."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": pa.array(["x", "y"], pa.string()), "text": ["a", "b"]}), folder / "a.parquet")
+    pq.write_table(pa.table({"id": pa.array(["z"], pa.large_string()), "text": ["c"]}), folder / "b.parquet")
+    code, err = _run(capsys, "embed", folder, "--model", tiny_bert, "--id-column", "id", "--no-cache", "--quiet",
+                     "-o", tmp_path / "ds")
+    assert code == 0, err
+    kinds = {pq.read_schema(part).field("id").type for part in (tmp_path / "ds").glob("part-*.parquet")}
+    assert kinds == {pa.large_string()} and sorted(_read(tmp_path / "ds")["id"]) == ["x", "y", "z"]
+    path = tmp_path / "floats.parquet"
+    pq.write_table(pa.table({"id": pa.array([1.5, None, 2.5]), "text": ["a", "b", "c"]}), path)
+    for out in ("floats_ds", "floats.parquet"):
+        code, err = _run(capsys, "embed", path, "--model", tiny_bert, "--id-column", "id", "--no-cache", "--quiet",
+                         "-o", tmp_path / out)
+        assert code == 0, err
+        assert pq.read_table(tmp_path / out).column("id").to_pylist() == [1.5, None, 2.5]  # a null, not NaN
+
+
+def test_parts_of_an_older_format_are_redone(tiny_bert, parquet_dir, tmp_path, capsys, monkeypatch):
+    from skbert import _streaming
+
+    base = ["embed", parquet_dir, "--model", tiny_bert, "--id-column", "doc", "--no-cache", "--quiet", "-o",
+            tmp_path / "ds"]
+    monkeypatch.setattr(_streaming, "PART_FORMAT", _streaming.PART_FORMAT - 1)
+    assert _run(capsys, *base)[0] == 0
+    monkeypatch.undo()
+    code, err = _run(capsys, *base)
+    assert code == 0 and "(0 already complete)" in err
+    code, err = _run(capsys, *base)
+    assert code == 0 and "0 already complete" not in err

@@ -57,4 +57,8 @@ def test_a_bool_is_not_a_number_for_an_integer_parameter(tiny_bert, name, value)
     with pytest.raises(InvalidParameterError, match=f"The '{name}' parameter of BertEmbedder must be an int, not a "
                        f"bool; got {value}"):
         BertEmbedder(tiny_bert, long_text="chunk", **{name: value}).fit(["a"])
+    read = []
+    with pytest.raises(InvalidParameterError, match=f"'{name}' parameter"):  # before X is read (an iterator)
+        BertEmbedder(tiny_bert, long_text="chunk", **{name: value}).fit_transform(read.append(t) or t for t in "ab")
+    assert read == []
     BertEmbedder(tiny_bert, long_text="chunk", **{name: 1 if name != "layers" else -1}).fit(["a"])  # an int is
