@@ -45,6 +45,10 @@ from ._warnings import warn_user
 _REPORTS = threading.local()
 
 
+#: The parameters ``fit`` chooses what runs by: changing them asks for a new ``fit``.
+RUNTIME_PARAMETERS = ("model_name", "revision", "device", "precision", "attention")
+
+
 class BertEmbedder(TransformerMixin, BaseEstimator):
     """Turn texts into contextual BERT embeddings, as a scikit-learn transformer.
 
@@ -276,6 +280,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         """``fit``'s work on ``texts``, what ``_read`` made of ``X`` (read once: ``X`` may be an iterator), with
         ``X``'s columns recorded."""
         self._record_columns(X)
+        self._runs_with = {name: getattr(self, name) for name in RUNTIME_PARAMETERS}
         check_cache_location(self.cache)
         modes = expand_pooling(self.pooling)
         params = self.get_params()
@@ -362,6 +367,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     def _embed(self, X):
         """The embeddings of ``X`` as an array, and the call's report."""
         check_is_fitted(self)
+        self._check_what_runs()
         texts = self._read(X)
         encoding = EncodingReport()
         spec = self._pooling()
@@ -411,6 +417,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         ([[0, 5], [5, 9], [9, 10]], (7, 384))
         """
         check_is_fitted(self)
+        self._check_what_runs()
         texts = self._read(X)
         index = X.index if hasattr(X, "iloc") else None  # pandas input: its row labels become text ids
         return TokenEmbeddings(self._token_records(texts), self._token_feature_names(), index)
@@ -446,6 +453,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         (2, 384)
         """
         check_is_fitted(self)
+        self._check_what_runs()
         if self.pairs:
             raise ValueError(
                 "embed_words takes single texts, and this estimator reads sentence pairs (pairs=True); "
@@ -600,6 +608,18 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                       "CPU (one without int8 dot-product instructions, or a busy machine); int8_check_.speedup has "
                       "the figure. It runs as asked.")
         return check
+
+    def _check_what_runs(self) -> None:
+        """Refuse to run with a model, device, precision or attention other than ``fit`` chose its runtime for
+        (``set_params`` after ``fit``): the fitted attributes would describe another run."""
+        fitted = getattr(self, "_runs_with", None)  # None: a pickle made before this was recorded
+        if fitted is None:
+            return
+        changed = [f"{name}={getattr(self, name)!r} (fit: {value!r})" for name, value in fitted.items()
+                   if getattr(self, name) != value]
+        if changed:
+            raise ValueError(f"{', '.join(changed)}: what runs the model is chosen at fit (runtime_, precision_, "
+                             "int8_check_); call fit again after changing these.")
 
     def _read(self, X, reset: bool = False) -> list:
         """The input's texts (or, with ``pairs=True``, its (A, B) pairs), checked, in order; unless ``reset``

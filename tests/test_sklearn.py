@@ -231,3 +231,18 @@ def test_column_transformer_with_a_scalar_text_column(tiny_bert):
     assert named.columns[0] == "bert__mean_layer3_0" and named.columns[-1] == "num__length"
     pipe = make_pipeline(columns, LogisticRegression(max_iter=200)).fit(frame, y)
     assert pipe.score(frame, y) >= 0.5
+
+
+@pytest.mark.parametrize("change", [dict(precision="float32"), dict(attention="packed"), dict(device="cpu")])
+def test_what_runs_changed_after_fit_asks_for_a_new_fit(tiny_bert, texts, change):
+    """runtime_ and precision_ are chosen at fit: a transform after set_params(precision=...) ran the new precision
+    while they still named the old one."""
+    embedder = BertEmbedder(tiny_bert, precision="bfloat16", attention="padded", device="auto").fit(texts)
+    embedder.set_params(**change)
+    for call in (embedder.transform, embedder.transform_tokens):
+        with pytest.raises(ValueError, match=f"{next(iter(change))}=.*call fit again"):
+            call(texts)
+    embedder.fit(texts)
+    assert embedder.transform(texts).shape[0] == len(texts)
+    embedder.set_params(normalize=True, pooling="max", show_progress=True)  # read at transform: no new fit needed
+    assert embedder.transform(texts).shape[0] == len(texts)
