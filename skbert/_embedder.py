@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 
@@ -169,6 +170,9 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         ``"packed"`` (``SKBERT_RUNTIME=torch`` in the environment keeps torch); torch
         eager otherwise. An unpickled estimator names the runtime of the machine it
         was unpickled on (as do ``device_`` and ``precision_`` with ``device="auto"``).
+        It is what ``fit`` chose: a network that fails while running warns and hands
+        that call and every later one in the process to torch, which ``runtime_``
+        does not follow (``numbers_digest`` does, and the cache keeps the two apart).
     runtime_setup_s_ : float
         Seconds this ``fit`` spent converting and compiling the model for the runtime
         (OpenVINO: about 1.5 s for MiniLM, 3.5 s for bert-base, once per process and
@@ -286,6 +290,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         params = self.get_params()
         for message in unused_parameters(params, modes):
             warn_user(message)
+        self._int8_as_auto = False
         loaded = self._load(refit=True)
         for name, value in fitted_settings(params, modes, loaded).items():
             setattr(self, name, value)
@@ -293,10 +298,16 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         self.int8_check_ = self._check_int8(loaded, None if self.pairs else texts,
                                            self._pooling().request if self.precision == "int8" else None)
         runtime = choose_runtime(loaded, self.precision, self.attention, self.int8_check_)  # converts and compiles, once
+        if self.precision == "int8" and not loaded.quantized and runtime.name == "torch":
+            self._int8_as_auto = True  # int8 not used, and torch runs the model: as "auto" runs it, in its precision
+            loaded = self._load(refit=True)
+            runtime = choose_runtime(loaded, "auto", self.attention)
         self.runtime_ = runtime.name
         self._openvino_exact = converts_exactly(loaded.model.config)  # what unpickling needs to name runtime_
         self.runtime_setup_s_ = time.perf_counter() - start
-        if self.precision == "int8" and not loaded.quantized:  # what runs: int8, or what its failed check fell back to
+        if self._int8_as_auto:
+            self.precision_ = str(resolve_dtype("auto", loaded.device)).removeprefix("torch.")
+        elif self.precision == "int8" and not loaded.quantized:  # what runs: int8, or what its failed check gave
             self.precision_ = "int8" if runtime.key.startswith("openvino-int8") else (
                 "bfloat16" if runtime.name == "openvino" and _device.cpu_has_native_bf16() else "float32")
         if self.cache is not None:
@@ -388,8 +399,9 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     def transform_tokens(self, X) -> TokenEmbeddings:
         """Embed every token of each text, in context.
 
-        Uses the fitted ``layers`` and ``layer_aggregation``; ``pooling`` and
-        ``normalize`` do not apply. Under ``long_text="truncate"`` or
+        Uses the fitted ``layers`` and ``layer_aggregation``; ``pooling``,
+        ``normalize`` and ``include_special_tokens`` do not apply: the special
+        tokens always come back, marked in ``.special_mask``. Under ``long_text="truncate"`` or
         ``"head_tail"`` only the kept tokens come back; under ``"chunk"`` every
         token does, with its vector from the window where it has the most context.
 
@@ -582,7 +594,10 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                                   "precision='auto' would (precision_ says what runs; its rows differ from the int8 "
                                   "ones by int8's rounding). pip install 'skbert[int8]' to run int8 here.")
                     self.runtime_ = wanted_runtime("auto", self.attention, on) if exact else "torch"
-                    self.precision_ = "bfloat16" if self.runtime_ == "openvino" and _device.cpu_has_native_bf16() else "float32"
+                    self._int8_as_auto = self.runtime_ == "torch"  # torch loads the model as "auto" does
+                    self.precision_ = ("bfloat16" if _device.cpu_has_native_bf16() else "float32") if (
+                        self.runtime_ == "openvino") else str(resolve_dtype("auto", resolve_device(
+                            self.device_, "auto"))).removeprefix("torch.")
 
     # -- what every method reaches the work through --------------------------------------
 
@@ -593,9 +608,11 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         if self.precision != "int8":
             return None
         if loaded.quantized:
-            warn_user("precision='int8' without OpenVINO and NNCF is torch's dynamic int8 of the Linear layers: "
-                      "slower than bfloat16 on CPUs that have it and further from float32 (lowest cosine 0.977 on "
-                      "MiniLM). pip install 'skbert[int8]' for int8 calibrated and checked at fit.")
+            why = ("SKBERT_RUNTIME=torch keeps OpenVINO and NNCF out, so precision='int8'"
+                   if os.environ.get("SKBERT_RUNTIME") == "torch" else "precision='int8' without OpenVINO and NNCF")
+            warn_user(f"{why} is torch's dynamic int8 of the Linear layers: slower than bfloat16 on CPUs that have it "
+                      "and further from float32 (lowest cosine 0.977 on MiniLM). pip install 'skbert[int8]' (and "
+                      "leave SKBERT_RUNTIME unset) for int8 calibrated and checked at fit.")
             return None
         check = _int8.calibrate(loaded, _int8.calibration_for(texts, self.max_length_),
                                 depth=loaded.reads(request.layers, request.pooler))
@@ -654,7 +671,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         process forked after CUDA ran, the device is chosen again (``"auto"``: the CPU)."""
         chosen = not refit and self._device_is_chosen() and getattr(self, "device_", None) is not None
         device = resolve_device(self.device_ if chosen and not cuda_lost_to_fork() else self.device, self.precision)
-        dtype = resolve_dtype(self.precision, device)
+        dtype = resolve_dtype("auto" if getattr(self, "_int8_as_auto", False) else self.precision, device)
         return load_model(self.model_name, self.revision, device, dtype,
                           quantize=self._dynamic_int8(refit))
 

@@ -190,8 +190,10 @@ def network(loaded, depth: int | None):
             compiled = convert(loaded.view(stop), loaded.has_token_types, bf16=cpu_has_native_bf16())
         except Exception as error:  # not installed after all, a model it cannot convert, a CPU it cannot use
             state.failed.add(stop)
+            where = ("it runs in torch instead" if stop == loaded.n_layers else
+                     "a call that stops there runs the whole model's network instead (or torch, where that fails)")
             warn_user(f"skbert could not run this model through OpenVINO ({type(error).__name__}: "
-                      f"{str(error)[:200]}); it runs in torch instead. Results are not affected.")
+                      f"{str(error)[:200]}); {where}. Results are not affected.")
             return None
         state.networks[stop] = compiled
         cuts = [key for key in state.networks if key != loaded.n_layers]

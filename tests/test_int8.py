@@ -198,6 +198,9 @@ def test_int8_without_nncf_is_torch_dynamic_int8_with_a_warning(tiny_bert, monke
     assert embedder._load().quantized
     full = BertEmbedder(tiny_bert, device="cpu", precision="float32", cache=None).fit_transform(TEXTS)
     assert _cosine(embedder.transform(TEXTS), full).min() > 0.98
+    monkeypatch.setenv("SKBERT_RUNTIME", "torch")  # NNCF installed or not: the warning names the real cause
+    with pytest.warns(UserWarning, match="SKBERT_RUNTIME=torch keeps OpenVINO and NNCF out, so precision='int8' is"):
+        BertEmbedder(tiny_bert, device="cpu", precision="int8", cache=None).fit(TEXTS)
 
 
 def test_an_estimator_fitted_without_nncf_keeps_torch_int8_where_it_is(tiny_bert, nncf_on, monkeypatch):
@@ -270,10 +273,15 @@ def test_a_refit_on_the_same_texts_reuses_the_check_and_other_texts_quantise_aga
     assert len(made) == 4 and first.int8_check_.calibration.digest not in loaded.derived.int8_failed
 
 
-def test_int8_on_a_family_that_runs_on_torch_is_not_quantised_and_runs_as_auto(tmp_path, nncf_on, monkeypatch):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_int8_on_a_family_that_runs_on_torch_is_not_quantised_and_runs_as_auto(tmp_path, nncf_on, monkeypatch, bf16):
     """ModernBERT (attention within local windows) never runs on OpenVINO: fit says int8 was not used without
-    spending a quantisation on it, runs as "auto" does (torch), and an unpickled copy names torch too."""
+    spending a quantisation on it, runs as "auto" does (torch, in auto's precision: bfloat16 on a CPU that has it,
+    not the float32 int8 loads for its calibration), and an unpickled copy does too."""
     from families import FAMILIES, write_family
+
+    monkeypatch.setattr("skbert._device.cpu_has_native_bf16", lambda: bf16)
+    want = "bfloat16" if bf16 else "float32"
 
     (family,) = [f for f in FAMILIES if f.name == "modernbert"]
     path = write_family(tmp_path / "modernbert", family, layers=2)
@@ -283,10 +291,11 @@ def test_int8_on_a_family_that_runs_on_torch_is_not_quantised_and_runs_as_auto(t
         embedder = BertEmbedder(path, precision="int8", cache=None).fit(TEXTS)
     assert not called and not embedder.int8_check_.passed and embedder.int8_check_.min_cosine is None
     auto = BertEmbedder(path, cache=None).fit(TEXTS)
-    assert (embedder.precision_, embedder.runtime_) == (auto.precision_, auto.runtime_) == ("float32", "torch")
+    assert (embedder.precision_, embedder.runtime_) == (auto.precision_, auto.runtime_) == (want, "torch")
     np.testing.assert_allclose(embedder.transform(TEXTS), auto.transform(TEXTS), rtol=0, atol=0)
     restored = pickle.loads(pickle.dumps(embedder))
-    assert (restored.precision_, restored.runtime_) == ("float32", "torch")
+    assert (restored.precision_, restored.runtime_) == (want, "torch")
+    np.testing.assert_allclose(restored.transform(TEXTS), auto.transform(TEXTS), rtol=0, atol=0)
 
 
 def test_int8_cache_key_names_the_toolchain(tiny_bert, nncf_on):
