@@ -63,14 +63,24 @@ def _nulls_as_none(frame):
     return frame.astype(object).where(frame.notna(), None)
 
 
+def _range_indexes(schema) -> dict:
+    """A Parquet file's named pandas RangeIndex levels, which pandas stores as metadata, not as columns: name ->
+    (start, step)."""
+    described = (schema.pandas_metadata or {}).get("index_columns", [])
+    return {d["name"]: (d["start"], d["step"]) for d in described
+            if isinstance(d, dict) and d.get("kind") == "range" and d.get("name") is not None}
+
+
 def file_columns(path: Path) -> list[str]:
-    """The columns of a file, read from its header or footer only (an unreadable file is an error)."""
+    """The columns of a file, read from its header or footer only (an unreadable file is an error); a Parquet
+    file's named pandas index among them, also a RangeIndex that pandas stored as metadata."""
     kind = _kind(path)
     try:
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            return list(pq.ParquetFile(path).schema_arrow.names)
+            schema = pq.ParquetFile(path).schema_arrow
+            return list(schema.names) + [name for name in _range_indexes(schema) if name not in schema.names]
         import pandas as pd
 
         return list(pd.read_csv(path, nrows=0, **_text_options(kind)).columns)
@@ -95,7 +105,9 @@ def column_types(path: Path, columns) -> dict:
     import pyarrow.parquet as pq
 
     schema = pq.ParquetFile(path).schema_arrow
-    return {name: schema.field(name).type for name in columns if name in schema.names}
+    ranges = _range_indexes(schema)
+    return {name: schema.field(name).type if name in schema.names else pa.int64() for name in columns
+            if name in schema.names or name in ranges}
 
 
 def read_table(path: Path, columns=()):
@@ -137,6 +149,7 @@ def iter_chunks(path: Path, columns: list[str], chunk_rows: int) -> Iterator:
     Parquet file's stored pandas index is a column like the others); every chunk of
     a CSV file has the same types.
     """
+    import numpy as np
     import pandas as pd
 
     kind = _kind(path)
@@ -144,8 +157,17 @@ def iter_chunks(path: Path, columns: list[str], chunk_rows: int) -> Iterator:
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
-                yield batch.to_pandas(integer_object_nulls=True, ignore_metadata=True)
+            file = pq.ParquetFile(path)
+            ranges = {name: r for name, r in _range_indexes(file.schema_arrow).items()
+                      if name in columns and name not in file.schema_arrow.names}
+            stored = [name for name in columns if name not in ranges]
+            first = 0
+            for batch in file.iter_batches(batch_size=chunk_rows, columns=stored):
+                frame = batch.to_pandas(integer_object_nulls=True, ignore_metadata=True)
+                for name, (start, step) in ranges.items():  # a RangeIndex's values, as pandas would read them
+                    frame[name] = start + step * np.arange(first, first + len(frame), dtype=np.int64)
+                first += len(frame)
+                yield frame[columns]
             return
         # every column read (pandas' usecols would drop a malformed row's extra fields without a word)
         for frame in pd.read_csv(path, chunksize=chunk_rows, **_text_options(kind)):

@@ -321,14 +321,17 @@ def test_an_upper_case_npy_suffix_is_an_npy_file(tiny_bert, table, tmp_path, cap
     assert not (tmp_path / "emb.NPY.npy").exists()
 
 
-def test_a_parquet_files_named_pandas_index_can_be_the_id_column(tiny_bert, tmp_path, capsys):
+@pytest.mark.parametrize("index, want", [(pd.Index([7, 9], name="key"), [7, 9]),
+                                         (pd.RangeIndex(10, 14, 2, name="key"), [10, 12])])
+def test_a_parquet_files_named_pandas_index_can_be_the_id_column(tiny_bert, tmp_path, capsys, index, want):
+    """A RangeIndex is stored as metadata, not as a column; any other index as a column."""
     path = tmp_path / "keyed.parquet"
-    pd.DataFrame({"text": ["a river", "a bank"]}, index=pd.Index([7, 9], name="key")).to_parquet(path)
-    for out in (tmp_path / "o.parquet", tmp_path / "ds"):
+    pd.DataFrame({"text": ["a river", "a bank"]}, index=index).to_parquet(path)
+    for out, more in ((tmp_path / "o.parquet", []), (tmp_path / "ds", ["--chunk-rows", "1"])):
         code, err = _run(capsys, "embed", str(path), "--model", tiny_bert, "--id-column", "key", "--no-cache",
-                         "--quiet", "-o", str(out))
+                         "--quiet", *more, "-o", str(out))
         assert code == 0 and "Traceback" not in err, err
-        assert pd.read_parquet(out)["key"].tolist() == [7, 9]
+        assert pd.read_parquet(out)["key"].tolist() == want
 
 
 def test_integer_ids_with_a_null_stay_integers_in_every_part(tiny_bert, tmp_path, capsys):
