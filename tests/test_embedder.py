@@ -173,7 +173,7 @@ def test_accepted_containers_give_the_same_rows(tiny_bert, texts, container):
         ({"layers": (1, 1)}, "more than once"),
         ({"layers": ()}, "non-empty"),
         ({"layers": (1, "x")}, "'x' is not an int"),
-        ({"layers": True}, "expected an int"),
+        ({"layers": True}, "must be an int, not a bool"),
         ({"pooling": ("mean", "median")}, "'median' is not one of"),
         ({"pooling": ("mean", "mean_max")}, "same mode more than once"),
         ({"pooling": "pooler", "layers": -2}, "last layer only"),
