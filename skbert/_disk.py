@@ -338,7 +338,15 @@ class DiskTier:
         with self._pending_lock:
             for row, key in enumerate(block.keys):
                 self._pending[key] = (block, row)
-        self._queue.put(block)
+        try:
+            self._queue.put(block)
+        except BaseException:  # interrupted while the queue was full: never queued, so neither pending nor stored
+            with self._pending_lock:
+                for key in block.keys:
+                    if self._pending.get(key, (None,))[0] is block:
+                        del self._pending[key]
+            block.on_disk = False
+            raise
 
     def flush(self) -> None:
         """Wait until everything queued so far is committed (or the writer has failed)."""

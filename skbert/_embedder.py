@@ -129,7 +129,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
     revision : str or None, default=None
         Hub revision of ``model_name`` (bypasses offline packages).
     show_progress : bool, default=False
-        A progress bar over texts, once a call has run for a second.
+        A progress bar over the call's distinct texts, once a call has run for a second.
     cache : "memory", path-like or None, default="memory"
         Where encoded texts are kept, so any pooling, layers or normalize setting is
         served without encoding again. ``"memory"``: this process, spilling what

@@ -915,3 +915,28 @@ def test_hits_on_entries_of_different_depths_in_one_call(tiny_bert):
     assert report.n_cache_hits == 4
     want = BertEmbedder(tiny_bert, layers=1, cache=None, **params).fit(["a"]).transform(shallow + deep)
     assert_allclose(got, want, rtol=1e-3, atol=1e-3)  # float16 entries
+
+
+def test_a_write_interrupted_while_the_queue_is_full_is_neither_pending_nor_lost(tmp_path):
+    """Ctrl-C while a transform waits on a full writer queue: the block was never queued, so the process must
+    not serve its keys as stored (they would never reach the database); written again, they are stored."""
+    from skbert._disk import DiskTier
+
+    tier = DiskTier(tmp_path, 10**9)
+    real_put = tier._queue.put
+
+    def interrupted(item, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    block = _block([b"k" * 16, b"j" * 16])
+    tier._queue.put = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        tier.write(block)
+    assert tier.get_many([b"k" * 16, b"j" * 16]) == {} and not block.on_disk
+    tier._queue.put = real_put
+    tier.write(block)
+    tier.flush()
+    fresh = DiskTier(tmp_path, 10**9)
+    assert set(fresh.get_many([b"k" * 16, b"j" * 16])) == {b"k" * 16, b"j" * 16}
+    tier.close()
+    fresh.close()
