@@ -23,7 +23,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils.validation import check_is_fitted
 
 from ._cache import check_cache_location, store_for
-from . import _device, _int8
+from . import _int8
 from ._device import cuda_lost_to_fork, resolve_device, resolve_dtype
 from ._encoding import TOTALS, EncodingReport
 from ._models import LoadedModel, load_model
@@ -48,6 +48,12 @@ _REPORTS = threading.local()
 
 #: The parameters ``fit`` chooses what runs by: changing them asks for a new ``fit``.
 RUNTIME_PARAMETERS = ("model_name", "revision", "device", "precision", "attention")
+
+
+def _auto_on_the_cpu() -> str:
+    """What ``precision="auto"`` computes in on this CPU, torch or OpenVINO alike: bfloat16 where it multiplies it
+    natively, else float32 (where ``"int8"`` runs when its check failed)."""
+    return str(resolve_dtype("auto", resolve_device("cpu", "auto"))).removeprefix("torch.")
 
 
 class BertEmbedder(TransformerMixin, BaseEstimator):
@@ -305,11 +311,8 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         self.runtime_ = runtime.name
         self._openvino_exact = converts_exactly(loaded.model.config)  # what unpickling needs to name runtime_
         self.runtime_setup_s_ = time.perf_counter() - start
-        if self._int8_as_auto:
-            self.precision_ = str(resolve_dtype("auto", loaded.device)).removeprefix("torch.")
-        elif self.precision == "int8" and not loaded.quantized:  # what runs: int8, or what its failed check gave
-            self.precision_ = "int8" if runtime.key.startswith("openvino-int8") else (
-                "bfloat16" if runtime.name == "openvino" and _device.cpu_has_native_bf16() else "float32")
+        if self.precision == "int8" and not loaded.quantized:  # what runs: int8, or "auto" where its check failed
+            self.precision_ = "int8" if runtime.key.startswith("openvino-int8") else _auto_on_the_cpu()
         if self.cache is not None:
             loaded.fingerprint()  # the cache's keys need it: computed once per process, with the loading
         return self
@@ -377,8 +380,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
 
     def _embed(self, X):
         """The embeddings of ``X`` as an array, and the call's report."""
-        check_is_fitted(self)
-        self._check_what_runs()
+        self._check_fitted()
         texts = self._read(X)
         encoding = EncodingReport()
         spec = self._pooling()
@@ -428,8 +430,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         >>> record.offsets[1:4].tolist(), record.vectors.shape
         ([[0, 5], [5, 9], [9, 10]], (7, 384))
         """
-        check_is_fitted(self)
-        self._check_what_runs()
+        self._check_fitted()
         texts = self._read(X)
         index = X.index if hasattr(X, "iloc") else None  # pandas input: its row labels become text ids
         return TokenEmbeddings(self._token_records(texts), self._token_feature_names(), index)
@@ -464,8 +465,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
         >>> embedder.embed_words(["The river bank flooded.", "I paid at the bank."], ["bank", "bank"]).shape
         (2, 384)
         """
-        check_is_fitted(self)
-        self._check_what_runs()
+        self._check_fitted()
         if self.pairs:
             raise ValueError(
                 "embed_words takes single texts, and this estimator reads sentence pairs (pairs=True); "
@@ -578,7 +578,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                 if self.precision != "int8":
                     self.precision_ = str(resolve_dtype(self.precision, device)).removeprefix("torch.")
         elif self.precision == "auto" and self.device_ == "cpu":  # a CPU of its own: bfloat16 where it has it
-            self.precision_ = str(resolve_dtype("auto", resolve_device("cpu", "auto"))).removeprefix("torch.")
+            self.precision_ = _auto_on_the_cpu()
         if "runtime_" in state:
             on = self.device_.split(":")[0]  # "cpu", "cuda:1" -> its type
             exact = state.get("_openvino_exact", True)  # False: a family that runs on torch everywhere
@@ -595,9 +595,7 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                                   "ones by int8's rounding). pip install 'skbert[int8]' to run int8 here.")
                     self.runtime_ = wanted_runtime("auto", self.attention, on) if exact else "torch"
                     self._int8_as_auto = self.runtime_ == "torch"  # torch loads the model as "auto" does
-                    self.precision_ = ("bfloat16" if _device.cpu_has_native_bf16() else "float32") if (
-                        self.runtime_ == "openvino") else str(resolve_dtype("auto", resolve_device(
-                            self.device_, "auto"))).removeprefix("torch.")
+                    self.precision_ = _auto_on_the_cpu()
 
     # -- what every method reaches the work through --------------------------------------
 
@@ -626,9 +624,10 @@ class BertEmbedder(TransformerMixin, BaseEstimator):
                       "the figure. It runs as asked.")
         return check
 
-    def _check_what_runs(self) -> None:
-        """Refuse to run with a model, device, precision or attention other than ``fit`` chose its runtime for
-        (``set_params`` after ``fit``): the fitted attributes would describe another run."""
+    def _check_fitted(self) -> None:
+        """Fitted, and not asked since to run with a model, device, precision or attention other than ``fit`` chose
+        its runtime for (``set_params`` after ``fit``): the fitted attributes would describe another run."""
+        check_is_fitted(self)
         fitted = getattr(self, "_runs_with", None)  # None: a pickle made before this was recorded
         if fitted is None:
             return

@@ -244,7 +244,7 @@ class PartJob:
     record : dict
         What the part's metadata records (source, chunk, rows, digest, settings).
     id_types : dict
-        The Arrow type of each id column (:func:`id_table`).
+        The Arrow type of each id column (:func:`id_types`), for :func:`id_table`.
     """
 
     frame: object
